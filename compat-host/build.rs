@@ -1,0 +1,49 @@
+//! Generates the compat host's view of its own C headers, so that every
+//! struct it shares with C (Object, TypeInfo, SocketAddress, QIOChannelSocket)
+//! has exactly the layout the C compiler gives it, and compiles the small C
+//! shim for the variadic functions that stable Rust cannot define.
+
+use std::{env, path::PathBuf};
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let include = manifest.join("../include/compat");
+    let glib = pkg_config::Config::new()
+        .atleast_version("2.66")
+        .probe("glib-2.0")
+        .expect("glib-2.0 development files (apt-get install libglib2.0-dev)");
+
+    let mut builder = bindgen::Builder::default()
+        .header(manifest.join("wrapper.h").to_str().unwrap())
+        .clang_arg(format!("-I{}", include.display()))
+        .allowlist_file(format!("{}/.*", include.display()))
+        .allowlist_function("g_.*")
+        .allowlist_type("G.*")
+        .allowlist_var("G_.*")
+        .blocklist_item("_?IO_.*")
+        .derive_default(true)
+        .layout_tests(true)
+        .generate_comments(false)
+        .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));
+    for p in &glib.include_paths {
+        builder = builder.clang_arg(format!("-I{}", p.display()));
+    }
+    let bindings = builder.generate().expect("bindgen over the compat headers");
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    bindings
+        .write_to_file(out.join("bindings.rs"))
+        .expect("write bindings.rs");
+
+    let mut cc = cc::Build::new();
+    cc.file(manifest.join("src/varargs.c"))
+        .include(&include)
+        .warnings(true)
+        .extra_warnings(true);
+    for p in &glib.include_paths {
+        cc.include(p);
+    }
+    cc.compile("compat_varargs");
+    println!("cargo:rerun-if-changed=src/varargs.c");
+    println!("cargo:rerun-if-changed=wrapper.h");
+    println!("cargo:rerun-if-changed=../include/compat");
+}

@@ -1,0 +1,85 @@
+/*
+ * The variadic functions of the compat host's C API.  Stable Rust cannot
+ * define C variadic functions, so these format the message with GLib and
+ * hand the finished string to the Rust side.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/error-report.h"
+
+/* Implemented in Rust (error.rs): take ownership of @msg (g_malloc'ed). */
+void compat_error_set(Error **errp, const char *src, int line,
+                      const char *func, char *msg);
+void compat_error_prepend(Error *const *errp, char *prefix);
+void compat_report(const char *level, char *msg);
+
+void error_setg_internal(Error **errp,
+                         const char *src, int line, const char *func,
+                         const char *fmt, ...)
+{
+    va_list ap;
+    char *msg;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    compat_error_set(errp, src, line, func, msg);
+}
+
+void error_setg_errno_internal(Error **errp,
+                               const char *src, int line, const char *func,
+                               int os_error, const char *fmt, ...)
+{
+    va_list ap;
+    char *msg, *full;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    if (os_error != 0) {
+        full = g_strdup_printf("%s: %s", msg, g_strerror(os_error));
+        g_free(msg);
+        msg = full;
+    }
+    compat_error_set(errp, src, line, func, msg);
+}
+
+void error_prepend(Error *const *errp, const char *fmt, ...)
+{
+    va_list ap;
+    char *prefix;
+
+    va_start(ap, fmt);
+    prefix = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    compat_error_prepend(errp, prefix);
+}
+
+void error_report(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    compat_report("error", g_strdup_vprintf(fmt, ap));
+    va_end(ap);
+}
+
+void warn_report(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    compat_report("warning", g_strdup_vprintf(fmt, ap));
+    va_end(ap);
+}
+
+void info_report(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    compat_report("info", g_strdup_vprintf(fmt, ap));
+    va_end(ap);
+}

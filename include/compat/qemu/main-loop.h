@@ -1,0 +1,30 @@
+/*
+ * qemu-compat-host: the main loop (qemu/main-loop.h).
+ *
+ * qemu_init_main_loop() makes the calling thread the main thread and
+ * creates the main-loop AioContext, attached to GLib's default
+ * GMainContext: iterating GLib's default context also runs it.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#ifndef QEMU_MAIN_LOOP_H
+#define QEMU_MAIN_LOOP_H
+
+#include "qemu/aio.h"
+
+/* Returns 0, or -1 and an error.  Calling it again is a no-op. */
+int qemu_init_main_loop(Error **errp);
+
+/* One iteration of the default GMainContext (blocking unless @nonblocking). */
+void main_loop_wait(int nonblocking);
+
+/* The main-loop AioContext; NULL before qemu_init_main_loop(). */
+AioContext *qemu_get_aio_context(void);
+
+/* Wakes up main_loop_wait(). */
+void qemu_notify_event(void);
+
+/* Whether the caller is the main thread (the compat host has no BQL). */
+bool qemu_in_main_thread(void);
+
+#endif /* QEMU_MAIN_LOOP_H */
