@@ -1,1 +1,29 @@
-pub fn x(){}
+//! qio-net-listener: QEMU's `QIONetListener` (io/net-listener.c) in Rust.
+//!
+//! Layout:
+//! - [`ffi`]: the C ABI (QEMU 10.2's `qio_net_listener_*` prototypes, the
+//!   `"qio-net-listener"` QOM type); cbindgen generates the C header from it.
+//! - [`listener`]: the state machine: sockets, callback registration,
+//!   watches, their lifetimes.
+//! - [`host`]: the host boundary: safe handles over the QEMU C API the
+//!   listener calls, declared by bindgen from the host's headers (real QEMU,
+//!   or the standalone compat host in `compat-host/`).
+
+pub mod ffi;
+pub mod host;
+pub mod listener;
+
+#[cfg(test)]
+mod tests {
+    /// CI fails when the committed header is not what cbindgen generates
+    /// from the current exports (regenerate: QIO_UPDATE_HEADER=1 cargo build).
+    #[test]
+    fn header_is_fresh() {
+        let generated = include_str!(concat!(env!("OUT_DIR"), "/net-listener.h"));
+        let committed = include_str!("../include/io/net-listener.h");
+        assert!(
+            generated == committed,
+            "include/io/net-listener.h is stale; run QIO_UPDATE_HEADER=1 cargo build"
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! The listener's state machine: its sockets, the current client callback,
+//! the watches that dispatch it, and the transitions between them.
+//!
+//! Rules that keep every sequence of calls balanced:
+//! - All state is behind one mutex; user code (the client callback, the
+//!   user's notify) and anything that may drop the last reference to the
+//!   listener (destroying a watch) run only after the lock is released.
+//! - A socket is watched at most once: watches are only ever created for
+//!   sockets that have none, so re-arming is idempotent.
+//! - Closed sockets (after disconnect) are never watched again.
+//! - Each watch holds a reference to the listener (`Owner`), released when
+//!   GLib finalizes the source or, for AioContext watches, by a bottom half
+//!   in that AioContext.  While a callback is set the watches therefore
+//!   keep the listener alive, as in QEMU.
+//! - The (func, data, notify) registration is reference counted; notify
+//!   runs when the last clone goes, i.e. once it is replaced and no
+//!   callback that uses it is still running in any thread.
+
+use std::{
+    ffi::{c_int, CStr, CString},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use crate::{
+    ffi::{ClientSpec, Owner},
+    host::{
+        Address, AioCtx, AioWatch, Channel, GlibContext, LocalError, PrivateLoop, ReadyHandler,
+        SourceWatch,
+    },
+};
+
+/// Where client callbacks are dispatched.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Target {
+    Glib(GlibContext),
+    Aio(AioCtx),
+}
+
+/// The user's registration; dropping the last clone calls its notify.
+struct Registration {
+    spec: ClientSpec,
+    target: Target,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.spec.notify();
+    }
+}
+
+enum Watch {
+    // Held only for their Drop, which removes the watch.
+    Source(#[allow(dead_code)] SourceWatch),
+    Aio(#[allow(dead_code)] AioWatch),
+}
+
+struct Socket {
+    channel: Channel,
+    closed: bool,
+    watch: Option<Watch>,
+}
+
+/// A `wait_client` in progress.
+struct Waiter {
+    main_loop: PrivateLoop,
+    client: Mutex<Option<Channel>>,
+}
+
+struct State {
+    name: Option<CString>,
+    sockets: Vec<Socket>,
+    connected: bool,
+    client: Option<Arc<Registration>>,
+    /// Calls of wait_client in progress; async watches stay off meanwhile.
+    waiters: Vec<Arc<Waiter>>,
+}
+
+pub struct Listener {
+    state: Mutex<State>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic never leaves the state half-updated in a way that matters
+    // more than refusing service forever would.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The handler behind every async watch.
+struct AcceptHandler {
+    owner: Owner,
+}
+
+impl ReadyHandler for AcceptHandler {
+    fn ready(&self, channel: &Channel) {
+        self.owner.listener().accept_one(&self.owner, channel);
+    }
+}
+
+/// The handler of the private watches of wait_client.
+struct WaitHandler(Arc<Waiter>);
+
+impl ReadyHandler for WaitHandler {
+    fn ready(&self, channel: &Channel) {
+        let mut slot = lock(&self.0.client);
+        // Exactly one client: once we have it, others stay in the backlog.
+        if slot.is_none() {
+            if let Some(client) = channel.accept() {
+                *slot = Some(client);
+                self.0.main_loop.quit();
+            }
+        }
+    }
+}
+
+impl Listener {
+    pub fn new() -> Self {
+        Listener {
+            state: Mutex::new(State {
+                name: None,
+                sockets: Vec::new(),
+                connected: false,
+                client: None,
+                waiters: Vec::new(),
+            }),
+        }
+    }
+
+    pub fn set_name(&self, name: Option<&CStr>) {
+        lock(&self.state).name = name.map(CStr::to_owned);
+    }
+
+    /// Creates the missing watches if a callback is set and no wait_client
+    /// runs.  Called with the lock held; creating a watch never calls back.
+    fn arm(st: &mut State, owner: &Owner) {
+        let Some(reg) = st.client.as_ref() else {
+            return;
+        };
+        if !reg.spec.has_func() || !st.waiters.is_empty() {
+            return;
+        }
+        let target = reg.target;
+        for s in st
+            .sockets
+            .iter_mut()
+            .filter(|s| !s.closed && s.watch.is_none())
+        {
+            let handler = AcceptHandler {
+                owner: owner.clone(),
+            };
+            s.watch = Some(match target {
+                Target::Glib(ctx) => Watch::Source(SourceWatch::new(&s.channel, ctx, handler)),
+                Target::Aio(ctx) => Watch::Aio(AioWatch::new(&s.channel, ctx, handler)),
+            });
+        }
+    }
+
+    /// Takes every watch out of the state; the caller drops them after
+    /// unlocking (dropping may release the last listener reference).
+    fn disarm(st: &mut State) -> Vec<Watch> {
+        st.sockets
+            .iter_mut()
+            .filter_map(|s| s.watch.take())
+            .collect()
+    }
+
+    /// Listens on every resolved address and adds those that worked.
+    /// Succeeds if at least one did; otherwise returns the first error.
+    pub fn open(&self, owner: &Owner, addrs: &[Address], num: c_int) -> Result<(), LocalError> {
+        let mut first_err = LocalError::new();
+        let mut listened = false;
+        for a in addrs {
+            let channel = Channel::new();
+            // Keep the first error only; later ones are dropped, as QEMU.
+            let err = (!first_err.is_set()).then_some(&mut first_err);
+            if channel.listen(a, num, err) {
+                listened = true;
+                self.add(owner, channel);
+            }
+        }
+        match (listened, first_err.is_set()) {
+            (true, _) => Ok(()),
+            (false, true) => Err(first_err),
+            (false, false) => Err(LocalError::with_message(
+                "The address resolved to no address to listen on",
+            )),
+        }
+    }
+
+    pub fn add(&self, owner: &Owner, channel: Channel) {
+        let mut st = lock(&self.state);
+        if let Some(name) = &st.name {
+            channel.set_name(name);
+        }
+        st.sockets.push(Socket {
+            channel,
+            closed: false,
+            watch: None,
+        });
+        st.connected = true;
+        Self::arm(&mut st, owner);
+    }
+
+    pub fn set_client(&self, owner: &Owner, spec: ClientSpec, target: Target) {
+        let (old_watches, old_client);
+        {
+            let mut st = lock(&self.state);
+            let current = st.client.as_ref().map(|r| (r.spec, r.target));
+            let unset = (
+                ClientSpec::NONE,
+                Target::Glib(GlibContext(std::ptr::null_mut())),
+            );
+            let (cur_spec, cur_target) = current.unwrap_or(unset);
+            if cur_spec.same(&spec) && cur_target == target {
+                return;
+            }
+            old_watches = Self::disarm(&mut st);
+            old_client = st.client.take();
+            if !spec.same(&ClientSpec::NONE) {
+                st.client = Some(Arc::new(Registration { spec, target }));
+            }
+            Self::arm(&mut st, owner);
+        }
+        // Unwatch before notify, as QEMU; notify itself waits for the last
+        // in-flight callback (see Registration).
+        drop(old_watches);
+        drop(old_client);
+    }
+
+    /// The watch callback: accepts one client and hands it to the current
+    /// callback.  The callback is checked before accepting so that a client
+    /// is never accepted only to be dropped because the callback was
+    /// cleared concurrently; it then stays queued for the next callback.
+    fn accept_one(&self, owner: &Owner, channel: &Channel) {
+        let reg = {
+            let st = lock(&self.state);
+            match &st.client {
+                Some(r) if r.spec.has_func() && st.waiters.is_empty() => r.clone(),
+                _ => return,
+            }
+        };
+        if let Some(client) = channel.accept() {
+            reg.spec.call(owner, &client);
+        }
+        // `reg` drops here: if the callback was replaced meanwhile, this
+        // was the last user and its notify runs now, after the callback.
+    }
+
+    pub fn wait_client(&self, owner: &Owner) -> Option<Channel> {
+        let waiter = Arc::new(Waiter {
+            main_loop: PrivateLoop::new(),
+            client: Mutex::new(None),
+        });
+        let (channels, suspended) = {
+            let mut st = lock(&self.state);
+            let channels: Vec<Channel> = st
+                .sockets
+                .iter()
+                .filter(|s| !s.closed)
+                .map(|s| s.channel.clone())
+                .collect();
+            // A dead listener would block forever in QEMU; return at once.
+            if !st.connected || channels.is_empty() {
+                return None;
+            }
+            st.waiters.push(waiter.clone());
+            (channels, Self::disarm(&mut st))
+        };
+        drop(suspended);
+
+        let watches: Vec<SourceWatch> = channels
+            .iter()
+            .map(|c| SourceWatch::new(c, waiter.main_loop.context(), WaitHandler(waiter.clone())))
+            .collect();
+        waiter.main_loop.run();
+        drop(watches);
+
+        {
+            let mut st = lock(&self.state);
+            st.waiters.retain(|w| !Arc::ptr_eq(w, &waiter));
+            Self::arm(&mut st, owner);
+        }
+        let client = lock(&waiter.client).take();
+        client
+    }
+
+    pub fn disconnect(&self) {
+        let (watches, channels, waiters) = {
+            let mut st = lock(&self.state);
+            if !st.connected {
+                return;
+            }
+            st.connected = false;
+            let watches = Self::disarm(&mut st);
+            let channels: Vec<Channel> = st
+                .sockets
+                .iter_mut()
+                .filter(|s| !s.closed)
+                .map(|s| {
+                    s.closed = true;
+                    s.channel.clone()
+                })
+                .collect();
+            (watches, channels, st.waiters.clone())
+        };
+        // Watches go before their fds are closed (fd numbers get reused).
+        drop(watches);
+        for c in &channels {
+            c.close();
+        }
+        for w in &waiters {
+            w.main_loop.quit();
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        lock(&self.state).connected
+    }
+
+    pub fn nsioc(&self) -> usize {
+        lock(&self.state).sockets.len()
+    }
+
+    /// The nth channel; the caller borrows it (the listener keeps its
+    /// reference until finalize).
+    pub fn sioc(&self, n: usize) -> Option<Channel> {
+        lock(&self.state).sockets.get(n).map(|s| s.channel.clone())
+    }
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Listener {
+    /// Finalize: watches hold references, so none is left by now; close
+    /// what is still open, then notify for the last registration.
+    fn drop(&mut self) {
+        self.disconnect();
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        st.client = None;
+    }
+}
