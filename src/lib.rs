@@ -13,6 +13,10 @@ pub mod ffi;
 pub mod host;
 pub mod listener;
 
+// The Rust tests link the standalone compat host as the host API.
+#[cfg(test)]
+extern crate qemucompat as _;
+
 #[cfg(test)]
 mod tests {
     /// CI fails when the committed header is not what cbindgen generates

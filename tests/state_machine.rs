@@ -1,0 +1,312 @@
+//! Rust tests of the listener's state machine through its C ABI, on the
+//! compat host: registration lifetimes (notify exactly once, never while a
+//! callback runs), idempotent set/disconnect, wait_client on a dead
+//! listener, AioContext watches in an IOThread, cross-thread churn.
+//! Real loopback sockets and real event loops throughout.
+
+use std::{
+    ffi::{c_void, CString},
+    io::Read,
+    net::TcpStream,
+    ptr,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+        Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use qemucompat::sys as compat;
+use qio_net_listener::ffi::*;
+
+/// Tests share the main loop and count process-wide things; run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn setup() -> std::sync::MutexGuard<'static, ()> {
+    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: qemu_init_main_loop is idempotent; NULL errp is allowed.
+    unsafe { compat::qemu_init_main_loop(ptr::null_mut()) };
+    g
+}
+
+/// A listener on 127.0.0.1:0 and its port.
+fn open_loopback() -> (*mut QIONetListener, u16) {
+    let l = qio_net_listener_new();
+    let spec = CString::new("127.0.0.1:0").unwrap();
+    // SAFETY: valid C string; the listener is live; addr is freed after use.
+    unsafe {
+        let addr = compat::socket_parse(spec.as_ptr(), ptr::null_mut());
+        assert!(!addr.is_null());
+        let rc = qio_net_listener_open_sync(l, addr.cast(), 8, ptr::null_mut());
+        compat::qapi_free_SocketAddress(addr);
+        assert_eq!(rc, 0);
+        let local = qio_net_listener_get_local_address(l, 0, ptr::null_mut())
+            as *mut compat::SocketAddress;
+        assert!(!local.is_null());
+        let port = std::ffi::CStr::from_ptr((*local).u.inet.port).to_str().unwrap().parse().unwrap();
+        compat::qapi_free_SocketAddress(local);
+        (l, port)
+    }
+}
+
+fn unref(l: *mut QIONetListener) {
+    // SAFETY: drops the test's reference.
+    unsafe { compat::object_unref(l.cast()) }
+}
+
+/// Iterates `ctx` (NULL: default) until `done` or a 5 s deadline.
+fn iterate_until(ctx: *mut compat::GMainContext, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        // SAFETY: ctx is NULL or a live context owned by the test.
+        unsafe { compat::g_main_context_iteration(ctx, 0) };
+        thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+struct Counters {
+    calls: AtomicUsize,
+    notifies: AtomicUsize,
+    in_callback: AtomicBool,
+    notified_during_callback: AtomicBool,
+}
+
+impl Counters {
+    const fn new() -> Self {
+        Counters {
+            calls: AtomicUsize::new(0),
+            notifies: AtomicUsize::new(0),
+            in_callback: AtomicBool::new(false),
+            notified_during_callback: AtomicBool::new(false),
+        }
+    }
+}
+
+unsafe extern "C" fn count_cb(_l: *mut QIONetListener, _s: *mut compat::QIOChannelSocket, d: *mut c_void) {
+    // SAFETY: the tests pass a &'static Counters as data.
+    let c = unsafe { &*(d as *const Counters) };
+    c.in_callback.store(true, SeqCst);
+    c.calls.fetch_add(1, SeqCst);
+    thread::sleep(Duration::from_millis(2));
+    c.in_callback.store(false, SeqCst);
+}
+
+/// A callback that clears itself, as char-socket.c does after one client.
+unsafe extern "C" fn clearing_cb(l: *mut QIONetListener, s: *mut compat::QIOChannelSocket, d: *mut c_void) {
+    // SAFETY: same data contract as count_cb; l is live during the call.
+    unsafe {
+        count_cb(l, s, d);
+        let c = &*(d as *const Counters);
+        c.in_callback.store(true, SeqCst);
+        qio_net_listener_set_client_func(l, None, ptr::null_mut(), None);
+        // notify must not have run yet: this callback still uses data.
+        if c.notifies.load(SeqCst) > 0 {
+            c.notified_during_callback.store(true, SeqCst);
+        }
+        c.in_callback.store(false, SeqCst);
+    }
+}
+
+unsafe extern "C" fn count_notify(d: *mut c_void) {
+    // SAFETY: same data contract as count_cb.
+    let c = unsafe { &*(d as *const Counters) };
+    if c.in_callback.load(SeqCst) {
+        c.notified_during_callback.store(true, SeqCst);
+    }
+    c.notifies.fetch_add(1, SeqCst);
+}
+
+fn as_data(c: &'static Counters) -> *mut c_void {
+    c as *const Counters as *mut c_void
+}
+
+type Cb = unsafe extern "C" fn(*mut QIONetListener, *mut compat::QIOChannelSocket, *mut c_void);
+
+fn cb(f: Cb) -> QIONetListenerClientFunc {
+    // SAFETY: the compat host's QIOChannelSocket is the same C type the
+    // listener's bindings call QIOChannelSocket; only the Rust paths differ.
+    Some(unsafe { std::mem::transmute::<Cb, _>(f) })
+}
+
+#[test]
+fn notify_once_per_registration_and_identical_set_is_noop() {
+    let _g = setup();
+    static A: Counters = Counters::new();
+    static B: Counters = Counters::new();
+    let (l, _port) = open_loopback();
+    // SAFETY: live listener; data are statics; notify is safe at any time.
+    unsafe {
+        qio_net_listener_set_client_func(l, cb(count_cb), as_data(&A), Some(count_notify));
+        qio_net_listener_set_client_func(l, cb(count_cb), as_data(&A), Some(count_notify));
+        assert_eq!(A.notifies.load(SeqCst), 0, "identical set must be a no-op");
+        qio_net_listener_set_client_func(l, cb(count_cb), as_data(&B), Some(count_notify));
+        assert_eq!(A.notifies.load(SeqCst), 1, "replacement notifies once");
+    }
+    unref(l);
+    assert_eq!(B.notifies.load(SeqCst), 1, "finalize notifies the last registration");
+    assert_eq!(A.notifies.load(SeqCst), 1);
+}
+
+#[test]
+fn self_clearing_callback_notifies_after_it_returns() {
+    let _g = setup();
+    static C: Counters = Counters::new();
+    let (l, port) = open_loopback();
+    // SAFETY: live listener; static data.
+    unsafe { qio_net_listener_set_client_func(l, cb(clearing_cb), as_data(&C), Some(count_notify)) };
+    let _c1 = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _c2 = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(iterate_until(ptr::null_mut(), || C.notifies.load(SeqCst) == 1));
+    // More iterations: the cleared callback accepts nobody else.
+    for _ in 0..20 {
+        // SAFETY: default context.
+        unsafe { compat::g_main_context_iteration(ptr::null_mut(), 0) };
+    }
+    assert_eq!(C.calls.load(SeqCst), 1, "one client, then the callback cleared itself");
+    assert!(!C.notified_during_callback.load(SeqCst));
+    // The second client is still queued: wait_client gets it.
+    // SAFETY: live listener; the returned reference is ours.
+    let s = unsafe { qio_net_listener_wait_client(l) };
+    assert!(!s.is_null());
+    unref(s.cast());
+    unref(l);
+    assert_eq!(C.notifies.load(SeqCst), 1);
+}
+
+#[test]
+fn wait_client_on_dead_listener_returns_null() {
+    let _g = setup();
+    let l = qio_net_listener_new();
+    // SAFETY: live listener.
+    unsafe {
+        assert!(qio_net_listener_wait_client(l).is_null(), "no sockets");
+        assert!(!qio_net_listener_is_connected(l));
+    }
+    unref(l);
+    let (l, _) = open_loopback();
+    // SAFETY: live listener.
+    unsafe {
+        qio_net_listener_disconnect(l);
+        qio_net_listener_disconnect(l);
+        assert!(!qio_net_listener_is_connected(l));
+        assert!(qio_net_listener_wait_client(l).is_null(), "disconnected");
+        assert_eq!(qio_net_listener_nsioc(l), 1);
+    }
+    unref(l);
+}
+
+#[test]
+fn wait_client_is_released_by_disconnect_from_another_thread() {
+    let _g = setup();
+    let (l, _) = open_loopback();
+    let addr = l as usize;
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(50));
+        // SAFETY: the main thread holds its reference until after join.
+        unsafe { qio_net_listener_disconnect(addr as *mut QIONetListener) };
+    });
+    // SAFETY: live listener.
+    let s = unsafe { qio_net_listener_wait_client(l) };
+    t.join().unwrap();
+    assert!(s.is_null());
+    unref(l);
+}
+
+#[test]
+fn aio_callback_in_iothread_and_cross_thread_clear() {
+    let _g = setup();
+    static D: Counters = Counters::new();
+    // SAFETY: the IOThread is joined at the end of the test.
+    let iothread = unsafe { compat::iothread_new() };
+    // SAFETY: iothread is live.
+    let ctx = unsafe { compat::iothread_get_aio_context(iothread) };
+    let (l, port) = open_loopback();
+    // SAFETY: live listener and context; static data.
+    unsafe { qio_net_listener_set_client_aio_func(l, cb(count_cb), as_data(&D), ctx.cast()) };
+    let clients: Vec<TcpStream> =
+        (0..5).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while D.calls.load(SeqCst) < clients.len() {
+        assert!(Instant::now() < deadline, "IOThread did not accept");
+        thread::sleep(Duration::from_millis(1));
+    }
+    // Clear from this thread while the IOThread runs; drop our reference:
+    // the release BH in the IOThread's context finalizes the listener.
+    // SAFETY: live listener.
+    unsafe { qio_net_listener_set_client_aio_func(l, None, ptr::null_mut(), ctx.cast()) };
+    unref(l);
+    let mut buf = [0u8; 1];
+    let mut c = TcpStream::connect(("127.0.0.1", port));
+    // Once finalized the socket is closed: connecting fails or reads EOF.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match &mut c {
+            Err(_) => break,
+            Ok(s) => {
+                s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                if let Ok(0) = s.read(&mut buf) {
+                    break;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "listener never finalized");
+        c = TcpStream::connect(("127.0.0.1", port));
+    }
+    // SAFETY: joins and frees the IOThread.
+    unsafe { compat::iothread_join(iothread) };
+    assert_eq!(D.calls.load(SeqCst), 5);
+}
+
+#[test]
+fn cross_thread_churn_balances_notifies() {
+    let _g = setup();
+    static E: Counters = Counters::new();
+    static F: Counters = Counters::new();
+    // SAFETY: a new context owned by this test.
+    let ctx = unsafe { compat::g_main_context_new() };
+    let ctx_addr = ctx as usize;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let runner = thread::spawn(move || {
+        while !stop2.load(SeqCst) {
+            // SAFETY: the context outlives this thread (joined below).
+            unsafe { compat::g_main_context_iteration(ctx_addr as *mut _, 0) };
+        }
+    });
+    let (l, port) = open_loopback();
+    let mut sets = [0usize; 2];
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let (f, d) = if i % 2 == 0 { (&E, 0) } else { (&F, 1) };
+        sets[d] += 1;
+        // SAFETY: live listener and context; static data.
+        unsafe {
+            qio_net_listener_set_client_func_full(
+                l,
+                cb(count_cb),
+                as_data(f),
+                Some(count_notify),
+                ctx.cast(),
+            )
+        };
+        if i % 10 == 0 {
+            clients.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+        }
+    }
+    // SAFETY: live listener.
+    unsafe { qio_net_listener_set_client_func_full(l, None, ptr::null_mut(), None, ctx.cast()) };
+    unref(l);
+    stop.store(true, SeqCst);
+    runner.join().unwrap();
+    // SAFETY: the test's context reference.
+    unsafe { compat::g_main_context_unref(ctx) };
+    assert_eq!(E.notifies.load(SeqCst), sets[0]);
+    assert_eq!(F.notifies.load(SeqCst), sets[1]);
+    assert!(!E.notified_during_callback.load(SeqCst));
+    assert!(!F.notified_during_callback.load(SeqCst));
+}
