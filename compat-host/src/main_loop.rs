@@ -1,1 +1,448 @@
-//! TODO
+//! QEMU's main loop (`qemu/main-loop.h`), `aio_wait_kick`
+//! (`qemu/aio-wait.h`) and the IOThread helper of QEMU's unit tests
+//! (`iothread.h`).
+//!
+//! `qemu_init_main_loop()` makes the calling thread the main thread and
+//! creates the main AioContext, whose GSource it attaches to GLib's default
+//! `GMainContext`: iterating that context (`main_loop_wait`,
+//! `g_main_loop_run`) also runs the AioContext, while `AIO_WAIT_WHILE` in
+//! the main thread runs only the AioContext, as in QEMU.  Before
+//! `qemu_init_main_loop()`, `qemu_get_aio_context()` is NULL (as the header
+//! promises): programs and tests call it first, once, from the thread they
+//! want as main thread.
+
+use std::{
+    ffi::c_void,
+    ptr,
+    sync::{
+        atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread::JoinHandle,
+};
+
+use crate::{
+    aio::{self, aio_bh_schedule_oneshot_full, aio_context_unref, aio_poll},
+    sys,
+};
+
+/// The main AioContext (one reference kept forever), NULL before init.
+static MAIN_CTX: AtomicPtr<sys::AioContext> = AtomicPtr::new(ptr::null_mut());
+/// [`aio::thread_id`] of the main thread, 0 before init.
+static MAIN_THREAD: AtomicU64 = AtomicU64::new(0);
+/// Serializes initialization.
+static INIT: Mutex<()> = Mutex::new(());
+
+pub(crate) fn main_context() -> *mut sys::AioContext {
+    MAIN_CTX.load(Ordering::Acquire)
+}
+
+pub(crate) fn in_main_thread() -> bool {
+    let main = MAIN_THREAD.load(Ordering::Acquire);
+    main != 0 && main == aio::thread_id()
+}
+
+/// # Safety
+/// `errp` is NULL or a valid `Error **` (QEMU's conventions).
+#[no_mangle]
+pub unsafe extern "C" fn qemu_init_main_loop(errp: *mut *mut sys::Error) -> i32 {
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    if !main_context().is_null() {
+        return 0;
+    }
+    // SAFETY: errp per the contract.
+    let ctx = unsafe { aio::aio_context_new(errp) };
+    if ctx.is_null() {
+        return -1;
+    }
+    // SAFETY: `ctx` is live; GLib's default context takes its own
+    // reference on attach, so ours can be dropped; `ctx` itself keeps the
+    // reference from aio_context_new forever (in MAIN_CTX).
+    unsafe {
+        let source = aio::aio_get_g_source(ctx);
+        sys::g_source_attach(source, ptr::null_mut());
+        sys::g_source_unref(source);
+    }
+    MAIN_THREAD.store(aio::thread_id(), Ordering::Release);
+    MAIN_CTX.store(ctx, Ordering::Release);
+    0
+}
+
+#[no_mangle]
+pub extern "C" fn main_loop_wait(nonblocking: i32) {
+    // SAFETY: NULL is GLib's default context, always valid.
+    unsafe { sys::g_main_context_iteration(ptr::null_mut(), (nonblocking == 0) as sys::gboolean) };
+}
+
+#[no_mangle]
+pub extern "C" fn qemu_get_aio_context() -> *mut sys::AioContext {
+    main_context()
+}
+
+#[no_mangle]
+pub extern "C" fn qemu_notify_event() {
+    let ctx = main_context();
+    if !ctx.is_null() {
+        // SAFETY: the main context lives forever.  This also wakes the
+        // default GMainContext, which polls the context's epoll fd.
+        unsafe { aio::aio_notify(ctx) };
+    }
+    // SAFETY: NULL is GLib's default context.
+    unsafe { sys::g_main_context_wakeup(ptr::null_mut()) };
+}
+
+#[no_mangle]
+pub extern "C" fn qemu_in_main_thread() -> bool {
+    in_main_thread()
+}
+
+unsafe extern "C" fn noop_bh(_opaque: *mut c_void) {}
+
+/// Wakes a main-thread `AIO_WAIT_WHILE`: a BH, even a no-op, makes its
+/// blocking `aio_poll` return so the loop re-evaluates its condition.
+#[no_mangle]
+pub extern "C" fn aio_wait_kick() {
+    let ctx = main_context();
+    if !ctx.is_null() {
+        // SAFETY: the main context lives forever; the BH needs no opaque.
+        unsafe {
+            aio_bh_schedule_oneshot_full(
+                ctx,
+                Some(noop_bh),
+                ptr::null_mut(),
+                c"aio_wait_kick".as_ptr(),
+            )
+        };
+    }
+}
+
+/// An IOThread (C sees an opaque pointer to this).
+pub struct IOThread {
+    ctx: *mut sys::AioContext,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Carries the new context's pointer out of the IOThread.
+struct SendCtx(*mut sys::AioContext);
+// SAFETY: an AioContext may be used from any thread (aio.rs keeps its
+// state under locks); only aio_poll is restricted, and we do not call it.
+unsafe impl Send for SendCtx {}
+
+unsafe extern "C" fn iothread_stop_bh(opaque: *mut c_void) {
+    // SAFETY: `opaque` is the IOThread's `stopping` flag, alive until the
+    // thread that runs this BH was joined.
+    unsafe { (*(opaque as *const AtomicBool)).store(true, Ordering::Release) };
+}
+
+fn abort_with(msg: &str) -> ! {
+    eprintln!("iothread_new: {msg}");
+    std::process::abort();
+}
+
+/// Like QEMU's test helper (which uses `&error_abort`), aborts if the
+/// thread or its context cannot be created.
+#[no_mangle]
+pub extern "C" fn iothread_new() -> *mut sys::IOThread {
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let flag = stopping.clone();
+    let thread = std::thread::Builder::new()
+        .name("iothread".into())
+        .spawn(move || {
+            let ctx = match aio::context_new() {
+                Ok(ctx) => ctx,
+                Err(e) => abort_with(&format!("cannot create AioContext: {e}")),
+            };
+            aio::set_current_context(ctx);
+            let _ = tx.send(SendCtx(ctx));
+            while !flag.load(Ordering::Acquire) {
+                // SAFETY: the IOThread holds a reference until it was
+                // joined, and this is the context's home thread.
+                unsafe { aio_poll(ctx, true) };
+            }
+            aio::set_current_context(ptr::null_mut());
+        })
+        .unwrap_or_else(|e| abort_with(&format!("cannot start thread: {e}")));
+    let ctx = rx
+        .recv()
+        .unwrap_or_else(|_| abort_with("thread exited early"))
+        .0;
+    Box::into_raw(Box::new(IOThread {
+        ctx,
+        stopping,
+        thread: Some(thread),
+    }))
+    .cast()
+}
+
+/// Stops the loop with a BH (so BHs scheduled before run first), joins the
+/// thread and drops its context reference.  One-shot BHs scheduled later
+/// still run, in this thread, when that was the last reference.
+///
+/// # Safety
+/// `iothread` came from [`iothread_new`], is joined once and not used
+/// afterwards; not called from the IOThread itself.
+#[no_mangle]
+pub unsafe extern "C" fn iothread_join(iothread: *mut sys::IOThread) {
+    if iothread.is_null() {
+        return;
+    }
+    // SAFETY: per the contract, we take back ownership.
+    let mut it = unsafe { Box::from_raw(iothread as *mut IOThread) };
+    // SAFETY: the context is live (our reference); the flag outlives the
+    // BH because we join the thread that runs it below.
+    unsafe {
+        aio_bh_schedule_oneshot_full(
+            it.ctx,
+            Some(iothread_stop_bh),
+            Arc::as_ptr(&it.stopping) as *mut c_void,
+            c"iothread_stop_bh".as_ptr(),
+        )
+    };
+    if let Some(t) = it.thread.take() {
+        let _ = t.join();
+    }
+    // SAFETY: drops the reference aio_context_new gave the IOThread.
+    unsafe { aio_context_unref(it.ctx) };
+}
+
+/// # Safety
+/// `iothread` came from [`iothread_new`] and was not joined.
+#[no_mangle]
+pub unsafe extern "C" fn iothread_get_aio_context(
+    iothread: *mut sys::IOThread,
+) -> *mut sys::AioContext {
+    // SAFETY: per the contract.
+    unsafe { (*(iothread as *const IOThread)).ctx }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        os::fd::{AsRawFd, FromRawFd, OwnedFd},
+        sync::atomic::AtomicUsize,
+        thread,
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+    use crate::aio::{
+        aio_set_fd_handler, aio_timer_new, in_aio_context_home_thread,
+        qemu_get_current_aio_context, timer_free, timer_mod,
+    };
+
+    unsafe extern "C" fn bump(opaque: *mut c_void) {
+        // SAFETY: the tests pass an AtomicUsize that outlives the callback.
+        unsafe { (*(opaque as *const AtomicUsize)).fetch_add(1, Ordering::SeqCst) };
+    }
+
+    struct SendPtr(*mut sys::AioContext, *const AtomicUsize);
+    // SAFETY: scheduling BHs is thread-safe; AtomicUsize is Sync.
+    unsafe impl Send for SendPtr {}
+
+    /// Everything that needs the main loop, in one test: only one thread
+    /// of the test process can be the main thread.
+    #[test]
+    fn main_loop_runs_main_context_from_glib() {
+        // SAFETY: NULL errp is allowed.
+        assert_eq!(unsafe { qemu_init_main_loop(ptr::null_mut()) }, 0);
+        let main = qemu_get_aio_context();
+        assert!(!main.is_null());
+        // SAFETY: as above; a second call is a no-op.
+        assert_eq!(unsafe { qemu_init_main_loop(ptr::null_mut()) }, 0);
+        assert_eq!(qemu_get_aio_context(), main);
+        assert!(qemu_in_main_thread());
+        assert_eq!(qemu_get_current_aio_context(), main);
+        // SAFETY: the main context lives forever.
+        assert!(unsafe { in_aio_context_home_thread(main) });
+        let other = SendPtr(main, ptr::null());
+        thread::spawn(move || {
+            let _other = other;
+            assert!(!qemu_in_main_thread());
+            assert!(qemu_get_current_aio_context().is_null());
+        })
+        .join()
+        .unwrap();
+
+        // A safety net: if a wake-up were lost, this timer ends the wait.
+        let never = AtomicUsize::new(0);
+        // SAFETY: main is live; `never` outlives the timer (freed below).
+        let watchdog = unsafe {
+            aio_timer_new(
+                main,
+                sys::QEMUClockType_QEMU_CLOCK_REALTIME,
+                sys::SCALE_MS as i32,
+                Some(bump),
+                &never as *const AtomicUsize as *mut c_void,
+            )
+        };
+        // SAFETY: fresh timer.
+        unsafe { timer_mod(watchdog, qemu_clock_ms() + 5000) };
+        let start = Instant::now();
+
+        // A BH from another thread wakes a blocking GLib iteration.
+        let ran = AtomicUsize::new(0);
+        let sp = SendPtr(main, &ran);
+        let t = thread::spawn(move || {
+            let sp = sp;
+            thread::sleep(Duration::from_millis(30));
+            // SAFETY: main lives forever; `ran` outlives the BH (the test
+            // waits until it ran).
+            unsafe {
+                aio_bh_schedule_oneshot_full(sp.0, Some(bump), sp.1 as *mut c_void, ptr::null())
+            };
+        });
+        while ran.load(Ordering::SeqCst) == 0 {
+            main_loop_wait(0);
+            assert!(start.elapsed() < Duration::from_secs(5));
+        }
+        t.join().unwrap();
+
+        // An fd handler of the main context runs from GLib too.
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two fds.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh fds we own.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let reads = AtomicUsize::new(0);
+        // SAFETY: main is live; `reads` outlives the registration.
+        unsafe {
+            aio_set_fd_handler(
+                main,
+                r.as_raw_fd(),
+                Some(bump),
+                None,
+                None,
+                None,
+                &reads as *const AtomicUsize as *mut c_void,
+            );
+            assert_eq!(libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1), 1);
+        }
+        while reads.load(Ordering::SeqCst) == 0 {
+            main_loop_wait(0);
+            assert!(start.elapsed() < Duration::from_secs(5));
+        }
+        // SAFETY: as above.
+        unsafe { aio_set_fd_handler(main, r.as_raw_fd(), None, None, None, None, ptr::null_mut()) };
+
+        // aio_wait_kick wakes a main-thread AIO_WAIT_WHILE.
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let t = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(30));
+            d.store(true, Ordering::SeqCst);
+            aio_wait_kick();
+        });
+        while !done.load(Ordering::SeqCst) {
+            // SAFETY: main thread polling the main context.
+            unsafe { aio_poll(main, true) };
+            assert!(start.elapsed() < Duration::from_secs(5));
+        }
+        t.join().unwrap();
+        qemu_notify_event();
+        main_loop_wait(1);
+        // SAFETY: our timer.
+        unsafe { timer_free(watchdog) };
+        assert_eq!(never.load(Ordering::SeqCst), 0);
+    }
+
+    fn qemu_clock_ms() -> i64 {
+        aio::qemu_clock_get_ms(sys::QEMUClockType_QEMU_CLOCK_REALTIME)
+    }
+
+    unsafe extern "C" fn check_current(opaque: *mut c_void) {
+        let ctx = qemu_get_current_aio_context();
+        // SAFETY: `opaque` is the test's AtomicUsize; ctx is the
+        // IOThread's live context.
+        unsafe {
+            let ok = in_aio_context_home_thread(ctx) && !qemu_in_main_thread();
+            (*(opaque as *const AtomicUsize))
+                .store(if ok { ctx as usize } else { 1 }, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn iothread_runs_its_context_as_current() {
+        let it = iothread_new();
+        // SAFETY: live until joined.
+        let ctx = unsafe { iothread_get_aio_context(it) };
+        let seen = AtomicUsize::new(0);
+        // SAFETY: live ctx; `seen` outlives the BH (we wait for it).
+        unsafe {
+            aio_bh_schedule_oneshot_full(
+                ctx,
+                Some(check_current),
+                &seen as *const AtomicUsize as *mut c_void,
+                ptr::null(),
+            )
+        };
+        let start = Instant::now();
+        while seen.load(Ordering::SeqCst) == 0 {
+            assert!(start.elapsed() < Duration::from_secs(5));
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), ctx as usize);
+        // SAFETY: as above; not this thread's context.
+        assert!(!unsafe { in_aio_context_home_thread(ctx) });
+        // SAFETY: joined once.
+        unsafe { iothread_join(it) };
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// Runs in a child process (see below) so other tests' fds do not
+    /// disturb the count.
+    #[test]
+    fn iothread_fd_leak_child() {
+        if std::env::var_os("QEMUCOMPAT_FD_LEAK_CHILD").is_none() {
+            return;
+        }
+        iothread_join_new();
+        let before = open_fds();
+        for _ in 0..20 {
+            iothread_join_new();
+        }
+        assert_eq!(open_fds(), before);
+    }
+
+    fn iothread_join_new() {
+        let it = iothread_new();
+        let n = AtomicUsize::new(0);
+        // SAFETY: live until joined; `n` outlives the BH, which runs
+        // before the stop BH that iothread_join schedules.
+        unsafe {
+            let ctx = iothread_get_aio_context(it);
+            aio_bh_schedule_oneshot_full(
+                ctx,
+                Some(bump),
+                &n as *const AtomicUsize as *mut c_void,
+                ptr::null(),
+            );
+            iothread_join(it);
+        }
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn iothread_new_join_leaks_no_fds() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "main_loop::tests::iothread_fd_leak_child",
+                "--test-threads=1",
+            ])
+            .env("QEMUCOMPAT_FD_LEAK_CHILD", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("1 passed"), "{stdout}");
+    }
+}
