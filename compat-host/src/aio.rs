@@ -573,7 +573,8 @@ impl Inner {
         }
     }
 
-    fn timer_ready(&self) -> bool {
+    /// Whether a BH or timer is ready to run.
+    fn ready(&self) -> bool {
         self.lock().timeout_ms(monotonic_ns()) == 0
     }
 }
@@ -617,7 +618,7 @@ unsafe extern "C" fn ctx_check(source: *mut sys::GSource) -> sys::gboolean {
     let cond = unsafe { sys::g_source_query_unix_fd(source, (*ctx).tag) };
     // SAFETY: as above.
     let inner = unsafe { inner_ref(source.cast()) };
-    (cond & sys::GIOCondition_G_IO_IN != 0 || inner.timer_ready()) as sys::gboolean
+    (cond & sys::GIOCondition_G_IO_IN != 0 || inner.ready()) as sys::gboolean
 }
 
 unsafe extern "C" fn ctx_dispatch(
@@ -1457,6 +1458,42 @@ mod tests {
             assert_eq!(p.calls.load(SeqCst), 1);
             assert!(in_aio_context_home_thread(ctx));
             aio_set_fd_handler(ctx, a.as_raw_fd(), None, None, None, None, ptr::null_mut());
+            aio_context_unref(ctx);
+        }
+    }
+
+    #[test]
+    fn aio_context_runs_as_gsource_of_private_gmaincontext() {
+        let ctx = new_ctx();
+        let p = Probe::default();
+        // SAFETY: live ctx and GLib objects, released below; `p` outlives
+        // the timer and the BH.
+        unsafe {
+            let gctx = sys::g_main_context_new();
+            let src = aio_get_g_source(ctx);
+            sys::g_source_attach(src, gctx);
+            let ts = aio_timer_new(
+                ctx,
+                sys::QEMUClockType_QEMU_CLOCK_REALTIME,
+                sys::SCALE_US as c_int,
+                Some(count),
+                opaque(&p),
+            );
+            timer_mod(
+                ts,
+                qemu_clock_get_us(sys::QEMUClockType_QEMU_CLOCK_REALTIME) + 10_000,
+            );
+            while p.calls.load(SeqCst) == 0 {
+                sys::g_main_context_iteration(gctx, 1);
+            }
+            aio_bh_schedule_oneshot_full(ctx, Some(count), opaque(&p), ptr::null());
+            while p.calls.load(SeqCst) == 1 {
+                sys::g_main_context_iteration(gctx, 1);
+            }
+            timer_free(ts);
+            sys::g_source_destroy(src);
+            sys::g_source_unref(src);
+            sys::g_main_context_unref(gctx);
             aio_context_unref(ctx);
         }
     }
