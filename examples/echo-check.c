@@ -160,6 +160,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: echo-check SERVER [SERVER-ARGS...]\n");
         return 2;
     }
+    signal(SIGPIPE, SIG_IGN);
     module_call_init(MODULE_INIT_QOM);
     out_buf = g_string_new("");
 

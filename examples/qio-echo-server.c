@@ -157,8 +157,8 @@ static void client_update_watch(Client *c)
             g_source_remove(c->watch);
         }
         c->watch = qio_channel_add_watch(QIO_CHANNEL(c->sioc),
-                                         writing ? G_IO_OUT
-                                                 : G_IO_IN | G_IO_HUP,
+                                         (writing ? G_IO_OUT : G_IO_IN) |
+                                         G_IO_HUP | G_IO_ERR,
                                          client_io_glib, c, NULL);
     }
 }
@@ -243,6 +243,8 @@ int main(int argc, char **argv)
     if (!address) {
         address = "127.0.0.1:0";
     }
+    /* A client that goes away mid-echo is an error, not a signal. */
+    signal(SIGPIPE, SIG_IGN);
 
     module_call_init(MODULE_INIT_QOM);
     if (qemu_init_main_loop(&err) < 0) {
