@@ -10,11 +10,7 @@
 #include "qemu/main-loop.h"
 #include "qemu/sockets.h"
 #include "io/channel-socket.h"
-/* FIXME: drop the pragmas once the compat header's comment is fixed. */
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wcomment"
 #include "io/dns-resolver.h"
-#pragma GCC diagnostic pop
 #include "io/net-listener.h"
 #include "test-util.h"
 

@@ -23,7 +23,7 @@ QIODNSResolver *qio_dns_resolver_get_instance(void);
 /*
  * Resolves @addr.  An inet address expands to one numeric address per
  * getaddrinfo() result (honouring ipv4/ipv6, without duplicates); every
- * other type is copied as is.  On success *naddrs/*addrs hold new
+ * other type is copied as is.  On success *naddrs and *addrs hold new
  * addresses that the caller frees (each with qapi_free_SocketAddress, the
  * array with g_free) and 0 is returned; on failure -1 and an error.
  */
