@@ -392,7 +392,10 @@ pub unsafe extern "C" fn warn_report_err(err: *mut sys::Error) {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
     use super::*;
+    use crate::util::testing::{in_child, run_child};
 
     fn pretty(e: *mut sys::Error) -> String {
         // SAFETY: e is a live error from this module.
@@ -503,45 +506,9 @@ mod tests {
         );
     }
 
-    /// Runs `f` in a forked child and returns its wait status and stderr.
-    fn in_child(f: impl FnOnce()) -> (c_int, String) {
-        let mut fds = [0; 2];
-        // SAFETY: fds has room for two descriptors.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: the child only redirects stderr, runs f (which ends the
-        // process) and never returns into the test harness.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: plain fd syscalls in the child.
-            unsafe { libc::dup2(fds[1], 2) };
-            f();
-            // SAFETY: leave without running the harness' atexit handlers.
-            unsafe { libc::_exit(99) };
-        }
-        // SAFETY: we own the write end in the parent.
-        unsafe { libc::close(fds[1]) };
-        let mut out = Vec::new();
-        let mut buf = [0u8; 512];
-        loop {
-            // SAFETY: buf is writable for its length.
-            let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n as usize]);
-        }
-        let mut status = 0;
-        // SAFETY: pid is our child; read end is ours.
-        unsafe {
-            libc::waitpid(pid, &mut status, 0);
-            libc::close(fds[0]);
-        }
-        (status, String::from_utf8_lossy(&out).into_owned())
-    }
-
     #[test]
-    fn error_abort_and_fatal() {
-        let (status, out) = in_child(|| {
+    fn error_abort_in_child() {
+        if in_child() {
             // SAFETY: &error_abort is a valid destination.
             unsafe {
                 sys::error_setg_internal(
@@ -552,20 +519,42 @@ mod tests {
                     c"boom".as_ptr(),
                 )
             }
-        });
-        assert!(libc::WIFSIGNALED(status), "status {status}");
-        assert_eq!(libc::WTERMSIG(status), libc::SIGABRT);
+            return;
+        }
+        let out = run_child("error::tests::error_abort_in_child");
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT));
+        let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            out.contains("Unexpected error in myfunc() at src.c:12:\nboom"),
-            "{out}"
+            err.contains("Unexpected error in myfunc() at src.c:12:\nboom"),
+            "{err}"
         );
+    }
 
-        let (status, out) = in_child(|| {
+    #[test]
+    fn error_fatal_in_child() {
+        if in_child() {
             // SAFETY: &error_fatal is a valid destination.
-            unsafe { ErrorImpl::new("fatal one").propagate(addr_of_mut!(error_fatal)) }
-        });
-        assert!(libc::WIFEXITED(status));
-        assert_eq!(libc::WEXITSTATUS(status), 1);
-        assert!(out.contains("fatal one"), "{out}");
+            unsafe { ErrorImpl::new("fatal one").propagate(addr_of_mut!(error_fatal)) };
+            return;
+        }
+        let out = run_child("error::tests::error_fatal_in_child");
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("fatal one"), "{err}");
+    }
+
+    #[test]
+    fn error_set_twice_aborts() {
+        if in_child() {
+            let mut err: *mut sys::Error = ptr::null_mut();
+            // SAFETY: valid errp; the second set aborts.
+            unsafe {
+                ErrorImpl::new("one").propagate(&mut err);
+                ErrorImpl::new("two").propagate(&mut err);
+            }
+            return;
+        }
+        let out = run_child("error::tests::error_set_twice_aborts");
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT));
     }
 }

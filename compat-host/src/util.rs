@@ -29,3 +29,28 @@ pub unsafe fn cstr<'a>(p: *const c_char) -> Option<std::borrow::Cow<'a, str>> {
         Some(unsafe { CStr::from_ptr(p) }.to_string_lossy())
     }
 }
+
+/// Test helpers.
+#[cfg(test)]
+pub mod testing {
+    use std::process::{Command, Output};
+
+    const CHILD_ENV: &str = "QEMUCOMPAT_TEST_CHILD";
+
+    /// Whether this process is a child started by [`run_child`].
+    pub fn in_child() -> bool {
+        std::env::var_os(CHILD_ENV).is_some()
+    }
+
+    /// Runs the single test `name` of this test binary in a new process
+    /// (where [`in_child`] is true), for behaviour that ends the process
+    /// (abort, exit).  A fresh process instead of fork(), because a forked
+    /// child of the multi-threaded harness can inherit held locks.
+    pub fn run_child(name: &str) -> Output {
+        Command::new(std::env::current_exe().expect("test binary path"))
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, "1")
+            .output()
+            .expect("run the test binary")
+    }
+}
