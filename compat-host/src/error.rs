@@ -17,6 +17,7 @@ use std::{
 use crate::{sys, util::cstr};
 
 /// What an `Error *` points to.
+#[derive(Debug)]
 pub struct ErrorImpl {
     msg: CString,
     src: String,

@@ -42,6 +42,24 @@ pub mod testing {
         std::env::var_os(CHILD_ENV).is_some()
     }
 
+    /// For tests that must run alone in their process (counting open
+    /// descriptors): in the test harness, runs test `name` in a child and
+    /// checks that it passed, returning false; in that child, returns true
+    /// so the caller goes on with the real test.
+    pub fn isolated(name: &str) -> bool {
+        if in_child() {
+            return true;
+        }
+        let out = run_child(name);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{name} in a child process: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        false
+    }
+
     /// Runs the single test `name` of this test binary in a new process
     /// (where [`in_child`] is true), for behaviour that ends the process
     /// (abort, exit).  A fresh process instead of fork(), because a forked
