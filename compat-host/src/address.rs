@@ -462,8 +462,8 @@ pub(crate) struct SockAddr {
 
 impl SockAddr {
     fn empty() -> Self {
-        // SAFETY: all-zero is a valid sockaddr_storage.
         SockAddr {
+            // SAFETY: all-zero is a valid sockaddr_storage.
             storage: unsafe { zeroed() },
             len: size_of::<sockaddr_storage>() as socklen_t,
         }
@@ -546,7 +546,7 @@ impl SockAddr {
     }
 
     /// QEMU's socket_sockaddr_to_address().
-    pub(crate) fn to_address(&self) -> Result<AddrBox> {
+    pub(crate) fn to_address(self) -> Result<AddrBox> {
         match self.family() {
             libc::AF_INET | libc::AF_INET6 => {
                 let (host, port) = self.numeric().map_err(|rc| {
@@ -1487,6 +1487,7 @@ pub(crate) mod tests {
 
     fn parse_err(s: &str) -> String {
         match parse(s) {
+            // SAFETY: a valid address.
             Ok(a) => panic!("{s} parsed as {}", unsafe { uri(a.0) }),
             Err(e) => e.message().to_owned(),
         }

@@ -314,12 +314,9 @@ pub unsafe extern "C" fn error_propagate(
     let Some(err) = (unsafe { from_raw(local_err) }) else {
         return;
     };
+    let special = dst_errp == addr_of_mut!(error_abort) || dst_errp == addr_of_mut!(error_fatal);
     // SAFETY: dst_errp is NULL, a special destination, or valid.
-    if !dst_errp.is_null()
-        && dst_errp != addr_of_mut!(error_abort)
-        && dst_errp != addr_of_mut!(error_fatal)
-        && unsafe { !(*dst_errp).is_null() }
-    {
+    if !dst_errp.is_null() && !special && unsafe { !(*dst_errp).is_null() } {
         return;
     }
     // SAFETY: as above.
@@ -423,10 +420,8 @@ mod tests {
         assert!(!err.is_null());
         assert_eq!(pretty(err), "bad 42 thing");
         // SAFETY: err is live.
-        assert_eq!(
-            unsafe { error_get_class(err) },
-            sys::ErrorClass_ERROR_CLASS_GENERIC_ERROR
-        );
+        let class = unsafe { error_get_class(err) };
+        assert_eq!(class, sys::ErrorClass_ERROR_CLASS_GENERIC_ERROR);
         // SAFETY: err is live; the format takes no arguments.
         unsafe { sys::error_prepend(&err, c"ctx: ".as_ptr()) };
         assert_eq!(pretty(err), "ctx: bad 42 thing");
@@ -501,10 +496,8 @@ mod tests {
         let e = unsafe { from_raw(dst) }.unwrap();
         assert!(e.src.ends_with("error.rs"));
         // SAFETY: NULL errp is fine.
-        assert_eq!(
-            unsafe { ok_or_set(Ok::<_, QError>(3), ptr::null_mut()) },
-            Some(3)
-        );
+        let v = unsafe { ok_or_set(Ok::<_, QError>(3), ptr::null_mut()) };
+        assert_eq!(v, Some(3));
     }
 
     #[test]
