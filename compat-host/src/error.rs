@@ -281,6 +281,47 @@ pub unsafe extern "C" fn compat_report(level: *const c_char, msg: *mut c_char) {
     unsafe { sys::g_free(msg.cast()) };
 }
 
+/// Exports the variadic functions of `varargs.c` under QEMU's names.
+///
+/// A cdylib built by rustc exports only Rust items (its version script
+/// hides every C symbol), and stable Rust cannot define C-variadic
+/// functions.  So each name is a naked Rust function that tail-jumps to
+/// the C definition: no register or stack slot is touched, so the
+/// variadic arguments (and %al on x86-64) arrive as the caller passed
+/// them.
+macro_rules! export_variadic {
+    ($($name:ident => $imp:ident),* $(,)?) => {
+        extern "C" {
+            $(fn $imp();)*
+        }
+        $(
+            /// QEMU's variadic function of this name (see `varargs.c`).
+            ///
+            /// # Safety
+            /// Called from C with the arguments the C prototype in
+            /// `include/compat` declares; Rust code calls the `sys`
+            /// declaration, never this item.
+            #[unsafe(naked)]
+            #[no_mangle]
+            pub unsafe extern "C" fn $name() {
+                #[cfg(target_arch = "x86_64")]
+                core::arch::naked_asm!("jmp {}", sym $imp);
+                #[cfg(target_arch = "aarch64")]
+                core::arch::naked_asm!("b {}", sym $imp);
+            }
+        )*
+    };
+}
+
+export_variadic! {
+    error_setg_internal => compat_impl_error_setg_internal,
+    error_setg_errno_internal => compat_impl_error_setg_errno_internal,
+    error_prepend => compat_impl_error_prepend,
+    error_report => compat_impl_error_report,
+    warn_report => compat_impl_warn_report,
+    info_report => compat_impl_info_report,
+}
+
 /// # Safety
 /// `err` is a live `Error *`.
 #[no_mangle]

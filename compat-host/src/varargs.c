@@ -3,6 +3,10 @@
  * define C variadic functions, so these format the message with GLib and
  * hand the finished string to the Rust side.
  *
+ * They are defined under "compat_impl_" names: a cdylib built by rustc
+ * exports only Rust items, so error.rs exports QEMU's names as naked
+ * functions that tail-jump here (all argument registers intact).
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "qemu/osdep.h"
@@ -15,7 +19,22 @@ void compat_error_set(Error **errp, const char *src, int line,
 void compat_error_prepend(Error *const *errp, char *prefix);
 void compat_report(const char *level, char *msg);
 
-void error_setg_internal(Error **errp,
+void compat_impl_error_setg_internal(Error **errp,
+                                     const char *src, int line,
+                                     const char *func, const char *fmt, ...)
+    G_GNUC_PRINTF(5, 6);
+void compat_impl_error_setg_errno_internal(Error **errp,
+                                           const char *src, int line,
+                                           const char *func, int os_error,
+                                           const char *fmt, ...)
+    G_GNUC_PRINTF(6, 7);
+void compat_impl_error_prepend(Error *const *errp, const char *fmt, ...)
+    G_GNUC_PRINTF(2, 3);
+void compat_impl_error_report(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+void compat_impl_warn_report(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+void compat_impl_info_report(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+
+void compat_impl_error_setg_internal(Error **errp,
                          const char *src, int line, const char *func,
                          const char *fmt, ...)
 {
@@ -28,7 +47,7 @@ void error_setg_internal(Error **errp,
     compat_error_set(errp, src, line, func, msg);
 }
 
-void error_setg_errno_internal(Error **errp,
+void compat_impl_error_setg_errno_internal(Error **errp,
                                const char *src, int line, const char *func,
                                int os_error, const char *fmt, ...)
 {
@@ -46,7 +65,7 @@ void error_setg_errno_internal(Error **errp,
     compat_error_set(errp, src, line, func, msg);
 }
 
-void error_prepend(Error *const *errp, const char *fmt, ...)
+void compat_impl_error_prepend(Error *const *errp, const char *fmt, ...)
 {
     va_list ap;
     char *prefix;
@@ -57,7 +76,7 @@ void error_prepend(Error *const *errp, const char *fmt, ...)
     compat_error_prepend(errp, prefix);
 }
 
-void error_report(const char *fmt, ...)
+void compat_impl_error_report(const char *fmt, ...)
 {
     va_list ap;
 
@@ -66,7 +85,7 @@ void error_report(const char *fmt, ...)
     va_end(ap);
 }
 
-void warn_report(const char *fmt, ...)
+void compat_impl_warn_report(const char *fmt, ...)
 {
     va_list ap;
 
@@ -75,7 +94,7 @@ void warn_report(const char *fmt, ...)
     va_end(ap);
 }
 
-void info_report(const char *fmt, ...)
+void compat_impl_info_report(const char *fmt, ...)
 {
     va_list ap;
 
