@@ -14,7 +14,7 @@ use std::{
     mem::size_of,
     ptr,
     sync::{
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicUsize, Ordering},
         Mutex, MutexGuard, Once, OnceLock,
     },
 };
@@ -52,6 +52,10 @@ struct ModuleInit {
 }
 
 static MODULES: Mutex<Vec<ModuleInit>> = Mutex::new(Vec::new());
+
+/// How many MODULE_INIT_QOM functions have not run yet, so that type
+/// lookups (every checked cast does one) skip the MODULES lock.
+static QOM_PENDING: AtomicUsize = AtomicUsize::new(0);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not make QOM unusable; the data stays
@@ -155,7 +159,9 @@ fn ensure_builtins() {
 /// Looks a type up, first running pending QOM module init functions.
 fn lookup(name: &CStr) -> Option<&'static TypeImpl> {
     ensure_builtins();
-    run_module_init(sys::module_init_type_MODULE_INIT_QOM);
+    if QOM_PENDING.load(Ordering::Acquire) > 0 {
+        run_module_init(sys::module_init_type_MODULE_INIT_QOM);
+    }
     lock(&TYPES).get(name).copied()
 }
 
@@ -294,6 +300,9 @@ fn run_module_init(kind: sys::module_init_type) {
             let mut mods = lock(&MODULES);
             mods.iter_mut().find(|m| !m.ran && m.kind == kind).map(|m| {
                 m.ran = true;
+                if kind == sys::module_init_type_MODULE_INIT_QOM {
+                    QOM_PENDING.fetch_sub(1, Ordering::AcqRel);
+                }
                 m.func
             })
         };
@@ -314,7 +323,11 @@ pub unsafe extern "C" fn register_module_init(
     type_: sys::module_init_type,
 ) {
     if let Some(func) = fn_ {
-        lock(&MODULES).push(ModuleInit {
+        let mut mods = lock(&MODULES);
+        if type_ == sys::module_init_type_MODULE_INIT_QOM {
+            QOM_PENDING.fetch_add(1, Ordering::AcqRel);
+        }
+        mods.push(ModuleInit {
             func,
             kind: type_,
             ran: false,
@@ -595,7 +608,7 @@ unsafe fn cast_failure(
 
 #[cfg(test)]
 mod tests {
-    use std::{os::unix::process::ExitStatusExt, sync::atomic::AtomicUsize};
+    use std::os::unix::process::ExitStatusExt;
 
     use super::*;
     use crate::util::testing::{in_child, run_child};
