@@ -318,7 +318,7 @@ impl SourceWatch {
                 sys::G_IO_IN,
                 Some(source_ready::<H>),
                 data.cast(),
-                Some(free_data::<WatchData<H>>),
+                Some(free_data::<H>),
                 ctx.0,
             )
         };
@@ -403,7 +403,7 @@ impl AioWatch {
             ctx,
             channel: channel.clone(),
             data: data.cast(),
-            free: free_data::<WatchData<H>>,
+            free: free_data::<H>,
         }
     }
 }
