@@ -404,21 +404,38 @@ static void test_bad_fd_invalid(void)
     check_open_fails(bad, "999999");
 }
 
+/*
+ * "fd:N" hands the fd over, as in QEMU (socket_get_fd): a non-socket fd is
+ * rejected and closed, so nothing leaks and nothing else is closed.
+ */
 static void test_bad_fd_pipe(void)
 {
-    int pipefd[2];
-    g_autofree char *str = NULL;
+    QIONetListener *listener = qio_net_listener_new();
+    g_autoptr(SocketAddress) good = tu_parse("127.0.0.1:0");
     g_autoptr(SocketAddress) bad = NULL;
+    g_autofree char *str = NULL;
+    Error *err = NULL;
     struct stat st;
+    int pipefd[2];
+    int fds = tu_count_fds();
 
     g_assert_cmpint(pipe(pipefd), ==, 0);
     str = g_strdup_printf("%d", pipefd[0]);
     bad = tu_fd_address(str);
-    check_open_fails(bad, str);
-    /* The rejected fd is not the listener's: it is still open. */
-    g_assert_cmpint(fstat(pipefd[0], &st), ==, 0);
-    close(pipefd[0]);
+    g_assert_cmpint(qio_net_listener_open_sync(listener, bad, 5, &err), ==, -1);
+    tu_assert_error_mentions(&err, str);
+    g_assert_cmpuint(qio_net_listener_nsioc(listener), ==, 0);
+    g_assert_false(qio_net_listener_is_connected(listener));
+    /* The rejected fd was consumed; the other end of the pipe is intact. */
+    g_assert_cmpint(fstat(pipefd[0], &st), ==, -1);
+    g_assert_cmpint(fstat(pipefd[1], &st), ==, 0);
     close(pipefd[1]);
+    g_assert_cmpint(tu_count_fds(), ==, fds);
+
+    g_assert_cmpint(qio_net_listener_open_sync(listener, good, 5,
+                                               &error_abort), ==, 0);
+    check_accepts_on(listener, 0);
+    object_unref(OBJECT(listener));
 }
 
 int main(int argc, char **argv)

@@ -49,8 +49,8 @@ impl Drop for Registration {
 }
 
 enum Watch {
-    // Held only for their Drop, which removes the watch.
-    Source(#[allow(dead_code)] SourceWatch),
+    Source(SourceWatch),
+    // Held only for its Drop, which removes the handler.
     Aio(#[allow(dead_code)] AioWatch),
 }
 
@@ -154,13 +154,22 @@ impl Listener {
         }
     }
 
-    /// Takes every watch out of the state; the caller drops them after
-    /// unlocking (dropping may release the last listener reference).
-    fn disarm(st: &mut State) -> Vec<Watch> {
-        st.sockets
-            .iter_mut()
-            .filter_map(|s| s.watch.take())
-            .collect()
+    /// Removes every watch.  AioContext handlers are removed right here,
+    /// under the lock: they are keyed by fd, so removing one after the next
+    /// registration installed its handler for the same fd would remove
+    /// that one instead; their drop releases nothing synchronously (a BH
+    /// does).  GSource watches are returned for the caller to drop after
+    /// unlocking: destroying one may run its release at once.
+    fn disarm(st: &mut State) -> Vec<SourceWatch> {
+        let mut sources = Vec::new();
+        for s in &mut st.sockets {
+            match s.watch.take() {
+                Some(Watch::Source(w)) => sources.push(w),
+                Some(Watch::Aio(w)) => drop(w),
+                None => {}
+            }
+        }
+        sources
     }
 
     /// Listens on every resolved address and adds those that worked.
