@@ -284,6 +284,42 @@ static void test_clear_stops_accepting(gconstpointer opaque)
     tu_accepts_destroy(&acc);
 }
 
+/* Direct replacement, from one kind of watch to another or the same. */
+static const TuMode replace_glib_glib[] = { TU_MODE_GLIB, TU_MODE_GLIB };
+static const TuMode replace_glib_aio[] = { TU_MODE_GLIB, TU_MODE_AIO };
+static const TuMode replace_aio_aio[] = { TU_MODE_AIO, TU_MODE_AIO };
+static const TuMode replace_aio_glib[] = { TU_MODE_AIO, TU_MODE_GLIB };
+
+/* The new callback takes over at once, without clearing in between. */
+static void test_replace_callback(gconstpointer opaque)
+{
+    const TuMode *modes = opaque;
+    QIONetListener *listener = new_inet_listener();
+    QIOChannelSocket *c1, *c2;
+    TuAccepts a, b;
+
+    tu_accepts_init(&a);
+    tu_accepts_init(&b);
+    tu_set_cb(listener, modes[0], tu_accept_cb, &a);
+    c1 = tu_connect_listener(listener, 0);
+    TU_WAIT_UNTIL(tu_accepts_count(&a) == 1, tu_iterate(modes[0]));
+
+    tu_set_cb(listener, modes[1], tu_accept_cb, &b);
+    c2 = tu_connect_listener(listener, 0);
+    TU_WAIT_UNTIL(tu_accepts_count(&b) == 1, tu_iterate(modes[1]));
+    tu_spin(modes[0], 10);
+    g_assert_cmpint(tu_accepts_count(&a), ==, 1);
+    check_pair(&a, 0, c1);
+    check_pair(&b, 0, c2);
+
+    tu_set_cb(listener, modes[1], NULL, NULL);
+    object_unref(OBJECT(listener));
+    object_unref(OBJECT(c1));
+    object_unref(OBJECT(c2));
+    tu_accepts_destroy(&a);
+    tu_accepts_destroy(&b);
+}
+
 static void test_notify_on_replace_and_finalize(void)
 {
     QIONetListener *listener = new_inet_listener();
@@ -549,6 +585,14 @@ int main(int argc, char **argv)
     g_test_add_data_func("/net-listener/dispatch/clear-inside-callback/aio",
                          GINT_TO_POINTER(TU_MODE_AIO),
                          test_clear_inside_callback);
+    g_test_add_data_func("/net-listener/dispatch/replace/glib-glib",
+                         replace_glib_glib, test_replace_callback);
+    g_test_add_data_func("/net-listener/dispatch/replace/glib-aio",
+                         replace_glib_aio, test_replace_callback);
+    g_test_add_data_func("/net-listener/dispatch/replace/aio-aio",
+                         replace_aio_aio, test_replace_callback);
+    g_test_add_data_func("/net-listener/dispatch/replace/aio-glib",
+                         replace_aio_glib, test_replace_callback);
     g_test_add_func("/net-listener/notify/replace-and-finalize",
                     test_notify_on_replace_and_finalize);
     g_test_add_func("/net-listener/notify/finalize-no-sockets",
