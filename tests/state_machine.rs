@@ -18,7 +18,7 @@ use std::{
 };
 
 use qemucompat::sys as compat;
-use qio_net_listener::ffi::*;
+use qio_net_listener::{ffi::*, host::QIOChannelSocket as Sioc};
 
 /// Tests share the main loop and count process-wide things; run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -91,11 +91,7 @@ impl Counters {
     }
 }
 
-unsafe extern "C" fn count_cb(
-    _l: *mut QIONetListener,
-    _s: *mut compat::QIOChannelSocket,
-    d: *mut c_void,
-) {
+unsafe extern "C" fn count_cb(_l: *mut QIONetListener, _s: *mut Sioc, d: *mut c_void) {
     // SAFETY: the tests pass a &'static Counters as data.
     let c = unsafe { &*(d as *const Counters) };
     c.in_callback.store(true, SeqCst);
@@ -105,11 +101,7 @@ unsafe extern "C" fn count_cb(
 }
 
 /// A callback that clears itself, as char-socket.c does after one client.
-unsafe extern "C" fn clearing_cb(
-    l: *mut QIONetListener,
-    s: *mut compat::QIOChannelSocket,
-    d: *mut c_void,
-) {
+unsafe extern "C" fn clearing_cb(l: *mut QIONetListener, s: *mut Sioc, d: *mut c_void) {
     // SAFETY: same data contract as count_cb; l is live during the call.
     unsafe {
         count_cb(l, s, d);
@@ -137,12 +129,10 @@ fn as_data(c: &'static Counters) -> *mut c_void {
     c as *const Counters as *mut c_void
 }
 
-type Cb = unsafe extern "C" fn(*mut QIONetListener, *mut compat::QIOChannelSocket, *mut c_void);
+type Cb = unsafe extern "C" fn(*mut QIONetListener, *mut Sioc, *mut c_void);
 
 fn cb(f: Cb) -> QIONetListenerClientFunc {
-    // SAFETY: the compat host's QIOChannelSocket is the same C type the
-    // listener's bindings call QIOChannelSocket; only the Rust paths differ.
-    Some(unsafe { std::mem::transmute::<Cb, _>(f) })
+    Some(f)
 }
 
 #[test]
