@@ -18,3 +18,5 @@ echo "== meson test"
 [ -d build ] || meson setup build
 meson compile -C build
 meson test -C build --print-errorlogs
+echo "== meson test --setup valgrind (C harness under memcheck)"
+meson test -C build --setup valgrind --suite c-tests --print-errorlogs
