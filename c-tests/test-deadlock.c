@@ -162,6 +162,10 @@ static void scenario_finish(Scenario *s)
     qio_net_listener_set_client_func(s->listener, NULL, NULL, NULL);
     qio_net_listener_set_client_aio_func(s->listener, NULL, NULL, NULL);
     object_unref(OBJECT(s->listener));
+    /* Let the releases the listener scheduled in the AioContext run. */
+    for (int i = 0; i < 100 && aio_poll(s->ctx, false); i++) {
+        /* nothing */
+    }
 }
 
 /* set_client_aio_func (NULL or the explicit main context): completes. */
