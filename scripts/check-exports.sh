@@ -1,0 +1,27 @@
+#!/bin/sh
+# The listener library must export exactly QEMU's 13 qio_net_listener_*
+# functions (and nothing of the compat host, which is its own library).
+set -eu
+lib=$1
+expected="qio_net_listener_add
+qio_net_listener_disconnect
+qio_net_listener_get_local_address
+qio_net_listener_is_connected
+qio_net_listener_new
+qio_net_listener_nsioc
+qio_net_listener_open_sync
+qio_net_listener_set_client_aio_func
+qio_net_listener_set_client_func
+qio_net_listener_set_client_func_full
+qio_net_listener_set_name
+qio_net_listener_sioc
+qio_net_listener_wait_client"
+actual=$(nm -D --defined-only "$lib" | awk '$2 ~ /^[TDBRVW]$/ { print $3 }' | sort)
+if [ "$actual" != "$expected" ]; then
+    echo "unexpected exports of $lib:"
+    printf '%s\n' "$actual" | diff -u - /dev/fd/3 3<<EOF2 || true
+$expected
+EOF2
+    exit 1
+fi
+echo "ok: $lib exports exactly the 13 qio_net_listener_* functions"
