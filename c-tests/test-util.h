@@ -100,7 +100,10 @@ bool tu_wait_eof(QIOChannelSocket *sioc);
 /* Writes all of @str to @sioc (must succeed). */
 void tu_write_str(QIOChannelSocket *sioc, const char *str);
 
-/* Asserts that @err is set, non-empty, mentions @needle; frees it. */
+/*
+ * Asserts that @err is set and non-empty and (on the compat host, whose
+ * socket errors always name the address) mentions @needle; frees it.
+ */
 void tu_assert_error_mentions(Error **err, const char *needle);
 
 /*
