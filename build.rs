@@ -89,6 +89,7 @@ fn generate_host_bindings(root: &std::path::Path, out: &std::path::Path) {
     }
     builder = builder
         .allowlist_type("TypeInfo")
+        .allowlist_type("QIOChannelSocket")
         .allowlist_type("module_init_type")
         .allowlist_type("QIOChannelFunc")
         .allowlist_type("GSourceFunc")

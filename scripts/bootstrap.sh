@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs what building and testing need on a Debian machine, if missing:
 # meson, ninja, pkg-config, GLib and libclang (for bindgen) headers, and
-# valgrind.  The Rust toolchain (cargo, rustc >= 1.77) must already be there.
+# valgrind.  The Rust toolchain (cargo, rustc >= 1.88) must already be there.
 set -eu
 
 need=""

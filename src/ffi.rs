@@ -39,6 +39,9 @@ pub type QIONetListenerClientFunc = Option<
     ),
 >;
 
+// QOM casts OBJECT(listener) by pointer: the Object header must come first.
+const _: () = assert!(std::mem::offset_of!(QIONetListener, parent) == 0);
+
 const TYPE_QIO_NET_LISTENER: &CStr = c"qio-net-listener";
 
 struct StaticTypeInfo(TypeInfo);

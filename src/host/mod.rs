@@ -16,6 +16,16 @@ use std::{
 };
 
 use bindings as sys;
+// What the listener assumes about the host's types beyond what the
+// generated declarations already type-check (TypeInfo's fields are all
+// named in ffi.rs, callback signatures come from the headers): QOM
+// subclasses start with their parent, so a QIOChannelSocket pointer is a
+// QIOChannel pointer and a listener pointer an Object pointer.
+const _: () = {
+    assert!(std::mem::offset_of!(sys::QIOChannelSocket, parent) == 0);
+    assert!(std::mem::offset_of!(sys::QIOChannel, parent) == 0);
+};
+
 pub use bindings::{
     gpointer, AioContext, Error, GDestroyNotify, GMainContext, Object, QIOChannelSocket,
     SocketAddress, TypeInfo,
