@@ -1,7 +1,7 @@
 #!/bin/sh
 # Every check CI runs: formatting, clippy, the Rust tests (including the
 # stale-header check), the C harness under meson, and the C harness again
-# under valgrind.  Exits non-zero on the first failure.
+# under valgrind and under ASan/UBSan.  Exits non-zero on the first failure.
 set -eu
 cd "$(dirname "$0")/.."
 [ -x "$HOME/.cargo/bin/cargo" ] && PATH="$HOME/.cargo/bin:$PATH"
@@ -20,3 +20,10 @@ meson compile -C build
 meson test -C build --print-errorlogs
 echo "== meson test --setup valgrind (C harness under memcheck)"
 meson test -C build --setup valgrind --suite c-tests --print-errorlogs
+
+echo "== meson test, C harness built with ASan/UBSan"
+[ -d build-asan ] || meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false
+meson compile -C build-asan
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    meson test -C build-asan --suite c-tests --suite examples --print-errorlogs

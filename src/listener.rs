@@ -4,7 +4,9 @@
 //! Rules that keep every sequence of calls balanced:
 //! - All state is behind one mutex; user code (the client callback, the
 //!   user's notify) and anything that may drop the last reference to the
-//!   listener (destroying a watch) run only after the lock is released.
+//!   listener (destroying a GSource watch) run only after the lock is
+//!   released.  AioContext handlers are removed under the lock (see
+//!   `disarm`); what they hold is released later by a bottom half.
 //! - A socket is watched at most once: watches are only ever created for
 //!   sockets that have none, so re-arming is idempotent.
 //! - Closed sockets (after disconnect) are never watched again.
