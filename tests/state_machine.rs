@@ -340,3 +340,55 @@ fn cross_thread_churn_balances_notifies() {
     let calls: usize = regs.iter().map(|c| c.calls.load(SeqCst)).sum();
     assert!(calls <= clients.len());
 }
+
+#[test]
+fn null_listener_gives_documented_results() {
+    let _g = setup();
+    let n = ptr::null_mut();
+    let mut err: *mut compat::Error = ptr::null_mut();
+    let errp = &mut err as *mut *mut compat::Error;
+    // SAFETY: every function accepts a NULL listener (documented); errp
+    // points to a NULL Error * owned by this test.
+    unsafe {
+        qio_net_listener_set_name(n, c"x".as_ptr());
+        assert_eq!(
+            qio_net_listener_open_sync(n, ptr::null_mut(), 1, errp.cast()),
+            -1
+        );
+        assert!(!err.is_null(), "open_sync on NULL sets an error");
+        compat::error_free(err);
+        err = ptr::null_mut();
+        qio_net_listener_add(n, ptr::null_mut());
+        qio_net_listener_set_client_func_full(n, None, ptr::null_mut(), None, ptr::null_mut());
+        qio_net_listener_set_client_func(n, None, ptr::null_mut(), None);
+        qio_net_listener_set_client_aio_func(n, None, ptr::null_mut(), ptr::null_mut());
+        assert!(qio_net_listener_wait_client(n).is_null());
+        qio_net_listener_disconnect(n);
+        assert!(!qio_net_listener_is_connected(n));
+        assert_eq!(qio_net_listener_nsioc(n), 0);
+        assert!(qio_net_listener_sioc(n, 0).is_null());
+        assert!(qio_net_listener_get_local_address(n, 0, errp.cast()).is_null());
+        assert!(!err.is_null(), "get_local_address on NULL sets an error");
+        compat::error_free(err);
+    }
+    // A NULL address on a real listener is an error too, not a crash.
+    let l = qio_net_listener_new();
+    let mut err: *mut compat::Error = ptr::null_mut();
+    // SAFETY: live listener; err is a NULL Error * owned by this test.
+    unsafe {
+        assert_eq!(
+            qio_net_listener_open_sync(
+                l,
+                ptr::null_mut(),
+                1,
+                (&mut err as *mut *mut compat::Error).cast()
+            ),
+            -1
+        );
+        assert!(!err.is_null());
+        compat::error_free(err);
+        qio_net_listener_add(l, ptr::null_mut());
+        assert_eq!(qio_net_listener_nsioc(l), 0);
+    }
+    unref(l);
+}
