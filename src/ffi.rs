@@ -276,7 +276,9 @@ pub unsafe extern "C" fn qio_net_listener_open_sync(
 }
 
 /// Adopts an already listening channel: the listener takes its own
-/// reference, becomes connected and watches it if a callback is set.
+/// reference, makes it non-blocking (each wake-up accepts every pending
+/// client, up to a bound), becomes connected and watches it if a callback
+/// is set.
 ///
 /// # Safety
 /// `listener` and `sioc` are NULL or live objects.

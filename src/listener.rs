@@ -20,7 +20,7 @@
 
 use std::{
     ffi::{c_int, CStr, CString},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, Weak},
 };
 
 use crate::{
@@ -87,16 +87,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The handler behind every async watch.
+/// The handler behind every async watch: it serves the registration it
+/// was created for, and only while that registration is current.
 struct AcceptHandler {
     owner: Owner,
+    registration: Weak<Registration>,
 }
 
 impl ReadyHandler for AcceptHandler {
     fn ready(&self, channel: &Channel) {
-        self.owner.listener().accept_one(&self.owner, channel);
+        self.owner.listener().accept_batch(self, channel);
     }
 }
+
+/// How many clients one wake-up accepts at most before returning to the
+/// event loop (so that a flood cannot starve the loop's other sources).
+pub const ACCEPT_BATCH: usize = 32;
 
 /// The handler of the private watches of wait_client.
 struct WaitHandler(Arc<Waiter>);
@@ -141,6 +147,7 @@ impl Listener {
             return;
         }
         let target = reg.target;
+        let registration = Arc::downgrade(reg);
         for s in st
             .sockets
             .iter_mut()
@@ -148,6 +155,7 @@ impl Listener {
         {
             let handler = AcceptHandler {
                 owner: owner.clone(),
+                registration: registration.clone(),
             };
             s.watch = Some(match target {
                 Target::Glib(ctx) => Watch::Source(SourceWatch::new(&s.channel, ctx, handler)),
@@ -198,6 +206,12 @@ impl Listener {
     }
 
     pub fn add(&self, owner: &Owner, channel: Channel) {
+        // Batch accept needs accept() to return at once when nothing is
+        // pending; sockets from listen_sync or socket activation are
+        // blocking.  A failure leaves it blocking: level-triggered watches
+        // only call accept when a client is pending, so the first accept
+        // of a batch still never blocks (the loop then ends at the next).
+        channel.set_nonblocking();
         let mut st = lock(&self.state);
         if let Some(name) = &st.name {
             channel.set_name(name);
@@ -237,23 +251,34 @@ impl Listener {
         drop(old_client);
     }
 
-    /// The watch callback: accepts one client and hands it to the current
-    /// callback.  The callback is checked before accepting so that a client
-    /// is never accepted only to be dropped because the callback was
-    /// cleared concurrently; it then stays queued for the next callback.
-    fn accept_one(&self, owner: &Owner, channel: &Channel) {
-        let reg = {
-            let st = lock(&self.state);
-            match &st.client {
-                Some(r) if r.spec.has_func() && st.waiters.is_empty() => r.clone(),
-                _ => return,
-            }
-        };
-        if let Some(client) = channel.accept() {
-            reg.spec.call(owner, &client);
+    /// The watch callback: accepts up to ACCEPT_BATCH pending clients (the
+    /// listening sockets are non-blocking), handing each to the callback.
+    /// The registration is checked before every accept, so a callback that
+    /// clears or replaces itself, a wait_client or a disconnect (from any
+    /// thread) stops the batch without accepting a client only to drop it:
+    /// the rest stay queued in the kernel for whoever serves them next.
+    fn accept_batch(&self, handler: &AcceptHandler, channel: &Channel) {
+        for _ in 0..ACCEPT_BATCH {
+            let reg = {
+                let st = lock(&self.state);
+                match &st.client {
+                    Some(r)
+                        if st.waiters.is_empty()
+                            && std::ptr::eq(Arc::as_ptr(r), handler.registration.as_ptr()) =>
+                    {
+                        r.clone()
+                    }
+                    _ => return,
+                }
+            };
+            // None: nothing pending any more (or an error, as in QEMU).
+            let Some(client) = channel.accept() else {
+                return;
+            };
+            reg.spec.call(&handler.owner, &client);
+            // `reg` drops here: if the callback was replaced meanwhile,
+            // this was the last user and its notify runs now, after it.
         }
-        // `reg` drops here: if the callback was replaced meanwhile, this
-        // was the last user and its notify runs now, after the callback.
     }
 
     pub fn wait_client(&self, owner: &Owner) -> Option<Channel> {

@@ -32,13 +32,17 @@ fn setup() -> std::sync::MutexGuard<'static, ()> {
 
 /// A listener on 127.0.0.1:0 and its port.
 fn open_loopback() -> (*mut QIONetListener, u16) {
+    open_loopback_backlog(8)
+}
+
+fn open_loopback_backlog(backlog: i32) -> (*mut QIONetListener, u16) {
     let l = qio_net_listener_new();
     let spec = CString::new("127.0.0.1:0").unwrap();
     // SAFETY: valid C string; the listener is live; addr is freed after use.
     unsafe {
         let addr = compat::socket_parse(spec.as_ptr(), ptr::null_mut());
         assert!(!addr.is_null());
-        let rc = qio_net_listener_open_sync(l, addr.cast(), 8, ptr::null_mut());
+        let rc = qio_net_listener_open_sync(l, addr.cast(), backlog, ptr::null_mut());
         compat::qapi_free_SocketAddress(addr);
         assert_eq!(rc, 0);
         let local =
@@ -391,4 +395,39 @@ fn null_listener_gives_documented_results() {
         assert_eq!(qio_net_listener_nsioc(l), 0);
     }
     unref(l);
+}
+
+#[test]
+fn one_wakeup_accepts_a_bounded_batch() {
+    let _g = setup();
+    static G: Counters = Counters::new();
+    // SAFETY: a new context owned by this test, iterated only here.
+    let ctx = unsafe { compat::g_main_context_new() };
+    let (l, port) = open_loopback_backlog(128);
+    let n = qio_net_listener::listener::ACCEPT_BATCH + 8;
+    // connect() on loopback returns once the connection is in the backlog.
+    let clients: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    // SAFETY: live listener and context; static data, no notify.
+    unsafe {
+        qio_net_listener_set_client_func_full(l, cb(count_cb), as_data(&G), None, ctx.cast());
+        // One dispatch of the watch: a full batch, not one client.
+        while compat::g_main_context_iteration(ctx, 0) == 0 {}
+    }
+    assert_eq!(
+        G.calls.load(SeqCst),
+        qio_net_listener::listener::ACCEPT_BATCH
+    );
+    assert!(
+        iterate_until(ctx, || G.calls.load(SeqCst) == n),
+        "the rest on the next wake-up"
+    );
+    // SAFETY: live listener; then the test's own references.
+    unsafe {
+        qio_net_listener_disconnect(l);
+        compat::g_main_context_unref(ctx);
+    }
+    unref(l);
+    drop(clients);
 }

@@ -214,6 +214,13 @@ impl Channel {
         unsafe { sys::qio_channel_set_name(self.ioc(), name.as_ptr()) }
     }
 
+    /// Makes accept() return at once when nothing is pending.  Returns
+    /// false (error discarded) if the host could not.
+    pub fn set_nonblocking(&self) -> bool {
+        // SAFETY: the channel is live; NULL errp discards any error.
+        unsafe { sys::qio_channel_set_blocking(self.ioc(), false, ptr::null_mut()) }
+    }
+
     /// Closes the socket; the listener has nothing to report a failure to.
     pub fn close(&self) {
         // SAFETY: the channel is live; NULL errp discards any error.
