@@ -6,6 +6,8 @@ builds nothing) on loopback and unix sockets in a temporary directory:
 
   nbd       qemu-nbd serves a qcow2 image on a unix socket and on a TCP
             port; `qemu-nbd --list` and `qemu-img info` read it back.
+  activation  qemu-nbd under systemd-socket-activate (a pre-opened fd goes
+            through qio_net_listener_add), three clients in turn.
   deadlock  the scenario of QEMU commit "qio: Add QIONetListener API for
             using AioContext": one qemu-storage-daemon starts an NBD server
             on a unix socket, exports a qcow2 node, then blockdev-adds a
@@ -13,7 +15,7 @@ builds nothing) on loopback and unix sockets in a temporary directory:
             QMP.  Passes if blockdev-add answers within --timeout seconds;
             a server whose accept is GMainContext-driven hangs instead.
 
-usage: qemu-scenarios.py --bin DIR [--timeout S] [nbd] [deadlock]
+usage: qemu-scenarios.py --bin DIR [--timeout S] [nbd] [activation] [deadlock]
        (DIR holds qemu-img, qemu-nbd and storage-daemon/qemu-storage-daemon)
 Exit status 0 if every selected scenario passed.
 """
@@ -88,6 +90,33 @@ def scenario_nbd(bins, tmp, timeout):
             s.wait(5)
 
 
+def scenario_activation(bins, tmp, timeout):
+    """qemu-nbd started by systemd-socket-activate: qio_net_listener_add()
+    of a pre-opened listening fd, serving several clients in turn."""
+    import shutil
+    activate = shutil.which("systemd-socket-activate")
+    if not activate:
+        print("activation: FAILED: systemd-socket-activate not found (package systemd)")
+        return False
+    img = os.path.join(tmp, "disk.qcow2")
+    run([bins["qemu-img"], "create", "-q", "-f", "qcow2", img, "1M"])
+    port = free_port()
+    server = subprocess.Popen([activate, "-l", f"127.0.0.1:{port}", bins["qemu-nbd"],
+                               "--persistent", "-f", "qcow2", "-x", "disk", img],
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for(port, time.monotonic() + timeout)
+        for _ in range(3):
+            out = run([bins["qemu-nbd"], "--list", "-b", "127.0.0.1", "-p", str(port)],
+                      timeout=timeout).stdout
+            assert "export: 'disk'" in out, out
+        print(f"activation: ok (socket-activated qemu-nbd on 127.0.0.1:{port}, 3 clients)")
+        return True
+    finally:
+        server.terminate()
+        server.wait(5)
+
+
 class Qmp:
     def __init__(self, path, timeout):
         self.sock = socket.socket(socket.AF_UNIX)
@@ -150,7 +179,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", required=True, help="QEMU build directory")
     ap.add_argument("--timeout", type=float, default=5.0)
-    ap.add_argument("scenarios", nargs="*", default=["nbd", "deadlock"])
+    ap.add_argument("scenarios", nargs="*", default=["nbd", "activation", "deadlock"])
     a = ap.parse_args()
     bins = {"qemu-img": os.path.join(a.bin, "qemu-img"),
             "qemu-nbd": os.path.join(a.bin, "qemu-nbd"),
@@ -158,7 +187,8 @@ def main():
     ok = True
     for name in a.scenarios:
         with tempfile.TemporaryDirectory() as tmp:
-            ok &= {"nbd": scenario_nbd, "deadlock": scenario_deadlock}[name](bins, tmp, a.timeout)
+            ok &= {"nbd": scenario_nbd, "activation": scenario_activation,
+                   "deadlock": scenario_deadlock}[name](bins, tmp, a.timeout)
     sys.exit(0 if ok else 1)
 
 
