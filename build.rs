@@ -35,6 +35,11 @@ const HOST_FUNCTIONS: &[&str] = &[
     "qio_channel_create_watch",
     "qio_channel_add_watch_source",
     "qio_channel_set_aio_fd_handler",
+    "timer_mod",
+    "timer_del",
+    "qio_nl_aio_timer_new_ms",
+    "qio_nl_clock_ms",
+    "qio_nl_timer_free",
     "qemu_get_aio_context",
     "aio_bh_schedule_oneshot_full",
     "g_free",
@@ -48,6 +53,7 @@ const HOST_FUNCTIONS: &[&str] = &[
     "g_source_destroy",
     "g_source_set_callback",
     "g_source_unref",
+    "g_timeout_source_new",
 ];
 
 fn main() {
@@ -57,6 +63,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=QIO_HOST_CFLAGS");
     println!("cargo:rerun-if-env-changed=QIO_UPDATE_HEADER");
     println!("cargo:rerun-if-changed=src/host/host.h");
+    println!("cargo:rerun-if-changed=src/host/shim.h");
+    println!("cargo:rerun-if-changed=src/host/shim.c");
     println!("cargo:rerun-if-changed=src/ffi.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
 
@@ -109,6 +117,19 @@ fn generate_host_bindings(root: &std::path::Path, out: &std::path::Path) {
         .expect("bindgen over the host API headers")
         .write_to_file(out.join("host_bindings.rs"))
         .expect("write host_bindings.rs");
+
+    // The wrappers of QEMU's static inline functions (see shim.h).
+    let mut cc = cc::Build::new();
+    cc.file(root.join("src/host/shim.c")).warnings(true);
+    for dir in host_include.iter().chain(&glib.include_paths) {
+        cc.include(dir);
+    }
+    if let Ok(flags) = env::var("QIO_HOST_CFLAGS") {
+        for f in flags.split_whitespace() {
+            cc.flag(f);
+        }
+    }
+    cc.compile("qio_net_listener_host_shim");
 }
 
 fn generate_header(root: &std::path::Path, out: &std::path::Path) {

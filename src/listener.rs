@@ -17,6 +17,10 @@
 //! - The (func, data, notify) registration is reference counted; notify
 //!   runs when the last clone goes, i.e. once it is replaced and no
 //!   callback that uses it is still running in any thread.
+//! - A wake-up accepts up to ACCEPT_BATCH clients, re-checking before each
+//!   that its registration is still the current one.  When accept fails
+//!   with a client still queued (out of fds or memory) the socket's watch
+//!   is replaced by a back-off timer in the same context, which re-arms it.
 
 use std::{
     ffi::{c_int, CStr, CString},
@@ -26,8 +30,8 @@ use std::{
 use crate::{
     ffi::{ClientSpec, Owner},
     host::{
-        Address, AioCtx, AioWatch, Channel, GlibContext, LocalError, PrivateLoop, ReadyHandler,
-        SourceWatch,
+        Address, AioCtx, AioWatch, Channel, GlibContext, LocalError, OneShotTimer, PrivateLoop,
+        ReadyHandler, SourceWatch, TimerHandler,
     },
 };
 
@@ -60,6 +64,17 @@ struct Socket {
     channel: Channel,
     closed: bool,
     watch: Option<Watch>,
+    /// Paused after accept failed with a client still queued (out of file
+    /// descriptors or memory): the timer re-arms the watch.  The id tells
+    /// a current back-off from a cancelled one whose timer still fires.
+    backoff: Option<(u64, OneShotTimer)>,
+}
+
+/// What `disarm` took out of the state, to drop after unlocking.
+#[must_use]
+struct Disarmed {
+    _sources: Vec<SourceWatch>,
+    _timers: Vec<OneShotTimer>,
 }
 
 /// A `wait_client` in progress.
@@ -75,6 +90,7 @@ struct State {
     client: Option<Arc<Registration>>,
     /// Calls of wait_client in progress; async watches stay off meanwhile.
     waiters: Vec<Arc<Waiter>>,
+    last_backoff_id: u64,
 }
 
 pub struct Listener {
@@ -104,6 +120,23 @@ impl ReadyHandler for AcceptHandler {
 /// event loop (so that a flood cannot starve the loop's other sources).
 pub const ACCEPT_BATCH: usize = 32;
 
+/// How long a socket pauses after accept failed for lack of resources
+/// (EMFILE, ENFILE, ENOBUFS, ENOMEM) with clients still queued.  They stay
+/// in the kernel backlog meanwhile; retrying at once would spin.
+pub const BACKOFF_MS: u32 = 100;
+
+/// The timer of a back-off: re-arms the socket's watch.
+struct BackoffHandler {
+    owner: Owner,
+    id: u64,
+}
+
+impl TimerHandler for BackoffHandler {
+    fn fire(&self) {
+        self.owner.listener().end_backoff(&self.owner, self.id);
+    }
+}
+
 /// The handler of the private watches of wait_client.
 struct WaitHandler(Arc<Waiter>);
 
@@ -129,6 +162,7 @@ impl Listener {
                 connected: false,
                 client: None,
                 waiters: Vec::new(),
+                last_backoff_id: 0,
             }),
         }
     }
@@ -151,7 +185,7 @@ impl Listener {
         for s in st
             .sockets
             .iter_mut()
-            .filter(|s| !s.closed && s.watch.is_none())
+            .filter(|s| !s.closed && s.watch.is_none() && s.backoff.is_none())
         {
             let handler = AcceptHandler {
                 owner: owner.clone(),
@@ -164,22 +198,94 @@ impl Listener {
         }
     }
 
-    /// Removes every watch.  AioContext handlers are removed right here,
-    /// under the lock: they are keyed by fd, so removing one after the next
-    /// registration installed its handler for the same fd would remove
-    /// that one instead; their drop releases nothing synchronously (a BH
-    /// does).  GSource watches are returned for the caller to drop after
-    /// unlocking: destroying one may run its release at once.
-    fn disarm(st: &mut State) -> Vec<SourceWatch> {
+    /// Removes every watch and cancels every back-off (a new registration
+    /// may use another context; it backs off there if it must).
+    /// AioContext handlers are removed right here, under the lock: they
+    /// are keyed by fd, so removing one after the next registration
+    /// installed its handler for the same fd would remove that one
+    /// instead; their drop releases nothing synchronously (a BH does).
+    /// GSource watches and timers are returned for the caller to drop
+    /// after unlocking: destroying one may run its release at once.
+    fn disarm(st: &mut State) -> Disarmed {
         let mut sources = Vec::new();
+        let mut timers = Vec::new();
         for s in &mut st.sockets {
             match s.watch.take() {
                 Some(Watch::Source(w)) => sources.push(w),
                 Some(Watch::Aio(w)) => drop(w),
                 None => {}
             }
+            timers.extend(s.backoff.take().map(|(_, t)| t));
         }
-        sources
+        Disarmed {
+            _sources: sources,
+            _timers: timers,
+        }
+    }
+
+    /// Pauses `channel`'s watch for BACKOFF_MS: accept failed while a
+    /// client is still queued, so the socket stays readable and retrying
+    /// now would spin.  Runs inside the watch's own callback.
+    fn back_off(&self, handler: &AcceptHandler, channel: &Channel) {
+        let watch = {
+            let mut st = lock(&self.state);
+            let Some(target) = Self::serving(&st, handler).map(|r| r.target) else {
+                return;
+            };
+            st.last_backoff_id += 1;
+            let id = st.last_backoff_id;
+            let Some(s) = st
+                .sockets
+                .iter_mut()
+                .find(|s| s.channel.as_ptr() == channel.as_ptr() && !s.closed)
+            else {
+                return;
+            };
+            let retry = BackoffHandler {
+                owner: handler.owner.clone(),
+                id,
+            };
+            s.backoff = Some((
+                id,
+                match target {
+                    Target::Glib(ctx) => OneShotTimer::glib(ctx, BACKOFF_MS, retry),
+                    Target::Aio(ctx) => OneShotTimer::aio(ctx, BACKOFF_MS.into(), retry),
+                },
+            ));
+            // As in disarm: AioContext handlers go under the lock.
+            match s.watch.take() {
+                Some(Watch::Source(w)) => Some(w),
+                Some(Watch::Aio(w)) => {
+                    drop(w);
+                    None
+                }
+                None => None,
+            }
+        };
+        drop(watch);
+    }
+
+    /// The back-off timer `id` expired: watch the socket again.
+    fn end_backoff(&self, owner: &Owner, id: u64) {
+        let timer = {
+            let mut st = lock(&self.state);
+            let timer = st
+                .sockets
+                .iter_mut()
+                .find(|s| s.backoff.as_ref().is_some_and(|(b, _)| *b == id))
+                .and_then(|s| s.backoff.take());
+            Self::arm(&mut st, owner);
+            timer
+        };
+        drop(timer);
+    }
+
+    /// The registration `handler` serves, if it is still the current one
+    /// and no wait_client has suspended the async watches.
+    fn serving<'a>(st: &'a State, handler: &AcceptHandler) -> Option<&'a Arc<Registration>> {
+        st.client.as_ref().filter(|r| {
+            st.waiters.is_empty() && std::ptr::eq(Arc::as_ptr(r), handler.registration.as_ptr())
+        })
     }
 
     /// Listens on every resolved address and adds those that worked.
@@ -220,6 +326,7 @@ impl Listener {
             channel,
             closed: false,
             watch: None,
+            backoff: None,
         });
         st.connected = true;
         Self::arm(&mut st, owner);
@@ -259,21 +366,23 @@ impl Listener {
     /// the rest stay queued in the kernel for whoever serves them next.
     fn accept_batch(&self, handler: &AcceptHandler, channel: &Channel) {
         for _ in 0..ACCEPT_BATCH {
-            let reg = {
-                let st = lock(&self.state);
-                match &st.client {
-                    Some(r)
-                        if st.waiters.is_empty()
-                            && std::ptr::eq(Arc::as_ptr(r), handler.registration.as_ptr()) =>
-                    {
-                        r.clone()
-                    }
-                    _ => return,
-                }
-            };
-            // None: nothing pending any more (or an error, as in QEMU).
-            let Some(client) = channel.accept() else {
+            let Some(reg) = Self::serving(&lock(&self.state), handler).cloned() else {
                 return;
+            };
+            let client = match channel.accept() {
+                Some(client) => client,
+                // Failed with the queue empty: the batch is done.
+                None if !channel.pending() => return,
+                // Failed with a client still queued: one that arrived just
+                // now, or a shortage of fds or memory.  Try once more.
+                None => match channel.accept() {
+                    Some(client) => client,
+                    None => {
+                        drop(reg);
+                        self.back_off(handler, channel);
+                        return;
+                    }
+                },
             };
             reg.spec.call(&handler.owner, &client);
             // `reg` drops here: if the callback was replaced meanwhile,

@@ -431,3 +431,150 @@ fn one_wakeup_accepts_a_bounded_batch() {
     unref(l);
     drop(clients);
 }
+
+/// Fills every free fd number below a lowered RLIMIT_NOFILE, so that the
+/// next accept fails with EMFILE; dropping the result frees them again.
+struct FdExhaustion {
+    fds: Vec<i32>,
+    old: libc::rlimit,
+}
+
+impl FdExhaustion {
+    fn start() -> Self {
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain syscalls on this process's own limits and fds.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
+            let highest = std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+                .max()
+                .unwrap();
+            let low = libc::rlimit {
+                rlim_cur: highest + 16,
+                rlim_max: old.rlim_max,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &low), 0);
+            let mut fds = Vec::new();
+            loop {
+                let fd = libc::dup(0);
+                if fd < 0 {
+                    break;
+                }
+                fds.push(fd);
+            }
+            FdExhaustion { fds, old }
+        }
+    }
+}
+
+impl Drop for FdExhaustion {
+    fn drop(&mut self) {
+        // SAFETY: closes the fds start() opened and restores the limit.
+        unsafe {
+            for fd in &self.fds {
+                libc::close(*fd);
+            }
+            libc::setrlimit(libc::RLIMIT_NOFILE, &self.old);
+        }
+    }
+}
+
+/// Out of fds with clients queued: the watch backs off instead of spinning
+/// (a handful of dispatches where a retrying watch would dispatch on every
+/// loop iteration), and once fds are free again every queued client is
+/// accepted.  Runs in a child process: it lowers the process's fd limit.
+fn backoff_case(aio: bool) {
+    static H: Counters = Counters::new();
+    let (l, port) = open_loopback_backlog(16);
+    // SAFETY: a private context, iterated only by this thread.
+    let ctx = unsafe { compat::g_main_context_new() };
+    // SAFETY: the main AioContext exists (setup) and runs in this thread.
+    let aio_ctx = unsafe { compat::qemu_get_aio_context() };
+    // One iteration of the loop that dispatches the listener.
+    let iterate = || -> bool {
+        // SAFETY: contexts owned by / running in this thread.
+        unsafe {
+            if aio {
+                compat::aio_poll(aio_ctx, false)
+            } else {
+                compat::g_main_context_iteration(ctx, 0) != 0
+            }
+        }
+    };
+    // SAFETY: live listener and contexts; static data.
+    unsafe {
+        if aio {
+            qio_net_listener_set_client_aio_func(l, cb(count_cb), as_data(&H), aio_ctx.cast());
+        } else {
+            qio_net_listener_set_client_func_full(l, cb(count_cb), as_data(&H), None, ctx.cast());
+        }
+    }
+    let first = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while H.calls.load(SeqCst) < 1 {
+        assert!(Instant::now() < deadline);
+        iterate();
+    }
+    let queued: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let exhausted = FdExhaustion::start();
+    let dispatches = (0..2000).filter(|_| iterate()).count();
+    assert_eq!(H.calls.load(SeqCst), 1, "nothing accepted without fds");
+    assert!(
+        dispatches < 20,
+        "{dispatches} dispatches in 2000 iterations: the watch spins"
+    );
+    drop(exhausted);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while H.calls.load(SeqCst) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "queued clients lost after the back-off"
+        );
+        iterate();
+        thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: live listener; the test's own context reference.
+    unsafe {
+        qio_net_listener_disconnect(l);
+        while compat::aio_poll(aio_ctx, false) {}
+        compat::g_main_context_unref(ctx);
+    }
+    unref(l);
+    drop((first, queued));
+}
+
+#[test]
+fn backoff_child_entry() {
+    if let Ok(mode) = std::env::var("QIO_TEST_BACKOFF_CHILD") {
+        let _g = setup();
+        backoff_case(mode == "aio");
+    }
+}
+
+#[test]
+fn out_of_fds_backs_off_and_loses_no_client() {
+    for mode in ["glib", "aio"] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "backoff_child_entry",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env("QIO_TEST_BACKOFF_CHILD", mode)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{mode}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -11,3 +11,5 @@
 #include "io/dns-resolver.h"
 #include "qemu/main-loop.h"
 #include "qemu/aio.h"
+#include "qemu/timer.h"
+#include "shim.h"

@@ -221,6 +221,25 @@ impl Channel {
         unsafe { sys::qio_channel_set_blocking(self.ioc(), false, ptr::null_mut()) }
     }
 
+    /// Whether a client is waiting to be accepted (the socket is readable
+    /// now).  After a failed accept this tells a resource shortage (EMFILE,
+    /// ENFILE, ENOBUFS, ENOMEM: the client is still queued) from an empty
+    /// queue, without relying on errno surviving the host's error path.
+    pub fn pending(&self) -> bool {
+        // SAFETY: the channel is live; fd is a plain int field.
+        let fd = unsafe { (*self.as_ptr()).fd };
+        if fd < 0 {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 1 && pfd.revents & libc::POLLIN != 0 }
+    }
+
     /// Closes the socket; the listener has nothing to report a failure to.
     pub fn close(&self) {
         // SAFETY: the channel is live; NULL errp discards any error.
@@ -444,6 +463,143 @@ impl Drop for AioWatch {
                 self.data,
                 c"qio_net_listener_release_watch".as_ptr(),
             );
+        }
+    }
+}
+
+/// What a one-shot timer calls when it expires.
+pub trait TimerHandler: Send + Sync + 'static {
+    fn fire(&self);
+}
+
+fn run_timer<T: TimerHandler>(handler: &T) {
+    if catch_unwind(AssertUnwindSafe(|| handler.fire())).is_err() {
+        eprintln!("qio-net-listener: internal error in a timer; continuing");
+    }
+}
+
+/// GSourceFunc of a GLib one-shot timer.
+unsafe extern "C" fn glib_timer_fired<T: TimerHandler>(opaque: gpointer) -> sys::gboolean {
+    // SAFETY: opaque is the Box<T> we registered; GLib frees it (via
+    // free_box) only once the source is destroyed and not dispatching.
+    run_timer(unsafe { &*(opaque as *const T) });
+    0 // G_SOURCE_REMOVE: one-shot
+}
+
+/// QEMUTimerCB of an AioContext one-shot timer.
+unsafe extern "C" fn aio_timer_fired<T: TimerHandler>(opaque: *mut c_void) {
+    // SAFETY: opaque is the Box<T> we registered; it is freed only by a
+    // bottom half of the same AioContext, which cannot run while this does.
+    run_timer(unsafe { &*(opaque as *const T) });
+}
+
+unsafe extern "C" fn free_box<T>(opaque: *mut c_void) {
+    // SAFETY: opaque came from Box::into_raw(Box<T>); this is its single
+    // release (GSource notify, or the AioContext release BH).
+    drop(unsafe { Box::from_raw(opaque as *mut T) });
+}
+
+/// What an AioContext timer's release BH frees: the timer and its data.
+struct AioTimerRelease {
+    timer: *mut sys::QEMUTimer,
+    data: *mut c_void,
+    free: unsafe extern "C" fn(*mut c_void),
+}
+
+unsafe extern "C" fn release_aio_timer(opaque: *mut c_void) {
+    // SAFETY: opaque is the Box<AioTimerRelease> handed to this one-shot
+    // BH; the timer was deleted before, and a BH of its AioContext never
+    // runs during one of its timer callbacks, so nothing uses either now.
+    unsafe {
+        let r = Box::from_raw(opaque as *mut AioTimerRelease);
+        sys::qio_nl_timer_free(r.timer);
+        (r.free)(r.data);
+    }
+}
+
+/// A one-shot timer in the listener's dispatch context: a GLib timeout
+/// source on a GMainContext, or a QEMUTimer on an AioContext (so that it
+/// also fires inside nested aio_poll loops).  Dropping it cancels it; what
+/// it holds is released once no call of it can still be running, exactly
+/// like the watches.
+pub struct OneShotTimer(TimerInner);
+
+enum TimerInner {
+    Glib(NonNull<sys::GSource>),
+    Aio {
+        ctx: AioCtx,
+        release: Option<Box<AioTimerRelease>>,
+    },
+}
+
+// SAFETY: cancelling (g_source_destroy, timer_del, scheduling a BH) is
+// thread-safe; the data is only touched in the context's own thread.
+unsafe impl Send for OneShotTimer {}
+
+impl OneShotTimer {
+    pub fn glib<T: TimerHandler>(ctx: GlibContext, ms: u32, handler: T) -> OneShotTimer {
+        let data = Box::into_raw(Box::new(handler));
+        // SAFETY: a new source; data stays valid until GLib calls
+        // free_box::<T> once; ctx is NULL or a live context.
+        unsafe {
+            let src = sys::g_timeout_source_new(ms);
+            let func: unsafe extern "C" fn(gpointer) -> sys::gboolean = glib_timer_fired::<T>;
+            sys::g_source_set_callback(src, Some(func), data.cast(), Some(free_box::<T>));
+            sys::g_source_attach(src, ctx.0);
+            OneShotTimer(TimerInner::Glib(
+                NonNull::new(src).expect("g_timeout_source_new"),
+            ))
+        }
+    }
+
+    pub fn aio<T: TimerHandler>(ctx: AioCtx, ms: i64, handler: T) -> OneShotTimer {
+        let data = Box::into_raw(Box::new(handler));
+        // SAFETY: the context is live; data stays valid until the release
+        // BH scheduled by Drop frees it (and the timer) once.
+        unsafe {
+            let timer = sys::qio_nl_aio_timer_new_ms(
+                ctx.0.as_ptr(),
+                Some(aio_timer_fired::<T>),
+                data.cast(),
+            );
+            sys::timer_mod(timer, sys::qio_nl_clock_ms() + ms);
+            OneShotTimer(TimerInner::Aio {
+                ctx,
+                release: Some(Box::new(AioTimerRelease {
+                    timer,
+                    data: data.cast(),
+                    free: free_box::<T>,
+                })),
+            })
+        }
+    }
+}
+
+impl Drop for OneShotTimer {
+    fn drop(&mut self) {
+        match &mut self.0 {
+            // SAFETY: we own one reference; destroy detaches the source and
+            // GLib defers the data's release past a running dispatch.
+            TimerInner::Glib(src) => unsafe {
+                sys::g_source_destroy(src.as_ptr());
+                sys::g_source_unref(src.as_ptr());
+            },
+            TimerInner::Aio { ctx, release } => {
+                let Some(release) = release.take() else {
+                    return;
+                };
+                // SAFETY: timer_del is thread-safe; the release BH (in the
+                // timer's own context) frees the timer and its data once.
+                unsafe {
+                    sys::timer_del(release.timer);
+                    sys::aio_bh_schedule_oneshot_full(
+                        ctx.0.as_ptr(),
+                        Some(release_aio_timer),
+                        Box::into_raw(release).cast(),
+                        c"qio_net_listener_release_timer".as_ptr(),
+                    );
+                }
+            }
         }
     }
 }
