@@ -578,3 +578,31 @@ fn out_of_fds_backs_off_and_loses_no_client() {
         );
     }
 }
+
+#[test]
+fn disconnect_racing_with_wait_client_start_never_hangs() {
+    let _g = setup();
+    for i in 0..1000u64 {
+        let (l, _) = open_loopback();
+        let addr = l as usize;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = thread::spawn(move || {
+            // SAFETY: the test holds its reference until after the join.
+            let s = unsafe { qio_net_listener_wait_client(addr as *mut QIONetListener) };
+            tx.send(s as usize).unwrap();
+        });
+        // Spread the disconnect over the first ~100 µs of wait_client.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_nanos(i * 100) {
+            std::hint::spin_loop();
+        }
+        // SAFETY: live listener; races with the start of wait_client.
+        unsafe { qio_net_listener_disconnect(l) };
+        let got = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("wait_client hung");
+        assert_eq!(got, 0);
+        waiter.join().unwrap();
+        unref(l);
+    }
+}

@@ -604,28 +604,30 @@ impl Drop for OneShotTimer {
     }
 }
 
-/// A private GMainContext with a GMainLoop, for `wait_client`.
+/// A private GMainContext iterated until `quit`, for `wait_client`.
+///
+/// Not a GMainLoop: g_main_loop_run() forgets a g_main_loop_quit() that
+/// came before it, so a disconnect racing with the start of wait_client
+/// would leave it blocked.  The flag cannot be missed, and
+/// g_main_context_wakeup() interrupts (or pre-empts) a blocking iteration.
 pub struct PrivateLoop {
     ctx: NonNull<GMainContext>,
-    main_loop: NonNull<sys::GMainLoop>,
+    done: std::sync::atomic::AtomicBool,
 }
 
-// SAFETY: g_main_loop_quit is thread-safe; run() is only called by the
-// thread that created the loop (wait_client), which GLib also allows.
+// SAFETY: quit() only touches an atomic and calls the thread-safe
+// g_main_context_wakeup; run() is called by the one thread that waits.
 unsafe impl Send for PrivateLoop {}
 // SAFETY: as above.
 unsafe impl Sync for PrivateLoop {}
 
 impl PrivateLoop {
     pub fn new() -> PrivateLoop {
-        // SAFETY: constructors without preconditions; GLib aborts on OOM.
-        unsafe {
-            let ctx = sys::g_main_context_new();
-            let main_loop = sys::g_main_loop_new(ctx, 1);
-            PrivateLoop {
-                ctx: NonNull::new(ctx).expect("g_main_context_new"),
-                main_loop: NonNull::new(main_loop).expect("g_main_loop_new"),
-            }
+        // SAFETY: a constructor without preconditions; GLib aborts on OOM.
+        let ctx = unsafe { sys::g_main_context_new() };
+        PrivateLoop {
+            ctx: NonNull::new(ctx).expect("g_main_context_new"),
+            done: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -633,15 +635,20 @@ impl PrivateLoop {
         GlibContext(self.ctx.as_ptr())
     }
 
-    /// Runs the loop until `quit` (which may come before `run`).
+    /// Dispatches the context until `quit` (which may come before `run`).
     pub fn run(&self) {
-        // SAFETY: the loop is live for as long as self.
-        unsafe { sys::g_main_loop_run(self.main_loop.as_ptr()) }
+        use std::sync::atomic::Ordering::SeqCst;
+        while !self.done.load(SeqCst) {
+            // SAFETY: the context is live for as long as self; only this
+            // thread iterates it.
+            unsafe { sys::g_main_context_iteration(self.ctx.as_ptr(), 1) };
+        }
     }
 
     pub fn quit(&self) {
-        // SAFETY: the loop is live; quitting is thread-safe.
-        unsafe { sys::g_main_loop_quit(self.main_loop.as_ptr()) }
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: the context is live; waking it is thread-safe.
+        unsafe { sys::g_main_context_wakeup(self.ctx.as_ptr()) }
     }
 }
 
@@ -653,11 +660,8 @@ impl Default for PrivateLoop {
 
 impl Drop for PrivateLoop {
     fn drop(&mut self) {
-        // SAFETY: releases the references taken in new().
-        unsafe {
-            sys::g_main_loop_unref(self.main_loop.as_ptr());
-            sys::g_main_context_unref(self.ctx.as_ptr());
-        }
+        // SAFETY: releases the reference taken in new().
+        unsafe { sys::g_main_context_unref(self.ctx.as_ptr()) }
     }
 }
 
