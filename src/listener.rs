@@ -365,14 +365,18 @@ impl Listener {
     /// thread) stops the batch without accepting a client only to drop it:
     /// the rest stay queued in the kernel for whoever serves them next.
     fn accept_batch(&self, handler: &AcceptHandler, channel: &Channel) {
-        for _ in 0..ACCEPT_BATCH {
+        for i in 0..ACCEPT_BATCH {
             let Some(reg) = Self::serving(&lock(&self.state), handler).cloned() else {
                 return;
             };
             let client = match channel.accept() {
                 Some(client) => client,
-                // Failed with the queue empty: the batch is done.
-                None if !channel.pending() => return,
+                // Usually the queue is just empty and the batch is done.
+                // Only when the first accept of a wake-up fails is the
+                // socket polled (keeping that syscall off the usual path):
+                // a shortage that starts mid-batch shows up there on the
+                // next wake-up.
+                None if i > 0 || !channel.pending() => return,
                 // Failed with a client still queued: one that arrived just
                 // now, or a shortage of fds or memory.  Try once more.
                 None => match channel.accept() {
