@@ -6,6 +6,7 @@
 //!    are the compat host's (`include/compat`) unless `QIO_HOST_INCLUDE`
 //!    lists other include directories (a QEMU build, `:`-separated).
 //! 2. cbindgen generates `net-listener.h` from the exports in `src/ffi.rs`
+//!    (and the callback type in `src/host/qemu/object.rs`)
 //!    into `OUT_DIR`; `QIO_UPDATE_HEADER=1` also writes it to
 //!    `include/io/net-listener.h`.  The `header_is_fresh` test fails when
 //!    the committed header differs from the generated one.
@@ -22,6 +23,7 @@ const HOST_FUNCTIONS: &[&str] = &[
     "error_setg_internal",
     "error_propagate",
     "error_free",
+    "error_report",
     "qapi_free_SocketAddress",
     "qio_dns_resolver_get_instance",
     "qio_dns_resolver_lookup_sync",
@@ -60,10 +62,11 @@ fn main() {
     println!("cargo:rerun-if-env-changed=QIO_HOST_INCLUDE");
     println!("cargo:rerun-if-env-changed=QIO_HOST_CFLAGS");
     println!("cargo:rerun-if-env-changed=QIO_UPDATE_HEADER");
-    println!("cargo:rerun-if-changed=src/host/host.h");
-    println!("cargo:rerun-if-changed=src/host/shim.h");
-    println!("cargo:rerun-if-changed=src/host/shim.c");
+    println!("cargo:rerun-if-changed=src/host/qemu/host.h");
+    println!("cargo:rerun-if-changed=src/host/qemu/shim.h");
+    println!("cargo:rerun-if-changed=src/host/qemu/shim.c");
     println!("cargo:rerun-if-changed=src/ffi.rs");
+    println!("cargo:rerun-if-changed=src/host/qemu/object.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
 
     generate_host_bindings(&root, &out);
@@ -84,7 +87,7 @@ fn generate_host_bindings(root: &std::path::Path, out: &std::path::Path) {
     }
 
     let mut builder = bindgen::Builder::default()
-        .header(root.join("src/host/host.h").to_str().unwrap())
+        .header(root.join("src/host/qemu/host.h").to_str().unwrap())
         .allowlist_var("error_abort")
         .derive_default(true)
         .layout_tests(true)
@@ -118,7 +121,7 @@ fn generate_host_bindings(root: &std::path::Path, out: &std::path::Path) {
 
     // The wrappers of QEMU's static inline functions (see shim.h).
     let mut cc = cc::Build::new();
-    cc.file(root.join("src/host/shim.c")).warnings(true);
+    cc.file(root.join("src/host/qemu/shim.c")).warnings(true);
     for dir in host_include.iter().chain(&glib.include_paths) {
         cc.include(dir);
     }
@@ -134,6 +137,7 @@ fn generate_header(root: &std::path::Path, out: &std::path::Path) {
     let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
     let generated = out.join("net-listener.h");
     cbindgen::Builder::new()
+        .with_src(root.join("src/host/qemu/object.rs"))
         .with_src(root.join("src/ffi.rs"))
         .with_config(config)
         .generate()

@@ -13,34 +13,18 @@ use std::{
     sync::Once,
 };
 
+pub use crate::host::qemu::{QIONetListener, QIONetListenerClientFunc};
 use crate::{
     host::{
-        self, gpointer, AioContext, AioCtx, Channel, Error, GDestroyNotify, GMainContext,
-        GlibContext, Object, QIOChannelSocket, SocketAddress, TypeInfo,
+        qemu::{
+            self as host, gpointer, AioContext, AioCtx, Channel, ClientSpec, Error, GDestroyNotify,
+            GMainContext, GlibContext, Object, Owner, QIOChannelSocket, QemuHost, SocketAddress,
+            TypeInfo,
+        },
+        Host,
     },
     listener::{Listener, Target},
 };
-
-/// The QOM instance: QEMU's `Object` header followed by the Rust state.
-/// C code only ever sees pointers to it.
-#[repr(C)]
-pub struct QIONetListener {
-    parent: Object,
-    listener: Listener,
-}
-
-/// Callback type for a new client connection; the listener drops its
-/// reference to `sioc` after the callback returns.
-pub type QIONetListenerClientFunc = Option<
-    unsafe extern "C" fn(
-        listener: *mut QIONetListener,
-        sioc: *mut QIOChannelSocket,
-        data: gpointer,
-    ),
->;
-
-// QOM casts OBJECT(listener) by pointer: the Object header must come first.
-const _: () = assert!(std::mem::offset_of!(QIONetListener, parent) == 0);
 
 const TYPE_QIO_NET_LISTENER: &CStr = c"qio-net-listener";
 
@@ -101,109 +85,36 @@ unsafe extern "C" fn instance_finalize(obj: *mut Object) {
         ptr::drop_in_place(addr_of_mut!((*this).listener))
     }));
     if r.is_err() {
-        eprintln!("qio-net-listener: internal error while finalizing");
-    }
-}
-
-/// A strong reference to a listener object (QOM reference count).
-pub struct Owner(NonNull<QIONetListener>);
-
-// SAFETY: QOM references are atomic and the Listener is Sync (a mutex).
-unsafe impl Send for Owner {}
-// SAFETY: as above.
-unsafe impl Sync for Owner {}
-
-impl Owner {
-    pub fn listener(&self) -> &Listener {
-        // SAFETY: while we hold a reference the instance is initialized and
-        // not finalized.
-        unsafe { &(*self.0.as_ptr()).listener }
-    }
-
-    fn as_ptr(&self) -> *mut QIONetListener {
-        self.0.as_ptr()
-    }
-}
-
-impl Clone for Owner {
-    fn clone(&self) -> Self {
-        // SAFETY: self holds a reference, so the object is live.
-        unsafe { host::object_ref(self.0.as_ptr().cast()) };
-        Owner(self.0)
-    }
-}
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        // SAFETY: releases the reference this handle owns.
-        unsafe { host::object_unref(self.0.as_ptr().cast()) }
-    }
-}
-
-/// The user's (func, data, notify) triple, as passed in.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientSpec {
-    func: QIONetListenerClientFunc,
-    data: gpointer,
-    notify: GDestroyNotify,
-}
-
-// SAFETY: QEMU's API lets the listener call func and notify from the
-// thread that dispatches the context; the data is the user's to make safe.
-unsafe impl Send for ClientSpec {}
-// SAFETY: as above.
-unsafe impl Sync for ClientSpec {}
-
-impl ClientSpec {
-    pub const NONE: ClientSpec = ClientSpec {
-        func: None,
-        data: ptr::null_mut(),
-        notify: None,
-    };
-
-    pub fn has_func(&self) -> bool {
-        self.func.is_some()
-    }
-
-    /// Same function, data and notify (by address, as QEMU compares them).
-    pub fn same(&self, other: &ClientSpec) -> bool {
-        self.func.map(|f| f as usize) == other.func.map(|f| f as usize)
-            && self.data == other.data
-            && self.notify.map(|f| f as usize) == other.notify.map(|f| f as usize)
-    }
-
-    /// Hands `client` to the callback (which takes its own reference if it
-    /// keeps the client).
-    pub fn call(&self, owner: &Owner, client: &Channel) {
-        if let Some(func) = self.func {
-            // SAFETY: the user registered func for exactly this call; the
-            // listener and client stay referenced for the whole call.
-            unsafe { func(owner.as_ptr(), client.as_ptr(), self.data) }
-        }
-    }
-
-    /// Calls notify(data).  The state machine calls it once per
-    /// registration (when the registration's last clone goes).
-    pub fn notify(&self) {
-        if let Some(notify) = self.notify {
-            // SAFETY: the user registered notify to release data, and no
-            // callback using data runs any more.
-            unsafe { notify(self.data) }
-        }
+        QemuHost::report("internal error while finalizing");
     }
 }
 
 /// Runs `f`, turning a panic into `default` so nothing unwinds into C.
 fn guard<R>(what: &str, default: R, f: impl FnOnce() -> R) -> R {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        eprintln!("qio-net-listener: internal error in {what}");
+        QemuHost::report(&format!("internal error in {what}"));
         default
     })
 }
 
+/// Sets a clear error after a panic was caught in `what` (unless the
+/// function had set one already), and returns `default`.
+///
+/// # Safety
+/// `errp` is NULL or a valid `Error **`.
+unsafe fn internal_error<R>(what: &str, errp: *mut *mut Error, default: R) -> R {
+    // SAFETY: errp per the contract.
+    unsafe {
+        if !host::error_is_set(errp) {
+            host::set_error(errp, &format!("{what}: internal error"));
+        }
+    }
+    default
+}
+
 /// Borrows the caller's reference to `l` for the duration of a call.
 fn borrowed(l: *mut QIONetListener) -> Option<ManuallyDrop<Owner>> {
-    NonNull::new(l).map(|p| ManuallyDrop::new(Owner(p)))
+    Owner::borrow_c(l)
 }
 
 /// Creates a new listener with no sockets, not connected.  Release it with
@@ -252,27 +163,29 @@ pub unsafe extern "C" fn qio_net_listener_open_sync(
     num: c_int,
     errp: *mut *mut Error,
 ) -> c_int {
-    guard("qio_net_listener_open_sync", -1, || {
+    let rc = guard("qio_net_listener_open_sync", None, || {
         let Some(l) = borrowed(listener).filter(|_| !addr.is_null()) else {
             // SAFETY: errp follows the Error convention (caller contract).
             unsafe {
                 host::set_error(errp, "qio_net_listener_open_sync: NULL listener or address")
             };
-            return -1;
+            return Some(-1);
         };
         // SAFETY: addr is a valid SocketAddress, errp a valid Error **.
         let Some(addrs) = (unsafe { host::resolve(addr, errp) }) else {
-            return -1;
+            return Some(-1);
         };
         match l.listener().open(&l, &addrs, num) {
-            Ok(()) => 0,
+            Ok(()) => Some(0),
             Err(e) => {
                 // SAFETY: errp follows the Error convention.
                 unsafe { e.propagate(errp) };
-                -1
+                Some(-1)
             }
         }
-    })
+    });
+    // SAFETY: errp follows the Error convention (caller contract).
+    rc.unwrap_or_else(|| unsafe { internal_error("qio_net_listener_open_sync", errp, -1) })
 }
 
 /// Adopts an already listening channel: the listener takes its own
@@ -366,7 +279,7 @@ pub unsafe extern "C" fn qio_net_listener_set_client_aio_func(
             Some(ctx) => Target::Aio(ctx),
             None if func.is_none() => Target::Glib(GlibContext(ptr::null_mut())),
             None => {
-                eprintln!("qio_net_listener_set_client_aio_func: no main-loop AioContext (qemu_init_main_loop not called)");
+                QemuHost::report("qio_net_listener_set_client_aio_func: no main-loop AioContext (qemu_init_main_loop not called)");
                 return;
             }
         };
@@ -458,19 +371,19 @@ pub unsafe extern "C" fn qio_net_listener_get_local_address(
     n: usize,
     errp: *mut *mut Error,
 ) -> *mut SocketAddress {
-    guard(
-        "qio_net_listener_get_local_address",
-        ptr::null_mut(),
-        || {
-            match borrowed(listener).and_then(|l| l.listener().sioc(n)) {
-                // SAFETY: errp follows the Error convention (caller contract).
-                Some(c) => unsafe { c.local_address(errp) },
-                None => {
-                    // SAFETY: as above.
-                    unsafe { host::set_error(errp, "Listener index out of range") };
-                    ptr::null_mut()
-                }
+    let r = guard("qio_net_listener_get_local_address", None, || {
+        match borrowed(listener).and_then(|l| l.listener().sioc(n)) {
+            // SAFETY: errp follows the Error convention (caller contract).
+            Some(c) => Some(unsafe { c.local_address(errp) }),
+            None => {
+                // SAFETY: as above.
+                unsafe { host::set_error(errp, "Listener index out of range") };
+                Some(ptr::null_mut())
             }
-        },
-    )
+        }
+    });
+    // SAFETY: errp follows the Error convention (caller contract).
+    r.unwrap_or_else(|| unsafe {
+        internal_error("qio_net_listener_get_local_address", errp, ptr::null_mut())
+    })
 }

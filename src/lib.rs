@@ -4,14 +4,16 @@
 //! - [`ffi`]: the C ABI (QEMU 10.2's `qio_net_listener_*` prototypes, the
 //!   `"qio-net-listener"` QOM type); cbindgen generates the C header from it.
 //! - [`listener`]: the state machine: sockets, callback registration,
-//!   watches, their lifetimes.
-//! - [`host`]: the host boundary: safe handles over the QEMU C API the
-//!   listener calls, declared by bindgen from the host's headers (real QEMU,
-//!   or the standalone compat host in `compat-host/`).
+//!   watches, their lifetimes; generic over the host interface.
+//! - [`host`]: the host boundary: the [`host::Host`] interface, and
+//!   [`host::qemu`], its implementation over QEMU's C API (declared by
+//!   bindgen from the host's headers: real QEMU, or the standalone compat
+//!   host in `compat-host/`).  Tests add a simulated host (`tests/sim/`).
 
 pub mod ffi;
 pub mod host;
 pub mod listener;
+pub mod sync;
 
 // The Rust tests link the standalone compat host as the host API.
 #[cfg(test)]

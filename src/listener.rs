@@ -1,7 +1,31 @@
 //! The listener's state machine: its sockets, the current client callback,
-//! the watches that dispatch it, and the transitions between them.
+//! the watches that dispatch it, and the transitions between them.  It is
+//! written against the [`Host`] interface only (QEMU's C API in production,
+//! a simulated host in tests) and knows nothing of the C ABI.
 //!
-//! Rules that keep every sequence of calls balanced:
+//! # Lifetimes: the rule
+//!
+//! **Whatever a dispatch uses stays alive until that dispatch returns,
+//! whatever the callback does.**  A dispatch is a call of an accept watch,
+//! a back-off timer or a wait_client watch.  It uses its handler, the
+//! listener, the listening channel and (for accept) the registration.  The
+//! callback may make any API call on the listener, drop the listener's last
+//! reference, and run nested loops on its own or another context
+//! (`aio_poll`, `AIO_WAIT_WHILE`, `g_main_context_iteration`), in which
+//! bottom halves that release removed watches do run.  This holds by
+//! construction, not by timing:
+//! - every handler owns strong references to what it uses (an `Owner` of
+//!   the listener, the channel, a weak registration that the dispatch
+//!   upgrades to a strong one before calling out);
+//! - the host keeps a handler alive for the whole of each call into it,
+//!   and releases it only once no call can still run (see
+//!   [`crate::host`]): GLib does so for GSource data, the QEMU host takes a
+//!   reference per AioContext dispatch, the simulated host checks it;
+//! - the listener itself is only reached through such an `Owner`, so it
+//!   cannot be finalized while a dispatch runs; finalize happens when the
+//!   last dispatch's handler goes.
+//!
+//! # Other rules that keep every sequence of calls balanced
 //! - All state is behind one mutex; user code (the client callback, the
 //!   user's notify) and anything that may drop the last reference to the
 //!   listener (destroying a GSource watch) run only after the lock is
@@ -11,90 +35,118 @@
 //!   sockets that have none, so re-arming is idempotent.
 //! - Closed sockets (after disconnect) are never watched again.
 //! - Each watch holds a reference to the listener (`Owner`), released when
-//!   GLib finalizes the source or, for AioContext watches, by a bottom half
-//!   in that AioContext.  While a callback is set the watches therefore
-//!   keep the listener alive, as in QEMU.
+//!   the host releases the watch's handler.  While a callback is set the
+//!   watches therefore keep the listener alive, as in QEMU.
 //! - The (func, data, notify) registration is reference counted; notify
 //!   runs when the last clone goes, i.e. once it is replaced and no
 //!   callback that uses it is still running in any thread.
 //! - A wake-up accepts up to ACCEPT_BATCH clients, re-checking before each
 //!   that its registration is still the current one.  When accept fails
 //!   with a client still queued (out of fds or memory) the socket's watch
-//!   is replaced by a back-off timer in the same context, which re-arms it.
+//!   is replaced by a back-off timer in the same context, which re-arms it;
+//!   wait_client backs off the same way in its private loop.
+//!
+//! # Threads
+//! Every method may be called from any thread and from inside the client
+//! callback.  Dispatches run in the thread that runs the context.
 
-use std::{
-    ffi::{c_int, CStr, CString},
-    sync::{Arc, Mutex, MutexGuard, Weak},
-};
+use std::ffi::{CStr, CString};
 
 use crate::{
-    ffi::{ClientSpec, Owner},
-    host::{
-        Address, AioCtx, AioWatch, Channel, GlibContext, LocalError, OneShotTimer, PrivateLoop,
-        ReadyHandler, SourceWatch, TimerHandler,
+    host::{ClientCallback, Host, HostError, ReadyHandler, SocketChannel, TimerHandler, WaitLoop},
+    sync::{
+        AtomicBool,
+        Ordering::SeqCst,
+        {Arc, Mutex, MutexGuard, Weak},
     },
 };
 
 /// Where client callbacks are dispatched.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Target {
-    Glib(GlibContext),
-    Aio(AioCtx),
+pub enum Target<H: Host> {
+    Glib(H::GlibCtx),
+    Aio(H::AioCtx),
 }
 
-/// The user's registration; dropping the last clone calls its notify.
-struct Registration {
-    spec: ClientSpec,
-    target: Target,
+// Derives would require H itself to be Copy/Eq.
+impl<H: Host> Clone for Target<H> {
+    fn clone(&self) -> Self {
+        *self
+    }
 }
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.spec.notify();
+impl<H: Host> Copy for Target<H> {}
+impl<H: Host> PartialEq for Target<H> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Target::Glib(a), Target::Glib(b)) => a == b,
+            (Target::Aio(a), Target::Aio(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+impl<H: Host> std::fmt::Debug for Target<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Glib(c) => write!(f, "Glib({c:?})"),
+            Target::Aio(c) => write!(f, "Aio({c:?})"),
+        }
     }
 }
 
-enum Watch {
-    Source(SourceWatch),
-    // Held only for its Drop, which removes the handler.
-    Aio(#[allow(dead_code)] AioWatch),
+/// The user's registration; dropping the last clone calls its notify.
+struct Registration<H: Host> {
+    client: H::Client,
+    target: Target<H>,
 }
 
-struct Socket {
-    channel: Channel,
+impl<H: Host> Drop for Registration<H> {
+    fn drop(&mut self) {
+        self.client.notify();
+    }
+}
+
+enum Watch<H: Host> {
+    Source(H::SourceWatch),
+    // Held only for its Drop, which removes the handler.
+    Aio(#[allow(dead_code)] H::AioWatch),
+}
+
+struct Socket<H: Host> {
+    channel: H::Channel,
     closed: bool,
-    watch: Option<Watch>,
+    watch: Option<Watch<H>>,
     /// Paused after accept failed with a client still queued (out of file
     /// descriptors or memory): the timer re-arms the watch.  The id tells
     /// a current back-off from a cancelled one whose timer still fires.
-    backoff: Option<(u64, OneShotTimer)>,
+    backoff: Option<(u64, H::Timer)>,
 }
 
 /// What `disarm` took out of the state, to drop after unlocking.
 #[must_use]
-struct Disarmed {
-    _sources: Vec<SourceWatch>,
-    _timers: Vec<OneShotTimer>,
+struct Disarmed<H: Host> {
+    _sources: Vec<H::SourceWatch>,
+    _timers: Vec<H::Timer>,
 }
 
 /// A `wait_client` in progress.
-struct Waiter {
-    main_loop: PrivateLoop,
-    client: Mutex<Option<Channel>>,
+struct Waiter<H: Host> {
+    main_loop: H::WaitLoop,
+    client: Mutex<Option<H::Channel>>,
+    /// Accept failed with a client still queued: pause, then retry.
+    backoff: AtomicBool,
 }
 
-struct State {
+struct State<H: Host> {
     name: Option<CString>,
-    sockets: Vec<Socket>,
+    sockets: Vec<Socket<H>>,
     connected: bool,
-    client: Option<Arc<Registration>>,
+    client: Option<Arc<Registration<H>>>,
     /// Calls of wait_client in progress; async watches stay off meanwhile.
-    waiters: Vec<Arc<Waiter>>,
+    waiters: Vec<Arc<Waiter<H>>>,
     last_backoff_id: u64,
 }
 
-pub struct Listener {
-    state: Mutex<State>,
+pub struct Listener<H: Host> {
+    state: Mutex<State<H>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,15 +156,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The handler behind every async watch: it serves the registration it
-/// was created for, and only while that registration is current.
-struct AcceptHandler {
-    owner: Owner,
-    registration: Weak<Registration>,
+/// was created for, and only while that registration is current.  It owns
+/// the listener reference that the dispatch uses (see the module doc).
+struct AcceptHandler<H: Host> {
+    owner: H::Owner,
+    registration: Weak<Registration<H>>,
 }
 
-impl ReadyHandler for AcceptHandler {
-    fn ready(&self, channel: &Channel) {
-        self.owner.listener().accept_batch(self, channel);
+impl<H: Host> ReadyHandler<H> for AcceptHandler<H> {
+    fn ready(&self, channel: &H::Channel) {
+        H::listener(&self.owner).accept_batch(self, channel);
     }
 }
 
@@ -126,34 +179,54 @@ pub const ACCEPT_BATCH: usize = 32;
 pub const BACKOFF_MS: u32 = 100;
 
 /// The timer of a back-off: re-arms the socket's watch.
-struct BackoffHandler {
-    owner: Owner,
+struct BackoffHandler<H: Host> {
+    owner: H::Owner,
     id: u64,
 }
 
-impl TimerHandler for BackoffHandler {
+impl<H: Host> TimerHandler for BackoffHandler<H> {
     fn fire(&self) {
-        self.owner.listener().end_backoff(&self.owner, self.id);
+        H::listener(&self.owner).end_backoff(&self.owner, self.id);
     }
 }
 
 /// The handler of the private watches of wait_client.
-struct WaitHandler(Arc<Waiter>);
+struct WaitHandler<H: Host>(Arc<Waiter<H>>);
 
-impl ReadyHandler for WaitHandler {
-    fn ready(&self, channel: &Channel) {
+impl<H: Host> ReadyHandler<H> for WaitHandler<H> {
+    fn ready(&self, channel: &H::Channel) {
         let mut slot = lock(&self.0.client);
         // Exactly one client: once we have it, others stay in the backlog.
-        if slot.is_none() {
-            if let Some(client) = channel.accept() {
-                *slot = Some(client);
-                self.0.main_loop.quit();
-            }
+        if slot.is_some() || self.0.backoff.load(SeqCst) {
+            return;
         }
+        let client = match channel.accept() {
+            Some(client) => Some(client),
+            // As in accept_batch: a client still queued after a failed
+            // accept is either a race (retry) or a shortage of fds.
+            None if channel.pending() => channel.accept(),
+            None => return,
+        };
+        match client {
+            Some(client) => *slot = Some(client),
+            // Out of fds or memory: the private loop would spin on the
+            // readable socket; pause instead (see run_wait).
+            None => self.0.backoff.store(true, SeqCst),
+        }
+        self.0.main_loop.quit();
     }
 }
 
-impl Listener {
+/// Ends a wait_client back-off: the private loop runs again.
+struct WaitBackoffHandler<H: Host>(Arc<Waiter<H>>);
+
+impl<H: Host> TimerHandler for WaitBackoffHandler<H> {
+    fn fire(&self) {
+        self.0.main_loop.quit();
+    }
+}
+
+impl<H: Host> Listener<H> {
     pub fn new() -> Self {
         Listener {
             state: Mutex::new(State {
@@ -173,11 +246,11 @@ impl Listener {
 
     /// Creates the missing watches if a callback is set and no wait_client
     /// runs.  Called with the lock held; creating a watch never calls back.
-    fn arm(st: &mut State, owner: &Owner) {
+    fn arm(st: &mut State<H>, owner: &H::Owner) {
         let Some(reg) = st.client.as_ref() else {
             return;
         };
-        if !reg.spec.has_func() || !st.waiters.is_empty() {
+        if !reg.client.has_func() || !st.waiters.is_empty() {
             return;
         }
         let target = reg.target;
@@ -187,13 +260,13 @@ impl Listener {
             .iter_mut()
             .filter(|s| !s.closed && s.watch.is_none() && s.backoff.is_none())
         {
-            let handler = AcceptHandler {
+            let handler = AcceptHandler::<H> {
                 owner: owner.clone(),
                 registration: registration.clone(),
             };
             s.watch = Some(match target {
-                Target::Glib(ctx) => Watch::Source(SourceWatch::new(&s.channel, ctx, handler)),
-                Target::Aio(ctx) => Watch::Aio(AioWatch::new(&s.channel, ctx, handler)),
+                Target::Glib(ctx) => Watch::Source(H::watch_source(&s.channel, ctx, handler)),
+                Target::Aio(ctx) => Watch::Aio(H::watch_aio(&s.channel, ctx, handler)),
             });
         }
     }
@@ -206,7 +279,7 @@ impl Listener {
     /// instead; their drop releases nothing synchronously (a BH does).
     /// GSource watches and timers are returned for the caller to drop
     /// after unlocking: destroying one may run its release at once.
-    fn disarm(st: &mut State) -> Disarmed {
+    fn disarm(st: &mut State<H>) -> Disarmed<H> {
         let mut sources = Vec::new();
         let mut timers = Vec::new();
         for s in &mut st.sockets {
@@ -226,7 +299,7 @@ impl Listener {
     /// Pauses `channel`'s watch for BACKOFF_MS: accept failed while a
     /// client is still queued, so the socket stays readable and retrying
     /// now would spin.  Runs inside the watch's own callback.
-    fn back_off(&self, handler: &AcceptHandler, channel: &Channel) {
+    fn back_off(&self, handler: &AcceptHandler<H>, channel: &H::Channel) {
         let watch = {
             let mut st = lock(&self.state);
             let Some(target) = Self::serving(&st, handler).map(|r| r.target) else {
@@ -237,19 +310,19 @@ impl Listener {
             let Some(s) = st
                 .sockets
                 .iter_mut()
-                .find(|s| s.channel.as_ptr() == channel.as_ptr() && !s.closed)
+                .find(|s| s.channel.same(channel) && !s.closed)
             else {
                 return;
             };
-            let retry = BackoffHandler {
+            let retry = BackoffHandler::<H> {
                 owner: handler.owner.clone(),
                 id,
             };
             s.backoff = Some((
                 id,
                 match target {
-                    Target::Glib(ctx) => OneShotTimer::glib(ctx, BACKOFF_MS, retry),
-                    Target::Aio(ctx) => OneShotTimer::aio(ctx, BACKOFF_MS.into(), retry),
+                    Target::Glib(ctx) => H::timer_glib(ctx, BACKOFF_MS, retry),
+                    Target::Aio(ctx) => H::timer_aio(ctx, BACKOFF_MS, retry),
                 },
             ));
             // As in disarm: AioContext handlers go under the lock.
@@ -266,7 +339,7 @@ impl Listener {
     }
 
     /// The back-off timer `id` expired: watch the socket again.
-    fn end_backoff(&self, owner: &Owner, id: u64) {
+    fn end_backoff(&self, owner: &H::Owner, id: u64) {
         let timer = {
             let mut st = lock(&self.state);
             let timer = st
@@ -282,7 +355,10 @@ impl Listener {
 
     /// The registration `handler` serves, if it is still the current one
     /// and no wait_client has suspended the async watches.
-    fn serving<'a>(st: &'a State, handler: &AcceptHandler) -> Option<&'a Arc<Registration>> {
+    fn serving<'a>(
+        st: &'a State<H>,
+        handler: &AcceptHandler<H>,
+    ) -> Option<&'a Arc<Registration<H>>> {
         st.client.as_ref().filter(|r| {
             st.waiters.is_empty() && std::ptr::eq(Arc::as_ptr(r), handler.registration.as_ptr())
         })
@@ -290,14 +366,14 @@ impl Listener {
 
     /// Listens on every resolved address and adds those that worked.
     /// Succeeds if at least one did; otherwise returns the first error.
-    pub fn open(&self, owner: &Owner, addrs: &[Address], num: c_int) -> Result<(), LocalError> {
-        let mut first_err = LocalError::new();
+    pub fn open(&self, owner: &H::Owner, addrs: &[H::Address], num: i32) -> Result<(), H::Error> {
+        let mut first_err = H::Error::new();
         let mut listened = false;
         for a in addrs {
-            let channel = Channel::new();
+            let channel = H::new_channel();
             // Keep the first error only; later ones are dropped, as QEMU.
             let err = (!first_err.is_set()).then_some(&mut first_err);
-            if channel.listen(a, num, err) {
+            if H::listen(&channel, a, num, err) {
                 listened = true;
                 self.add(owner, channel);
             }
@@ -305,13 +381,13 @@ impl Listener {
         match (listened, first_err.is_set()) {
             (true, _) => Ok(()),
             (false, true) => Err(first_err),
-            (false, false) => Err(LocalError::with_message(
+            (false, false) => Err(H::Error::with_message(
                 "The address resolved to no address to listen on",
             )),
         }
     }
 
-    pub fn add(&self, owner: &Owner, channel: Channel) {
+    pub fn add(&self, owner: &H::Owner, channel: H::Channel) {
         // Batch accept needs accept() to return at once when nothing is
         // pending; sockets from listen_sync or socket activation are
         // blocking.  A failure leaves it blocking: level-triggered watches
@@ -332,23 +408,21 @@ impl Listener {
         Self::arm(&mut st, owner);
     }
 
-    pub fn set_client(&self, owner: &Owner, spec: ClientSpec, target: Target) {
+    pub fn set_client(&self, owner: &H::Owner, client: H::Client, target: Target<H>) {
         let (old_watches, old_client);
         {
             let mut st = lock(&self.state);
-            let current = st.client.as_ref().map(|r| (r.spec, r.target));
-            let unset = (
-                ClientSpec::NONE,
-                Target::Glib(GlibContext(std::ptr::null_mut())),
-            );
-            let (cur_spec, cur_target) = current.unwrap_or(unset);
-            if cur_spec.same(&spec) && cur_target == target {
+            let unchanged = match &st.client {
+                Some(r) => r.client.same(&client) && r.target == target,
+                None => client.same(&H::Client::none()),
+            };
+            if unchanged {
                 return;
             }
             old_watches = Self::disarm(&mut st);
             old_client = st.client.take();
-            if !spec.same(&ClientSpec::NONE) {
-                st.client = Some(Arc::new(Registration { spec, target }));
+            if !client.same(&H::Client::none()) {
+                st.client = Some(Arc::new(Registration { client, target }));
             }
             Self::arm(&mut st, owner);
         }
@@ -364,8 +438,10 @@ impl Listener {
     /// clears or replaces itself, a wait_client or a disconnect (from any
     /// thread) stops the batch without accepting a client only to drop it:
     /// the rest stay queued in the kernel for whoever serves them next.
-    fn accept_batch(&self, handler: &AcceptHandler, channel: &Channel) {
+    fn accept_batch(&self, handler: &AcceptHandler<H>, channel: &H::Channel) {
         for i in 0..ACCEPT_BATCH {
+            // A strong reference for the duration of the callback: its
+            // notify cannot run before the callback returns.
             let Some(reg) = Self::serving(&lock(&self.state), handler).cloned() else {
                 return;
             };
@@ -388,20 +464,23 @@ impl Listener {
                     }
                 },
             };
-            reg.spec.call(&handler.owner, &client);
+            reg.client.call(&handler.owner, &client);
             // `reg` drops here: if the callback was replaced meanwhile,
             // this was the last user and its notify runs now, after it.
         }
     }
 
-    pub fn wait_client(&self, owner: &Owner) -> Option<Channel> {
-        let waiter = Arc::new(Waiter {
-            main_loop: PrivateLoop::new(),
+    /// Blocks until one client connects and returns it; None at once on a
+    /// listener without open sockets, None if disconnected meanwhile.
+    pub fn wait_client(&self, owner: &H::Owner) -> Option<H::Channel> {
+        let waiter = Arc::new(Waiter::<H> {
+            main_loop: H::WaitLoop::new(),
             client: Mutex::new(None),
+            backoff: AtomicBool::new(false),
         });
         let (channels, suspended) = {
             let mut st = lock(&self.state);
-            let channels: Vec<Channel> = st
+            let channels: Vec<H::Channel> = st
                 .sockets
                 .iter()
                 .filter(|s| !s.closed)
@@ -416,12 +495,7 @@ impl Listener {
         };
         drop(suspended);
 
-        let watches: Vec<SourceWatch> = channels
-            .iter()
-            .map(|c| SourceWatch::new(c, waiter.main_loop.context(), WaitHandler(waiter.clone())))
-            .collect();
-        waiter.main_loop.run();
-        drop(watches);
+        self.run_wait(&waiter, &channels);
 
         {
             let mut st = lock(&self.state);
@@ -432,6 +506,31 @@ impl Listener {
         client
     }
 
+    /// Iterates wait_client's private loop until a client is accepted or
+    /// the listener is disconnected, pausing BACKOFF_MS (watches removed,
+    /// a timer in the same private context) whenever accept fails with a
+    /// client still queued instead of spinning on the readable socket.
+    fn run_wait(&self, waiter: &Arc<Waiter<H>>, channels: &[H::Channel]) {
+        let ctx = waiter.main_loop.context();
+        loop {
+            let watches: Vec<H::SourceWatch> = channels
+                .iter()
+                .map(|c| H::watch_source(c, ctx, WaitHandler(waiter.clone())))
+                .collect();
+            waiter.main_loop.run();
+            drop(watches);
+            if !waiter.backoff.swap(false, SeqCst) || !self.is_connected() {
+                return;
+            }
+            let timer = H::timer_glib(ctx, BACKOFF_MS, WaitBackoffHandler(waiter.clone()));
+            waiter.main_loop.run();
+            drop(timer);
+            if !self.is_connected() {
+                return;
+            }
+        }
+    }
+
     pub fn disconnect(&self) {
         let (watches, channels, waiters) = {
             let mut st = lock(&self.state);
@@ -440,7 +539,7 @@ impl Listener {
             }
             st.connected = false;
             let watches = Self::disarm(&mut st);
-            let channels: Vec<Channel> = st
+            let channels: Vec<H::Channel> = st
                 .sockets
                 .iter_mut()
                 .filter(|s| !s.closed)
@@ -471,18 +570,18 @@ impl Listener {
 
     /// The nth channel; the caller borrows it (the listener keeps its
     /// reference until finalize).
-    pub fn sioc(&self, n: usize) -> Option<Channel> {
+    pub fn sioc(&self, n: usize) -> Option<H::Channel> {
         lock(&self.state).sockets.get(n).map(|s| s.channel.clone())
     }
 }
 
-impl Default for Listener {
+impl<H: Host> Default for Listener<H> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Drop for Listener {
+impl<H: Host> Drop for Listener<H> {
     /// Finalize: watches hold references, so none is left by now; close
     /// what is still open, then notify for the last registration.
     fn drop(&mut self) {

@@ -7,6 +7,7 @@
 #include "qemu/module.h"
 #include "qom/object.h"
 #include "qapi/error.h"
+#include "qemu/error-report.h"
 #include "io/channel-socket.h"
 #include "io/dns-resolver.h"
 #include "qemu/main-loop.h"

@@ -1,0 +1,449 @@
+//! The host through QEMU's C API: QOM references, `Error`, the DNS
+//! resolver, `QIOChannelSocket`, GSource watches, AioContext fd handlers,
+//! bottom halves and timers.  The C API is provided by real QEMU or by the
+//! standalone compat host; which one is decided at link time, and the
+//! declarations come from its headers (bindgen, see `build.rs`).
+//!
+//! All of the listener's raw-pointer work on host objects is in this
+//! module: `object.rs` (the QOM instance, owner references, the user's
+//! callback triple), `watch.rs` (watches, timers, wait_client's loop) and
+//! the channel, error and address handles below.
+
+pub mod bindings;
+mod object;
+mod watch;
+
+use std::{
+    ffi::{c_char, c_int, c_void, CStr, CString},
+    marker::PhantomData,
+    ptr::{self, NonNull},
+};
+
+use bindings as sys;
+pub use bindings::{
+    gpointer, AioContext, Error, GDestroyNotify, GMainContext, Object, QIOChannelSocket,
+    SocketAddress, TypeInfo,
+};
+pub use object::{ClientSpec, Owner, QIONetListener, QIONetListenerClientFunc};
+pub use watch::{AioWatch, OneShotTimer, PrivateLoop, SourceWatch};
+
+use crate::{
+    host::{Host, HostError, ReadyHandler, SocketChannel, TimerHandler},
+    listener::Listener,
+};
+
+// What the listener assumes about the host's types beyond what the
+// generated declarations already type-check (TypeInfo's fields are all
+// named in ffi.rs, callback signatures come from the headers): QOM
+// subclasses start with their parent, so a QIOChannelSocket pointer is a
+// QIOChannel pointer and a listener pointer an Object pointer.
+const _: () = {
+    assert!(std::mem::offset_of!(sys::QIOChannelSocket, parent) == 0);
+    assert!(std::mem::offset_of!(sys::QIOChannel, parent) == 0);
+};
+
+/// The QEMU C API host.
+pub struct QemuHost;
+
+impl Host for QemuHost {
+    type Channel = Channel;
+    type Owner = Owner;
+    type Client = ClientSpec;
+    type GlibCtx = GlibContext;
+    type AioCtx = AioCtx;
+    type SourceWatch = SourceWatch;
+    type AioWatch = AioWatch;
+    type Timer = OneShotTimer;
+    type WaitLoop = PrivateLoop;
+    type Error = LocalError;
+    type Address = Address;
+
+    fn listener(owner: &Owner) -> &Listener<QemuHost> {
+        owner.listener()
+    }
+
+    fn new_channel() -> Channel {
+        // SAFETY: qio_channel_socket_new never fails and returns a new
+        // reference, which the handle takes over.
+        unsafe { ObjectRef::from_new(sys::qio_channel_socket_new()) }.expect("channel")
+    }
+
+    fn listen(
+        channel: &Channel,
+        addr: &Address,
+        backlog: i32,
+        err: Option<&mut LocalError>,
+    ) -> bool {
+        let errp = err.map_or(ptr::null_mut(), LocalError::errp);
+        // SAFETY: the channel and address are live; errp is NULL or points
+        // into a LocalError owned by our caller.
+        unsafe {
+            sys::qio_channel_socket_listen_sync(channel.as_ptr(), addr.as_ptr(), backlog, errp) == 0
+        }
+    }
+
+    fn watch_source<R: ReadyHandler<Self>>(ch: &Channel, ctx: GlibContext, h: R) -> SourceWatch {
+        SourceWatch::new(ch, ctx, h)
+    }
+
+    fn watch_aio<R: ReadyHandler<Self>>(ch: &Channel, ctx: AioCtx, h: R) -> AioWatch {
+        AioWatch::new(ch, ctx, h)
+    }
+
+    fn timer_glib<T: TimerHandler>(ctx: GlibContext, ms: u32, h: T) -> OneShotTimer {
+        OneShotTimer::glib(ctx, ms, h)
+    }
+
+    fn timer_aio<T: TimerHandler>(ctx: AioCtx, ms: u32, h: T) -> OneShotTimer {
+        OneShotTimer::aio(ctx, ms.into(), h)
+    }
+
+    fn report(msg: &str) {
+        report(msg)
+    }
+}
+
+/// QEMU's `error_report("qio-net-listener: %s", msg)`.
+pub fn report(msg: &str) {
+    let msg = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    // SAFETY: the format takes exactly one NUL-terminated string.
+    unsafe { sys::error_report(c"qio-net-listener: %s".as_ptr(), msg.as_ptr()) }
+}
+
+/// A QOM object type the handles below may reference.
+///
+/// # Safety
+/// Implementors are `#[repr(C)]` QOM instance structs whose first field is
+/// (transitively) the QOM `Object` header.
+pub unsafe trait QomType {}
+
+// SAFETY: QOM instance structs from the host's headers, Object first.
+unsafe impl QomType for QIOChannelSocket {}
+
+/// A strong reference to a QOM object (`object_ref`/`object_unref`), as
+/// QEMU's Rust `Owned<T>`.  Not `Copy`: each handle releases its reference
+/// once.
+pub struct ObjectRef<T: QomType>(NonNull<T>, PhantomData<T>);
+
+// SAFETY: QOM reference counts are atomic; the types that are referenced
+// (channels, listeners) are used from any thread by QEMU's own API.
+unsafe impl<T: QomType> Send for ObjectRef<T> {}
+// SAFETY: as above; &ObjectRef only exposes thread-safe operations.
+unsafe impl<T: QomType> Sync for ObjectRef<T> {}
+
+impl<T: QomType> ObjectRef<T> {
+    /// Takes over a new reference (e.g. a constructor's result).
+    ///
+    /// # Safety
+    /// `p` is NULL or a live object whose reference the caller gives up.
+    pub unsafe fn from_new(p: *mut T) -> Option<Self> {
+        NonNull::new(p).map(|p| ObjectRef(p, PhantomData))
+    }
+
+    /// Takes a new reference to an object the caller lends us.
+    ///
+    /// # Safety
+    /// `p` is NULL or points to a live object.
+    pub unsafe fn from_borrowed(p: *mut T) -> Option<Self> {
+        let p = NonNull::new(p)?;
+        // SAFETY: p is live per the contract; object_ref adds our reference.
+        unsafe { sys::object_ref(p.as_ptr().cast()) };
+        Some(ObjectRef(p, PhantomData))
+    }
+
+    pub fn as_ptr(&self) -> *mut T {
+        self.0.as_ptr()
+    }
+
+    /// Hands this reference to C.
+    pub fn into_raw(self) -> *mut T {
+        std::mem::ManuallyDrop::new(self).0.as_ptr()
+    }
+}
+
+impl<T: QomType> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        // SAFETY: self holds a reference, so the object is live.
+        unsafe { sys::object_ref(self.0.as_ptr().cast()) };
+        ObjectRef(self.0, PhantomData)
+    }
+}
+
+impl<T: QomType> Drop for ObjectRef<T> {
+    fn drop(&mut self) {
+        // SAFETY: releases the reference this handle owns.
+        unsafe { sys::object_unref(self.0.as_ptr().cast()) }
+    }
+}
+
+/// Sets `*errp` QEMU-style (only if `errp` is not NULL and not yet set,
+/// `&error_abort` aborts), with `msg` as the message.
+///
+/// # Safety
+/// `errp` is NULL or a valid `Error **` as QEMU's convention requires.
+pub unsafe fn set_error(errp: *mut *mut Error, msg: &str) {
+    let msg = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    // SAFETY: the format is "%s" with one NUL-terminated string argument;
+    // errp validity is the caller's contract.
+    unsafe {
+        sys::error_setg_internal(
+            errp,
+            c"qio-net-listener".as_ptr(),
+            0,
+            c"qio_net_listener".as_ptr(),
+            c"%s".as_ptr(),
+            msg.as_ptr(),
+        )
+    }
+}
+
+/// Whether `*errp` holds an error already (false for NULL `errp`).
+///
+/// # Safety
+/// `errp` is NULL or a valid `Error **`.
+pub unsafe fn error_is_set(errp: *mut *mut Error) -> bool {
+    // SAFETY: per the contract; &error_abort and friends are valid to read.
+    !errp.is_null() && unsafe { !(*errp).is_null() }
+}
+
+/// A locally owned `Error *` (NULL until something fails); freed on drop
+/// unless propagated.
+pub struct LocalError(*mut Error);
+
+impl HostError for LocalError {
+    fn new() -> Self {
+        LocalError(ptr::null_mut())
+    }
+
+    fn is_set(&self) -> bool {
+        !self.0.is_null()
+    }
+
+    fn with_message(msg: &str) -> Self {
+        let mut e = LocalError::new();
+        // SAFETY: e.errp() is a valid, unset Error **.
+        unsafe { set_error(e.errp(), msg) };
+        e
+    }
+}
+
+impl LocalError {
+    /// The `Error **` to hand to a host function.
+    pub fn errp(&mut self) -> *mut *mut Error {
+        &mut self.0
+    }
+
+    /// Moves the error (if any) into `errp` (QEMU's `error_propagate`).
+    ///
+    /// # Safety
+    /// `errp` is NULL or a valid `Error **`.
+    pub unsafe fn propagate(mut self, errp: *mut *mut Error) {
+        let err = std::mem::replace(&mut self.0, ptr::null_mut());
+        if !err.is_null() {
+            // SAFETY: err is an Error we own; errp is the caller's contract.
+            unsafe { sys::error_propagate(errp, err) }
+        }
+    }
+}
+
+impl Drop for LocalError {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: we own the Error and nobody else points to it.
+            unsafe { sys::error_free(self.0) }
+        }
+    }
+}
+
+/// A `SocketAddress` the listener owns (freed with
+/// `qapi_free_SocketAddress`).
+pub struct Address(NonNull<SocketAddress>);
+
+impl Address {
+    pub fn as_ptr(&self) -> *mut SocketAddress {
+        self.0.as_ptr()
+    }
+}
+
+impl Drop for Address {
+    fn drop(&mut self) {
+        // SAFETY: the resolver gave us this address and it is ours alone.
+        unsafe { sys::qapi_free_SocketAddress(self.0.as_ptr()) }
+    }
+}
+
+/// Resolves `addr` with the host's DNS resolver (one address per result).
+///
+/// # Safety
+/// `addr` points to a valid `SocketAddress`; `errp` is NULL or valid.
+pub unsafe fn resolve(addr: *mut SocketAddress, errp: *mut *mut Error) -> Option<Vec<Address>> {
+    let mut n: usize = 0;
+    let mut list: *mut *mut SocketAddress = ptr::null_mut();
+    // SAFETY: the resolver is a process-wide singleton; addr and errp are
+    // valid per our contract; n and list are valid out-pointers.
+    let rc = unsafe {
+        sys::qio_dns_resolver_lookup_sync(
+            sys::qio_dns_resolver_get_instance(),
+            addr,
+            &mut n,
+            &mut list,
+            errp,
+        )
+    };
+    if rc < 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        // SAFETY: on success list holds n addresses that we now own.
+        let a = unsafe { *list.add(i) };
+        if let Some(a) = NonNull::new(a) {
+            out.push(Address(a));
+        }
+    }
+    // SAFETY: the array itself was g_malloc'ed for us; its elements moved
+    // into `out`.
+    unsafe { sys::g_free(list.cast()) };
+    Some(out)
+}
+
+/// A strong reference to a `QIOChannelSocket`.
+pub type Channel = ObjectRef<QIOChannelSocket>;
+
+impl ObjectRef<QIOChannelSocket> {
+    fn ioc(&self) -> *mut sys::QIOChannel {
+        // A QIOChannelSocket starts with its QIOChannel parent (QOM).
+        self.as_ptr().cast()
+    }
+
+    /// A new `SocketAddress` for the local end (caller frees), or NULL.
+    ///
+    /// # Safety
+    /// `errp` is NULL or a valid `Error **`.
+    pub unsafe fn local_address(&self, errp: *mut *mut Error) -> *mut SocketAddress {
+        // SAFETY: the channel is live; errp per contract.
+        unsafe { sys::qio_channel_socket_get_local_address(self.as_ptr(), errp) }
+    }
+}
+
+impl SocketChannel for Channel {
+    fn same(&self, other: &Self) -> bool {
+        self.as_ptr() == other.as_ptr()
+    }
+
+    fn set_name(&self, name: &CStr) {
+        // SAFETY: the channel is live; the host copies the name.
+        unsafe { sys::qio_channel_set_name(self.ioc(), name.as_ptr()) }
+    }
+
+    fn set_nonblocking(&self) -> bool {
+        // SAFETY: the channel is live; NULL errp discards any error.
+        unsafe { sys::qio_channel_set_blocking(self.ioc(), false, ptr::null_mut()) }
+    }
+
+    fn pending(&self) -> bool {
+        // Polled directly rather than relying on errno surviving the
+        // host's error path after a failed accept.
+        // SAFETY: the channel is live; fd is a plain int field.
+        let fd = unsafe { (*self.as_ptr()).fd };
+        if fd < 0 {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 1 && pfd.revents & libc::POLLIN != 0 }
+    }
+
+    fn close(&self) {
+        // SAFETY: the channel is live; NULL errp discards any error.
+        unsafe { sys::qio_channel_close(self.ioc(), ptr::null_mut()) };
+    }
+
+    fn accept(&self) -> Option<Channel> {
+        // SAFETY: the channel is live; a non-NULL result is a new reference
+        // that the returned handle takes over.
+        unsafe {
+            ObjectRef::from_new(sys::qio_channel_socket_accept(
+                self.as_ptr(),
+                ptr::null_mut(),
+            ))
+        }
+    }
+}
+
+/// A `GMainContext *` the user chose (NULL: the default context).  The
+/// listener never dereferences it and holds no reference: as in QEMU, the
+/// context must outlive the registration.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct GlibContext(pub *mut GMainContext);
+// SAFETY: GMainContext is thread-safe; we only pass the pointer to GLib.
+unsafe impl Send for GlibContext {}
+// SAFETY: as above.
+unsafe impl Sync for GlibContext {}
+
+/// An `AioContext *` the user chose.  As in QEMU, the listener holds no
+/// reference: the context must outlive the registration and keep running
+/// until the release bottom half of a removed watch has run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct AioCtx(pub NonNull<AioContext>);
+// SAFETY: AioContext functions used here are callable from any thread.
+unsafe impl Send for AioCtx {}
+// SAFETY: as above.
+unsafe impl Sync for AioCtx {}
+
+impl AioCtx {
+    /// The main loop's AioContext, if the host has one yet.
+    pub fn main() -> Option<AioCtx> {
+        // SAFETY: plain getter without preconditions.
+        NonNull::new(unsafe { sys::qemu_get_aio_context() }).map(AioCtx)
+    }
+}
+
+/// QOM: a new instance of the type named `name`.
+///
+/// # Safety
+/// `name` is a registered type.
+pub unsafe fn object_new(name: &CStr) -> *mut Object {
+    // SAFETY: per the contract.
+    unsafe { sys::object_new(name.as_ptr()) }
+}
+
+/// QOM: registers `info` for `module_call_init(MODULE_INIT_QOM)` callers.
+///
+/// # Safety
+/// `info` is 'static and valid.
+pub unsafe fn type_register_static(info: *const TypeInfo) {
+    // SAFETY: per the contract.
+    unsafe { sys::type_register_static(info) };
+}
+
+/// Registers `f` to run at `module_call_init(MODULE_INIT_QOM)`.
+pub fn register_qom_init(f: unsafe extern "C" fn()) {
+    // SAFETY: f is a plain function without arguments.
+    unsafe { sys::register_module_init(Some(f), sys::MODULE_INIT_QOM) }
+}
+
+/// A C string pointer as `&CStr`, or None for NULL.
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string valid for `'a`.
+pub unsafe fn opt_cstr<'a>(p: *const c_char) -> Option<&'a CStr> {
+    // SAFETY: per the contract.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) })
+}
+
+/// Frees a string or array that the host g_malloc'ed.
+///
+/// # Safety
+/// `p` is NULL or a live g_malloc'ed block that nobody else frees.
+pub unsafe fn g_free(p: *mut c_void) {
+    // SAFETY: per the contract.
+    unsafe { sys::g_free(p) }
+}
+
+// c_int is what QEMU's backlog parameter is; the trait says i32.
+const _: () = assert!(std::mem::size_of::<c_int>() == std::mem::size_of::<i32>());

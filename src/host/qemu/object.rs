@@ -1,0 +1,105 @@
+//! The listener's QOM instance and the two values the state machine holds
+//! of the C world: references to the instance ([`Owner`]) and the user's
+//! (func, data, notify) triple ([`ClientSpec`]).
+
+use std::ptr::{self, NonNull};
+
+use super::{
+    gpointer, Channel, GDestroyNotify, Object, ObjectRef, QIOChannelSocket, QemuHost, QomType,
+};
+use crate::{host::ClientCallback, listener::Listener};
+
+/// The QOM instance: QEMU's `Object` header followed by the Rust state.
+/// C code only ever sees pointers to it.
+#[repr(C)]
+pub struct QIONetListener {
+    pub(crate) parent: Object,
+    pub(crate) listener: Listener<QemuHost>,
+}
+
+// QOM casts OBJECT(listener) by pointer: the Object header must come first.
+const _: () = assert!(std::mem::offset_of!(QIONetListener, parent) == 0);
+
+// SAFETY: repr(C) with the Object header first (asserted above).
+unsafe impl QomType for QIONetListener {}
+
+/// Callback type for a new client connection; the listener drops its
+/// reference to `sioc` after the callback returns.
+pub type QIONetListenerClientFunc = Option<
+    unsafe extern "C" fn(
+        listener: *mut QIONetListener,
+        sioc: *mut QIOChannelSocket,
+        data: gpointer,
+    ),
+>;
+
+/// A strong reference to a listener object (QOM reference count).
+pub type Owner = ObjectRef<QIONetListener>;
+
+impl ObjectRef<QIONetListener> {
+    pub fn listener(&self) -> &Listener<QemuHost> {
+        // SAFETY: while we hold a reference the instance is initialized and
+        // not finalized.
+        unsafe { &(*self.as_ptr()).listener }
+    }
+
+    /// Borrows the caller's reference to `l` for the duration of a call
+    /// (never released: ManuallyDrop).
+    pub fn borrow_c(l: *mut QIONetListener) -> Option<std::mem::ManuallyDrop<Owner>> {
+        // SAFETY: from_new only wraps the pointer; ManuallyDrop keeps it
+        // from releasing the caller's reference.
+        NonNull::new(l)
+            .map(|p| std::mem::ManuallyDrop::new(unsafe { Owner::from_new(p.as_ptr()) }.unwrap()))
+    }
+}
+
+/// The user's (func, data, notify) triple, as passed in.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientSpec {
+    pub func: QIONetListenerClientFunc,
+    pub data: gpointer,
+    pub notify: GDestroyNotify,
+}
+
+// SAFETY: QEMU's API lets the listener call func and notify from the
+// thread that dispatches the context; the data is the user's to make safe.
+unsafe impl Send for ClientSpec {}
+// SAFETY: as above.
+unsafe impl Sync for ClientSpec {}
+
+impl ClientCallback<QemuHost> for ClientSpec {
+    fn none() -> Self {
+        ClientSpec {
+            func: None,
+            data: ptr::null_mut(),
+            notify: None,
+        }
+    }
+
+    fn has_func(&self) -> bool {
+        self.func.is_some()
+    }
+
+    /// Same function, data and notify (by address, as QEMU compares them).
+    fn same(&self, other: &ClientSpec) -> bool {
+        self.func.map(|f| f as usize) == other.func.map(|f| f as usize)
+            && self.data == other.data
+            && self.notify.map(|f| f as usize) == other.notify.map(|f| f as usize)
+    }
+
+    fn call(&self, owner: &Owner, client: &Channel) {
+        if let Some(func) = self.func {
+            // SAFETY: the user registered func for exactly this call; the
+            // listener and client stay referenced for the whole call.
+            unsafe { func(owner.as_ptr(), client.as_ptr(), self.data) }
+        }
+    }
+
+    fn notify(&self) {
+        if let Some(notify) = self.notify {
+            // SAFETY: the user registered notify to release data, and no
+            // callback using data runs any more.
+            unsafe { notify(self.data) }
+        }
+    }
+}

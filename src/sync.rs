@@ -1,0 +1,17 @@
+//! The synchronisation primitives of the state machine.  With the
+//! `shuttle` feature (tests only: `tests/concurrency.rs`) they are
+//! shuttle's, so that its scheduler controls and explores every
+//! interleaving at each lock and atomic; otherwise std's.  `Arc`/`Weak`
+//! are std's in both (shuttle schedules at the locks and atomics).
+
+#[cfg(feature = "shuttle")]
+pub use shuttle::sync::{
+    atomic::{AtomicBool, Ordering},
+    Mutex, MutexGuard,
+};
+#[cfg(not(feature = "shuttle"))]
+pub use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Mutex, MutexGuard,
+};
+pub use std::sync::{Arc, Weak};
