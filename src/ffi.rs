@@ -3,7 +3,15 @@
 //! state machine.  cbindgen turns this file into `include/io/net-listener.h`.
 //!
 //! No panic crosses into C: every export runs under `guard`, which turns a
-//! panic into the function's documented failure value.
+//! panic into the function's documented failure value (and an `Error` where
+//! the function has an `errp`).
+//!
+//! The exports' doc comments are the C header's, in QEMU's gtk-doc style.
+//! Their safety contract is the C one, stated once in the header preamble
+//! (cbindgen.toml): every object pointer is NULL (where documented) or a
+//! live object of its type, `errp` follows QEMU's Error convention.  Hence
+//! no rustdoc `# Safety` sections on the exports.
+#![allow(clippy::missing_safety_doc)]
 
 use std::{
     ffi::{c_char, c_int, c_void, CStr},
@@ -117,8 +125,12 @@ fn borrowed(l: *mut QIONetListener) -> Option<ManuallyDrop<Owner>> {
     Owner::borrow_c(l)
 }
 
-/// Creates a new listener with no sockets, not connected.  Release it with
-/// `object_unref(OBJECT(listener))`.
+/// qio_net_listener_new:
+///
+/// Create a new network listener service, which is not listening on any
+/// sockets initially.  Release it with object_unref(OBJECT(listener)).
+///
+/// Returns: the new listener
 #[no_mangle]
 pub extern "C" fn qio_net_listener_new() -> *mut QIONetListener {
     guard("qio_net_listener_new", ptr::null_mut(), || {
@@ -130,11 +142,12 @@ pub extern "C" fn qio_net_listener_new() -> *mut QIONetListener {
     })
 }
 
-/// Sets the name given to every listening channel added from now on (the
-/// name is copied; NULL clears it).
+/// qio_net_listener_set_name:
+/// @listener: the network listener object, or %NULL (nothing happens)
+/// @name: the listener name, or %NULL to clear it; copied
 ///
-/// # Safety
-/// `listener` is NULL or a live listener; `name` is NULL or a C string.
+/// Set the name of the listener.  Every listening channel added from now on
+/// gets it as its channel name (qio_channel_set_name()), a debugging aid.
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_set_name(
     listener: *mut QIONetListener,
@@ -148,14 +161,20 @@ pub unsafe extern "C" fn qio_net_listener_set_name(
     })
 }
 
-/// Resolves `addr` (a name may give several addresses) and listens on each
-/// with backlog `num`.  Returns 0 if at least one address listened (the
-/// others' errors are dropped), or -1 with the first error in `errp`.  May
-/// be called several times to add addresses.
+/// qio_net_listener_open_sync:
+/// @listener: the network listener object
+/// @addr: the address to listen on
+/// @num: the backlog: the amount of expected connections
+/// @errp: pointer to a NULL initialized error object
 ///
-/// # Safety
-/// `listener` is NULL or live; `addr` is NULL or a valid SocketAddress;
-/// `errp` follows QEMU's Error convention.
+/// Synchronously open a listening connection on all addresses associated
+/// with @addr (a host name may resolve to several).  It succeeds if at least
+/// one address listened; the other addresses' errors are dropped.  This
+/// method may also be invoked multiple times, in order to have a single
+/// listener on multiple distinct addresses.  A %NULL @listener or @addr is
+/// an error.
+///
+/// Returns: 0 on success, -1 with the first error in @errp otherwise
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_open_sync(
     listener: *mut QIONetListener,
@@ -188,13 +207,17 @@ pub unsafe extern "C" fn qio_net_listener_open_sync(
     rc.unwrap_or_else(|| unsafe { internal_error("qio_net_listener_open_sync", errp, -1) })
 }
 
-/// Adopts an already listening channel: the listener takes its own
-/// reference, makes it non-blocking (each wake-up accepts every pending
-/// client, up to a bound), becomes connected and watches it if a callback
-/// is set.
+/// qio_net_listener_add:
+/// @listener: the network listener object
+/// @sioc: the socket I/O channel, already listening
 ///
-/// # Safety
-/// `listener` and `sioc` are NULL or live objects.
+/// Associate a listening socket I/O channel with the listener.  The
+/// listener will acquire a new reference on @sioc, so the caller should
+/// release its own reference if it no longer requires the object.  The
+/// socket is made non-blocking (each wake-up accepts the pending clients,
+/// up to a bound), the listener becomes connected, and the socket is
+/// watched at once if a client callback is set.  Nothing happens if either
+/// argument is %NULL.
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_add(
     listener: *mut QIONetListener,
@@ -209,15 +232,28 @@ pub unsafe extern "C" fn qio_net_listener_add(
     })
 }
 
-/// Sets (or with `func` NULL clears) the client callback, dispatched from
-/// GMainContext `context` (NULL: the default context), which may run in
-/// any thread.  The previous registration's `notify(data)` runs once, after
-/// any callback still using it has returned.  Setting the identical
-/// (func, data, notify, context) again does nothing.
+/// qio_net_listener_set_client_func_full:
+/// @listener: the network listener object
+/// @func: the callback function, or %NULL to stop accepting
+/// @data: opaque data to pass to @func
+/// @notify: callback to free @data, or %NULL
+/// @context: the context that the sources will be bound to.  If %NULL,
+///           the default context will be used.
 ///
-/// # Safety
-/// `listener` is NULL or live; `context` is NULL or a live GMainContext that
-/// outlives the registration; `notify(data)` is safe to call once.
+/// Register @func to be invoked whenever a new client connects to the
+/// listener.  @func will be invoked passing in the QIOChannelSocket
+/// instance for the client; the listener drops its reference to it when
+/// @func returns.  Each wake-up accepts up to 32 pending clients,
+/// re-checking before each that @func is still the current callback.  When
+/// accept fails for lack of file descriptors or memory with clients still
+/// queued, the socket pauses for 100 ms (a timer in @context) instead of
+/// spinning, and no client is lost.
+///
+/// The previous registration's @notify runs exactly once, after any call of
+/// its callback (in any thread) has returned; the last registration's runs
+/// when the listener is finalized.  Registering the identical (@func,
+/// @data, @notify, @context) again does nothing.  @context must outlive the
+/// registration.
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_set_client_func_full(
     listener: *mut QIONetListener,
@@ -235,10 +271,14 @@ pub unsafe extern "C" fn qio_net_listener_set_client_func_full(
     })
 }
 
-/// As qio_net_listener_set_client_func_full() with the default context.
+/// qio_net_listener_set_client_func:
+/// @listener: the network listener object
+/// @func: the callback function, or %NULL to stop accepting
+/// @data: opaque data to pass to @func
+/// @notify: callback to free @data, or %NULL
 ///
-/// # Safety
-/// As qio_net_listener_set_client_func_full().
+/// Wrapper of qio_net_listener_set_client_func_full(), only that the
+/// sources will always be bound to default main context.
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_set_client_func(
     listener: *mut QIONetListener,
@@ -250,17 +290,22 @@ pub unsafe extern "C" fn qio_net_listener_set_client_func(
     unsafe { qio_net_listener_set_client_func_full(listener, func, data, notify, ptr::null_mut()) }
 }
 
-/// Sets (or with `func` NULL clears) the client callback, dispatched by the
-/// fd handlers of AioContext `context` (NULL: the main-loop AioContext), so
-/// that a nested aio_poll() loop such as AIO_WAIT_WHILE accepts clients.
-/// Any AioContext works, IOThreads' included, and the call is safe from any
-/// thread: what a removed handler holds is released by a bottom half in its
-/// AioContext, so `context` must keep running until then.  If `context` is
-/// NULL and the main loop has no AioContext yet, a callback cannot be set:
-/// the call prints an error and changes nothing (clearing still works).
+/// qio_net_listener_set_client_aio_func:
+/// @listener: the network listener object
+/// @func: the callback function, or %NULL to stop accepting
+/// @data: opaque data to pass to @func
+/// @context: the AioContext whose fd handlers will accept clients.  If
+///           %NULL, the main-loop AioContext is used.
 ///
-/// # Safety
-/// `listener` is NULL or live; `context` is NULL or a live AioContext.
+/// Like qio_net_listener_set_client_func_full(), but clients are accepted
+/// by fd handlers of @context, so that a nested aio_poll() loop such as
+/// AIO_WAIT_WHILE() serves them.  Any AioContext works, IOThreads'
+/// included, and the call is safe from any thread, even while @func runs
+/// in another: what a removed handler holds is released by a bottom half
+/// in @context, so @context must keep running until then.  There is no
+/// notify for @data.  If @context is %NULL and the main loop has no
+/// AioContext yet, a callback cannot be set: an error is reported and
+/// nothing changes (clearing still works).
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_set_client_aio_func(
     listener: *mut QIONetListener,
@@ -287,14 +332,19 @@ pub unsafe extern "C" fn qio_net_listener_set_client_aio_func(
     })
 }
 
-/// Blocks until one client connects on any of the listener's sockets and
-/// returns it (the caller owns the reference).  Async watches are suspended
-/// meanwhile and restored after.  Exactly one client is accepted; others
-/// stay queued.  Returns NULL at once if the listener has no open socket,
-/// and NULL if it is disconnected while waiting.
+/// qio_net_listener_wait_client:
+/// @listener: the network listener object
 ///
-/// # Safety
-/// `listener` is NULL or live.
+/// Block execution of the caller until a new client arrives on one of the
+/// listening sockets.  If there was previously a callback registered with
+/// qio_net_listener_set_client_func() it will be temporarily disabled, and
+/// re-enabled afterwards.  Exactly one client is accepted; others stay
+/// queued.  When accept fails for lack of file descriptors, it retries
+/// after 100 ms instead of spinning.
+///
+/// Returns: the new client socket (the caller owns the reference), or
+/// %NULL at once if the listener has no open socket, or %NULL if it is
+/// disconnected while waiting
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_wait_client(
     listener: *mut QIONetListener,
@@ -306,11 +356,13 @@ pub unsafe extern "C" fn qio_net_listener_wait_client(
     })
 }
 
-/// Removes all watches and closes all channels; the listener is then not
-/// connected.  Idempotent.
+/// qio_net_listener_disconnect:
+/// @listener: the network listener object
 ///
-/// # Safety
-/// `listener` is NULL or live.
+/// Disconnect the listener, removing all I/O callback watches and closing
+/// the socket channels.  A wait_client in progress returns %NULL.  The
+/// registration stays (its notify runs at finalize or when it is
+/// replaced).  Idempotent.
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_disconnect(listener: *mut QIONetListener) {
     guard("qio_net_listener_disconnect", (), || {
@@ -320,11 +372,13 @@ pub unsafe extern "C" fn qio_net_listener_disconnect(listener: *mut QIONetListen
     })
 }
 
-/// Whether the listener has sockets and has not been disconnected since
-/// (false for NULL).
+/// qio_net_listener_is_connected:
+/// @listener: the network listener object
 ///
-/// # Safety
-/// `listener` is NULL or live.
+/// Determine if the listener is connected to any socket channels.
+///
+/// Returns: true if connected (after a successful open or add, until
+/// disconnect), false otherwise or for %NULL
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_is_connected(listener: *mut QIONetListener) -> bool {
     guard("qio_net_listener_is_connected", false, || {
@@ -332,10 +386,11 @@ pub unsafe extern "C" fn qio_net_listener_is_connected(listener: *mut QIONetList
     })
 }
 
-/// The number of channels the listener holds (0 for NULL).
+/// qio_net_listener_nsioc:
+/// @listener: the network listener object
 ///
-/// # Safety
-/// `listener` is NULL or live.
+/// Returns: the number of socket channels of the listener, closed ones
+/// included (0 for %NULL)
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_nsioc(listener: *mut QIONetListener) -> usize {
     guard("qio_net_listener_nsioc", 0, || {
@@ -343,11 +398,12 @@ pub unsafe extern "C" fn qio_net_listener_nsioc(listener: *mut QIONetListener) -
     })
 }
 
-/// The nth channel, borrowed (valid while the listener lives), or NULL if
-/// `n` is out of range.
+/// qio_net_listener_sioc:
+/// @listener: the network listener object
+/// @n: the index of the channel
 ///
-/// # Safety
-/// `listener` is NULL or live.
+/// Returns: the @n-th socket channel, borrowed (valid while the listener
+/// lives), or %NULL if @n is out of range
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_sioc(
     listener: *mut QIONetListener,
@@ -360,11 +416,14 @@ pub unsafe extern "C" fn qio_net_listener_sioc(
     })
 }
 
-/// A new SocketAddress for the nth channel's local address (free it with
-/// qapi_free_SocketAddress), or NULL with an error if `n` is out of range.
+/// qio_net_listener_get_local_address:
+/// @listener: the network listener object
+/// @n: the index of the channel
+/// @errp: pointer to a NULL initialized error object
 ///
-/// # Safety
-/// `listener` is NULL or live; `errp` follows QEMU's Error convention.
+/// Returns: a new SocketAddress for the local end of the @n-th channel
+/// (free it with qapi_free_SocketAddress()), or %NULL with an error in
+/// @errp if @n is out of range
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_get_local_address(
     listener: *mut QIONetListener,
@@ -386,4 +445,50 @@ pub unsafe extern "C" fn qio_net_listener_get_local_address(
     r.unwrap_or_else(|| unsafe {
         internal_error("qio_net_listener_get_local_address", errp, ptr::null_mut())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+
+    use super::*;
+    use crate::host::{qemu::LocalError, HostError};
+
+    fn message(e: &mut LocalError) -> String {
+        // SAFETY: the error is set and owned by `e`.
+        unsafe { CStr::from_ptr(qemucompat::error::error_get_pretty(*e.errp() as _)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// A panic inside an export with an errp returns failure *and* a clear
+    /// error, never failure with *errp unset.
+    #[test]
+    fn a_caught_panic_sets_an_error() {
+        let mut err = LocalError::new();
+        let r = guard("qio_net_listener_open_sync", None, || -> Option<i32> {
+            panic!("injected")
+        });
+        assert!(r.is_none());
+        // SAFETY: err.errp() is a valid, unset Error **.
+        let rc = unsafe { internal_error("qio_net_listener_open_sync", err.errp(), -1) };
+        assert_eq!(rc, -1);
+        assert!(err.is_set());
+        assert_eq!(
+            message(&mut err),
+            "qio_net_listener_open_sync: internal error"
+        );
+        // An error the function had set already is kept.
+        // SAFETY: as above; the error is set, so nothing is overwritten.
+        unsafe { internal_error("again", err.errp(), ()) };
+        assert_eq!(
+            message(&mut err),
+            "qio_net_listener_open_sync: internal error"
+        );
+        // NULL errp: failure value only.
+        // SAFETY: NULL is a valid errp.
+        assert!(
+            unsafe { internal_error::<*mut u8>("x", ptr::null_mut(), ptr::null_mut()) }.is_null()
+        );
+    }
 }

@@ -8,8 +8,25 @@
  * type TYPE_QIO_NET_LISTENER; release it with object_unref(OBJECT(l)).
  * Its fields are private.
  *
- * Threads: every function may be called from any thread and from inside
- * the listener's own client callback.
+ * Arguments: every listener argument may be %NULL (the function does
+ * nothing or returns its failure value: %NULL, -1 with an error, false, 0);
+ * any other pointer is %NULL where documented or a live object of its
+ * type; errp follows QEMU's Error convention.
+ *
+ * Threads: every function may be called from any thread, and from inside
+ * the listener's own client callback.  Callbacks run in the thread that
+ * dispatches their context (a GMainContext or an AioContext, which may be
+ * an IOThread's).
+ *
+ * Lifetimes: whatever a dispatch uses (the listener, the listening
+ * channel, the callback's data) stays alive until that callback returns,
+ * whatever it does: any qio_net_listener_*() call, dropping the last
+ * reference to the listener, running nested loops (aio_poll(),
+ * AIO_WAIT_WHILE(), g_main_context_iteration()).  While a callback is set
+ * and the listener has open sockets, its watches hold a reference to the
+ * listener, as in QEMU: it is finalized once the callback is cleared or
+ * the listener disconnected and the last reference is gone.  A
+ * registration's notify runs exactly once, never while its callback runs.
  */
 
 #ifndef QIO_NET_LISTENER_H
@@ -25,37 +42,56 @@ OBJECT_DECLARE_SIMPLE_TYPE(QIONetListener,
 
 
 /**
- * Callback type for a new client connection; the listener drops its
- * reference to `sioc` after the callback returns.
+ * QIONetListenerClientFunc:
+ * @listener: the network listener object
+ * @sioc: the new client; the listener drops its reference when the
+ *        callback returns (take one to keep the client)
+ * @data: the opaque data given with the callback
+ *
+ * Callback type for a new client connection.  It may call any
+ * qio_net_listener_*() function on @listener, drop the last reference to
+ * it and run nested event loops: the listener stays alive until the
+ * callback returns.
  */
 typedef void (*QIONetListenerClientFunc)(QIONetListener *listener,
                                          QIOChannelSocket *sioc,
                                          gpointer data);
 
 /**
- * Creates a new listener with no sockets, not connected.  Release it with
- * `object_unref(OBJECT(listener))`.
+ * qio_net_listener_new:
+ *
+ * Create a new network listener service, which is not listening on any
+ * sockets initially.  Release it with object_unref(OBJECT(listener)).
+ *
+ * Returns: the new listener
  */
 QIONetListener *qio_net_listener_new(void);
 
 /**
- * Sets the name given to every listening channel added from now on (the
- * name is copied; NULL clears it).
+ * qio_net_listener_set_name:
+ * @listener: the network listener object, or %NULL (nothing happens)
+ * @name: the listener name, or %NULL to clear it; copied
  *
- * # Safety
- * `listener` is NULL or a live listener; `name` is NULL or a C string.
+ * Set the name of the listener.  Every listening channel added from now on
+ * gets it as its channel name (qio_channel_set_name()), a debugging aid.
  */
 void qio_net_listener_set_name(QIONetListener *listener, const char *name);
 
 /**
- * Resolves `addr` (a name may give several addresses) and listens on each
- * with backlog `num`.  Returns 0 if at least one address listened (the
- * others' errors are dropped), or -1 with the first error in `errp`.  May
- * be called several times to add addresses.
+ * qio_net_listener_open_sync:
+ * @listener: the network listener object
+ * @addr: the address to listen on
+ * @num: the backlog: the amount of expected connections
+ * @errp: pointer to a NULL initialized error object
  *
- * # Safety
- * `listener` is NULL or live; `addr` is NULL or a valid SocketAddress;
- * `errp` follows QEMU's Error convention.
+ * Synchronously open a listening connection on all addresses associated
+ * with @addr (a host name may resolve to several).  It succeeds if at least
+ * one address listened; the other addresses' errors are dropped.  This
+ * method may also be invoked multiple times, in order to have a single
+ * listener on multiple distinct addresses.  A %NULL @listener or @addr is
+ * an error.
+ *
+ * Returns: 0 on success, -1 with the first error in @errp otherwise
  */
 int qio_net_listener_open_sync(QIONetListener *listener,
                                SocketAddress *addr,
@@ -63,26 +99,43 @@ int qio_net_listener_open_sync(QIONetListener *listener,
                                Error **errp);
 
 /**
- * Adopts an already listening channel: the listener takes its own
- * reference, makes it non-blocking (each wake-up accepts every pending
- * client, up to a bound), becomes connected and watches it if a callback
- * is set.
+ * qio_net_listener_add:
+ * @listener: the network listener object
+ * @sioc: the socket I/O channel, already listening
  *
- * # Safety
- * `listener` and `sioc` are NULL or live objects.
+ * Associate a listening socket I/O channel with the listener.  The
+ * listener will acquire a new reference on @sioc, so the caller should
+ * release its own reference if it no longer requires the object.  The
+ * socket is made non-blocking (each wake-up accepts the pending clients,
+ * up to a bound), the listener becomes connected, and the socket is
+ * watched at once if a client callback is set.  Nothing happens if either
+ * argument is %NULL.
  */
 void qio_net_listener_add(QIONetListener *listener, QIOChannelSocket *sioc);
 
 /**
- * Sets (or with `func` NULL clears) the client callback, dispatched from
- * GMainContext `context` (NULL: the default context), which may run in
- * any thread.  The previous registration's `notify(data)` runs once, after
- * any callback still using it has returned.  Setting the identical
- * (func, data, notify, context) again does nothing.
+ * qio_net_listener_set_client_func_full:
+ * @listener: the network listener object
+ * @func: the callback function, or %NULL to stop accepting
+ * @data: opaque data to pass to @func
+ * @notify: callback to free @data, or %NULL
+ * @context: the context that the sources will be bound to.  If %NULL,
+ *           the default context will be used.
  *
- * # Safety
- * `listener` is NULL or live; `context` is NULL or a live GMainContext that
- * outlives the registration; `notify(data)` is safe to call once.
+ * Register @func to be invoked whenever a new client connects to the
+ * listener.  @func will be invoked passing in the QIOChannelSocket
+ * instance for the client; the listener drops its reference to it when
+ * @func returns.  Each wake-up accepts up to 32 pending clients,
+ * re-checking before each that @func is still the current callback.  When
+ * accept fails for lack of file descriptors or memory with clients still
+ * queued, the socket pauses for 100 ms (a timer in @context) instead of
+ * spinning, and no client is lost.
+ *
+ * The previous registration's @notify runs exactly once, after any call of
+ * its callback (in any thread) has returned; the last registration's runs
+ * when the listener is finalized.  Registering the identical (@func,
+ * @data, @notify, @context) again does nothing.  @context must outlive the
+ * registration.
  */
 void qio_net_listener_set_client_func_full(QIONetListener *listener,
                                            QIONetListenerClientFunc func,
@@ -91,10 +144,14 @@ void qio_net_listener_set_client_func_full(QIONetListener *listener,
                                            GMainContext *context);
 
 /**
- * As qio_net_listener_set_client_func_full() with the default context.
+ * qio_net_listener_set_client_func:
+ * @listener: the network listener object
+ * @func: the callback function, or %NULL to stop accepting
+ * @data: opaque data to pass to @func
+ * @notify: callback to free @data, or %NULL
  *
- * # Safety
- * As qio_net_listener_set_client_func_full().
+ * Wrapper of qio_net_listener_set_client_func_full(), only that the
+ * sources will always be bound to default main context.
  */
 void qio_net_listener_set_client_func(QIONetListener *listener,
                                       QIONetListenerClientFunc func,
@@ -102,17 +159,22 @@ void qio_net_listener_set_client_func(QIONetListener *listener,
                                       GDestroyNotify notify);
 
 /**
- * Sets (or with `func` NULL clears) the client callback, dispatched by the
- * fd handlers of AioContext `context` (NULL: the main-loop AioContext), so
- * that a nested aio_poll() loop such as AIO_WAIT_WHILE accepts clients.
- * Any AioContext works, IOThreads' included, and the call is safe from any
- * thread: what a removed handler holds is released by a bottom half in its
- * AioContext, so `context` must keep running until then.  If `context` is
- * NULL and the main loop has no AioContext yet, a callback cannot be set:
- * the call prints an error and changes nothing (clearing still works).
+ * qio_net_listener_set_client_aio_func:
+ * @listener: the network listener object
+ * @func: the callback function, or %NULL to stop accepting
+ * @data: opaque data to pass to @func
+ * @context: the AioContext whose fd handlers will accept clients.  If
+ *           %NULL, the main-loop AioContext is used.
  *
- * # Safety
- * `listener` is NULL or live; `context` is NULL or a live AioContext.
+ * Like qio_net_listener_set_client_func_full(), but clients are accepted
+ * by fd handlers of @context, so that a nested aio_poll() loop such as
+ * AIO_WAIT_WHILE() serves them.  Any AioContext works, IOThreads'
+ * included, and the call is safe from any thread, even while @func runs
+ * in another: what a removed handler holds is released by a bottom half
+ * in @context, so @context must keep running until then.  There is no
+ * notify for @data.  If @context is %NULL and the main loop has no
+ * AioContext yet, a callback cannot be set: an error is reported and
+ * nothing changes (clearing still works).
  */
 void qio_net_listener_set_client_aio_func(QIONetListener *listener,
                                           QIONetListenerClientFunc func,
@@ -120,58 +182,72 @@ void qio_net_listener_set_client_aio_func(QIONetListener *listener,
                                           AioContext *context);
 
 /**
- * Blocks until one client connects on any of the listener's sockets and
- * returns it (the caller owns the reference).  Async watches are suspended
- * meanwhile and restored after.  Exactly one client is accepted; others
- * stay queued.  Returns NULL at once if the listener has no open socket,
- * and NULL if it is disconnected while waiting.
+ * qio_net_listener_wait_client:
+ * @listener: the network listener object
  *
- * # Safety
- * `listener` is NULL or live.
+ * Block execution of the caller until a new client arrives on one of the
+ * listening sockets.  If there was previously a callback registered with
+ * qio_net_listener_set_client_func() it will be temporarily disabled, and
+ * re-enabled afterwards.  Exactly one client is accepted; others stay
+ * queued.  When accept fails for lack of file descriptors, it retries
+ * after 100 ms instead of spinning.
+ *
+ * Returns: the new client socket (the caller owns the reference), or
+ * %NULL at once if the listener has no open socket, or %NULL if it is
+ * disconnected while waiting
  */
 QIOChannelSocket *qio_net_listener_wait_client(QIONetListener *listener);
 
 /**
- * Removes all watches and closes all channels; the listener is then not
- * connected.  Idempotent.
+ * qio_net_listener_disconnect:
+ * @listener: the network listener object
  *
- * # Safety
- * `listener` is NULL or live.
+ * Disconnect the listener, removing all I/O callback watches and closing
+ * the socket channels.  A wait_client in progress returns %NULL.  The
+ * registration stays (its notify runs at finalize or when it is
+ * replaced).  Idempotent.
  */
 void qio_net_listener_disconnect(QIONetListener *listener);
 
 /**
- * Whether the listener has sockets and has not been disconnected since
- * (false for NULL).
+ * qio_net_listener_is_connected:
+ * @listener: the network listener object
  *
- * # Safety
- * `listener` is NULL or live.
+ * Determine if the listener is connected to any socket channels.
+ *
+ * Returns: true if connected (after a successful open or add, until
+ * disconnect), false otherwise or for %NULL
  */
 bool qio_net_listener_is_connected(QIONetListener *listener);
 
 /**
- * The number of channels the listener holds (0 for NULL).
+ * qio_net_listener_nsioc:
+ * @listener: the network listener object
  *
- * # Safety
- * `listener` is NULL or live.
+ * Returns: the number of socket channels of the listener, closed ones
+ * included (0 for %NULL)
  */
 size_t qio_net_listener_nsioc(QIONetListener *listener);
 
 /**
- * The nth channel, borrowed (valid while the listener lives), or NULL if
- * `n` is out of range.
+ * qio_net_listener_sioc:
+ * @listener: the network listener object
+ * @n: the index of the channel
  *
- * # Safety
- * `listener` is NULL or live.
+ * Returns: the @n-th socket channel, borrowed (valid while the listener
+ * lives), or %NULL if @n is out of range
  */
 QIOChannelSocket *qio_net_listener_sioc(QIONetListener *listener, size_t n);
 
 /**
- * A new SocketAddress for the nth channel's local address (free it with
- * qapi_free_SocketAddress), or NULL with an error if `n` is out of range.
+ * qio_net_listener_get_local_address:
+ * @listener: the network listener object
+ * @n: the index of the channel
+ * @errp: pointer to a NULL initialized error object
  *
- * # Safety
- * `listener` is NULL or live; `errp` follows QEMU's Error convention.
+ * Returns: a new SocketAddress for the local end of the @n-th channel
+ * (free it with qapi_free_SocketAddress()), or %NULL with an error in
+ * @errp if @n is out of range
  */
 SocketAddress *qio_net_listener_get_local_address(QIONetListener *listener,
                                                   size_t n,

@@ -23,8 +23,16 @@ const _: () = assert!(std::mem::offset_of!(QIONetListener, parent) == 0);
 // SAFETY: repr(C) with the Object header first (asserted above).
 unsafe impl QomType for QIONetListener {}
 
-/// Callback type for a new client connection; the listener drops its
-/// reference to `sioc` after the callback returns.
+/// QIONetListenerClientFunc:
+/// @listener: the network listener object
+/// @sioc: the new client; the listener drops its reference when the
+///        callback returns (take one to keep the client)
+/// @data: the opaque data given with the callback
+///
+/// Callback type for a new client connection.  It may call any
+/// qio_net_listener_*() function on @listener, drop the last reference to
+/// it and run nested event loops: the listener stays alive until the
+/// callback returns.
 pub type QIONetListenerClientFunc = Option<
     unsafe extern "C" fn(
         listener: *mut QIONetListener,
