@@ -487,8 +487,7 @@ mod tests {
         );
         // NULL errp: failure value only.
         // SAFETY: NULL is a valid errp.
-        assert!(
-            unsafe { internal_error::<*mut u8>("x", ptr::null_mut(), ptr::null_mut()) }.is_null()
-        );
+        let p: *mut u8 = unsafe { internal_error("x", ptr::null_mut(), ptr::null_mut()) };
+        assert!(p.is_null());
     }
 }
