@@ -42,6 +42,11 @@ const HOST_FUNCTIONS: &[&str] = &[
     "qio_nl_aio_timer_new_ms",
     "qio_nl_clock_ms",
     "qio_nl_timer_free",
+    "qio_nl_trace_release",
+    "qio_nl_trace_backoff",
+    "qio_nl_trace_batch",
+    "qio_nl_trace_callback",
+    "qio_nl_trace_watch",
     "qemu_get_aio_context",
     "aio_bh_schedule_oneshot_full",
     "g_free",
@@ -122,6 +127,10 @@ fn generate_host_bindings(root: &std::path::Path, out: &std::path::Path) {
     // The wrappers of QEMU's static inline functions (see shim.h).
     let mut cc = cc::Build::new();
     cc.file(root.join("src/host/qemu/shim.c")).warnings(true);
+    if env::var_os("QIO_HOST_INCLUDE").is_some() {
+        // QEMU mode: trace events go to QEMU's generated trace functions.
+        cc.define("QIO_NL_QEMU_TRACE", None);
+    }
     for dir in host_include.iter().chain(&glib.include_paths) {
         cc.include(dir);
     }

@@ -50,10 +50,15 @@
 //! Every method may be called from any thread and from inside the client
 //! callback.  Dispatches run in the thread that runs the context.
 
-use std::ffi::{CStr, CString};
+use std::{
+    ffi::{CStr, CString},
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
 
 use crate::{
-    host::{ClientCallback, Host, HostError, ReadyHandler, SocketChannel, TimerHandler, WaitLoop},
+    host::{
+        ClientCallback, Host, HostError, ReadyHandler, SocketChannel, TimerHandler, Trace, WaitLoop,
+    },
     sync::{
         AtomicBool,
         Ordering::SeqCst,
@@ -147,6 +152,33 @@ struct State<H: Host> {
 
 pub struct Listener<H: Host> {
     state: Mutex<State<H>>,
+    counters: Counters,
+}
+
+/// What the listener counts (read-only QOM properties in C).  Relaxed
+/// atomics outside the lock: each is exact, the set is not a snapshot.
+#[derive(Default)]
+pub struct Counters {
+    /// Clients handed out (to a callback or by wait_client).
+    pub accepted: AtomicU64,
+    /// Accepts that failed with a client still queued: out of file
+    /// descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+    pub accept_errors_resource: AtomicU64,
+    /// Accepts that failed at the start of a wake-up with nothing queued
+    /// (the client went away first: ECONNABORTED and the like).
+    pub accept_errors_other: AtomicU64,
+    /// Pauses after resource errors (async watches and wait_client).
+    pub backoffs: AtomicU64,
+    /// Dispatches of the accept watches.
+    pub wakeups: AtomicU64,
+    /// The most clients accepted in one wake-up.
+    pub max_batch: AtomicU64,
+}
+
+impl Counters {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -161,6 +193,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct AcceptHandler<H: Host> {
     owner: H::Owner,
     registration: Weak<Registration<H>>,
+}
+
+impl<H: Host> Drop for AcceptHandler<H> {
+    /// The host released the watch (after its last dispatch).
+    fn drop(&mut self) {
+        H::trace(H::listener(&self.owner), Trace::Release);
+    }
 }
 
 impl<H: Host> ReadyHandler<H> for AcceptHandler<H> {
@@ -237,6 +276,7 @@ impl<H: Host> Listener<H> {
                 waiters: Vec::new(),
                 last_backoff_id: 0,
             }),
+            counters: Counters::default(),
         }
     }
 
@@ -246,13 +286,21 @@ impl<H: Host> Listener<H> {
 
     /// Creates the missing watches if a callback is set and no wait_client
     /// runs.  Called with the lock held; creating a watch never calls back.
-    fn arm(st: &mut State<H>, owner: &H::Owner) {
+    fn arm(&self, st: &mut State<H>, owner: &H::Owner, by: &'static CStr) {
         let Some(reg) = st.client.as_ref() else {
             return;
         };
         if !reg.client.has_func() || !st.waiters.is_empty() {
             return;
         }
+        H::trace(
+            self,
+            Trace::Watch {
+                client: &reg.client,
+                target: reg.target,
+                by,
+            },
+        );
         let target = reg.target;
         let registration = Arc::downgrade(reg);
         for s in st
@@ -279,7 +327,19 @@ impl<H: Host> Listener<H> {
     /// instead; their drop releases nothing synchronously (a BH does).
     /// GSource watches and timers are returned for the caller to drop
     /// after unlocking: destroying one may run its release at once.
-    fn disarm(st: &mut State<H>) -> Disarmed<H> {
+    fn disarm(&self, st: &mut State<H>, by: &'static CStr) -> Disarmed<H> {
+        if let Some(reg) = st.client.as_ref().filter(|r| r.client.has_func()) {
+            if st.waiters.is_empty() {
+                H::trace(
+                    self,
+                    Trace::Unwatch {
+                        client: &reg.client,
+                        target: reg.target,
+                        by,
+                    },
+                );
+            }
+        }
         let mut sources = Vec::new();
         let mut timers = Vec::new();
         for s in &mut st.sockets {
@@ -302,9 +362,20 @@ impl<H: Host> Listener<H> {
     fn back_off(&self, handler: &AcceptHandler<H>, channel: &H::Channel) {
         let watch = {
             let mut st = lock(&self.state);
-            let Some(target) = Self::serving(&st, handler).map(|r| r.target) else {
+            let Some(reg) = Self::serving(&st, handler) else {
                 return;
             };
+            let target = reg.target;
+            H::trace(
+                self,
+                Trace::Unwatch {
+                    client: &reg.client,
+                    target,
+                    by: c"backoff",
+                },
+            );
+            H::trace(self, Trace::Backoff { ms: BACKOFF_MS });
+            Counters::bump(&self.counters.backoffs);
             st.last_backoff_id += 1;
             let id = st.last_backoff_id;
             let Some(s) = st
@@ -347,7 +418,7 @@ impl<H: Host> Listener<H> {
                 .iter_mut()
                 .find(|s| s.backoff.as_ref().is_some_and(|(b, _)| *b == id))
                 .and_then(|s| s.backoff.take());
-            Self::arm(&mut st, owner);
+            self.arm(&mut st, owner, c"backoff-end");
             timer
         };
         drop(timer);
@@ -405,7 +476,7 @@ impl<H: Host> Listener<H> {
             backoff: None,
         });
         st.connected = true;
-        Self::arm(&mut st, owner);
+        self.arm(&mut st, owner, c"add");
     }
 
     pub fn set_client(&self, owner: &H::Owner, client: H::Client, target: Target<H>) {
@@ -419,12 +490,12 @@ impl<H: Host> Listener<H> {
             if unchanged {
                 return;
             }
-            old_watches = Self::disarm(&mut st);
+            old_watches = self.disarm(&mut st, c"set_client_func");
             old_client = st.client.take();
             if !client.same(&H::Client::none()) {
                 st.client = Some(Arc::new(Registration { client, target }));
             }
-            Self::arm(&mut st, owner);
+            self.arm(&mut st, owner, c"set_client_func");
         }
         // Unwatch before notify, as QEMU; notify itself waits for the last
         // in-flight callback (see Registration).
@@ -439,6 +510,16 @@ impl<H: Host> Listener<H> {
     /// thread) stops the batch without accepting a client only to drop it:
     /// the rest stay queued in the kernel for whoever serves them next.
     fn accept_batch(&self, handler: &AcceptHandler<H>, channel: &H::Channel) {
+        let mut accepted = 0;
+        self.accept_some(handler, channel, &mut accepted);
+        let c = &self.counters;
+        Counters::bump(&c.wakeups);
+        c.accepted.fetch_add(accepted as u64, Relaxed);
+        c.max_batch.fetch_max(accepted as u64, Relaxed);
+        H::trace(self, Trace::Batch { accepted });
+    }
+
+    fn accept_some(&self, handler: &AcceptHandler<H>, channel: &H::Channel, accepted: &mut usize) {
         for i in 0..ACCEPT_BATCH {
             // A strong reference for the duration of the callback: its
             // notify cannot run before the callback returns.
@@ -452,18 +533,31 @@ impl<H: Host> Listener<H> {
                 // socket polled (keeping that syscall off the usual path):
                 // a shortage that starts mid-batch shows up there on the
                 // next wake-up.
-                None if i > 0 || !channel.pending() => return,
+                None if i > 0 => return,
+                None if !channel.pending() => {
+                    Counters::bump(&self.counters.accept_errors_other);
+                    return;
+                }
                 // Failed with a client still queued: one that arrived just
                 // now, or a shortage of fds or memory.  Try once more.
                 None => match channel.accept() {
                     Some(client) => client,
                     None => {
+                        Counters::bump(&self.counters.accept_errors_resource);
                         drop(reg);
                         self.back_off(handler, channel);
                         return;
                     }
                 },
             };
+            *accepted += 1;
+            H::trace(
+                self,
+                Trace::Callback {
+                    client: &reg.client,
+                    target: reg.target,
+                },
+            );
             reg.client.call(&handler.owner, &client);
             // `reg` drops here: if the callback was replaced meanwhile,
             // this was the last user and its notify runs now, after it.
@@ -490,8 +584,9 @@ impl<H: Host> Listener<H> {
             if !st.connected || channels.is_empty() {
                 return None;
             }
+            let suspended = self.disarm(&mut st, c"wait_client");
             st.waiters.push(waiter.clone());
-            (channels, Self::disarm(&mut st))
+            (channels, suspended)
         };
         drop(suspended);
 
@@ -500,9 +595,12 @@ impl<H: Host> Listener<H> {
         {
             let mut st = lock(&self.state);
             st.waiters.retain(|w| !Arc::ptr_eq(w, &waiter));
-            Self::arm(&mut st, owner);
+            self.arm(&mut st, owner, c"wait_client");
         }
         let client = lock(&waiter.client).take();
+        if client.is_some() {
+            Counters::bump(&self.counters.accepted);
+        }
         client
     }
 
@@ -522,6 +620,9 @@ impl<H: Host> Listener<H> {
             if !waiter.backoff.swap(false, SeqCst) || !self.is_connected() {
                 return;
             }
+            Counters::bump(&self.counters.accept_errors_resource);
+            Counters::bump(&self.counters.backoffs);
+            H::trace(self, Trace::Backoff { ms: BACKOFF_MS });
             let timer = H::timer_glib(ctx, BACKOFF_MS, WaitBackoffHandler(waiter.clone()));
             waiter.main_loop.run();
             drop(timer);
@@ -538,7 +639,7 @@ impl<H: Host> Listener<H> {
                 return;
             }
             st.connected = false;
-            let watches = Self::disarm(&mut st);
+            let watches = self.disarm(&mut st, c"disconnect");
             let channels: Vec<H::Channel> = st
                 .sockets
                 .iter_mut()
@@ -558,6 +659,10 @@ impl<H: Host> Listener<H> {
         for w in &waiters {
             w.main_loop.quit();
         }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     pub fn is_connected(&self) -> bool {

@@ -35,7 +35,39 @@ pub mod qemu;
 
 use std::{ffi::CStr, fmt::Debug};
 
-use crate::listener::Listener;
+use crate::listener::{Listener, Target};
+
+/// A trace event of the listener: QEMU 10.2's `io/trace-events` (watch,
+/// unwatch, callback; same arguments and firing points as upstream's
+/// net-listener.c) and ours where we do more.
+pub enum Trace<'a, H: Host> {
+    /// Watches armed for `client` (upstream's `qio_net_listener_watch`);
+    /// `by` names the caller as upstream does ("add", "set_client_func",
+    /// "wait_client"), or "backoff-end".
+    Watch {
+        client: &'a H::Client,
+        target: Target<H>,
+        by: &'static CStr,
+    },
+    /// Watches removed (`qio_net_listener_unwatch`): "set_client_func",
+    /// "wait_client", "disconnect".
+    Unwatch {
+        client: &'a H::Client,
+        target: Target<H>,
+        by: &'static CStr,
+    },
+    /// A client handed to the callback (`qio_net_listener_callback`).
+    Callback {
+        client: &'a H::Client,
+        target: Target<H>,
+    },
+    /// Ours: one wake-up ended having accepted `accepted` clients.
+    Batch { accepted: usize },
+    /// Ours: accept failed with clients queued; the socket pauses.
+    Backoff { ms: u32 },
+    /// Ours: the host released an accept watch's handler.
+    Release,
+}
 
 /// What a watch calls when its listening socket is readable.
 pub trait ReadyHandler<H: Host>: Send + Sync + 'static {
@@ -145,4 +177,6 @@ pub trait Host: Sized + 'static {
     fn timer_aio<T: TimerHandler>(ctx: Self::AioCtx, ms: u32, handler: T) -> Self::Timer;
     /// Reports an internal problem (QEMU's `error_report`).
     fn report(msg: &str);
+    /// Emits a trace event (QEMU's trace backends, or GLib logging).
+    fn trace(_listener: &Listener<Self>, _event: Trace<'_, Self>) {}
 }

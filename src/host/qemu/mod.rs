@@ -28,8 +28,8 @@ pub use object::{ClientSpec, Owner, QIONetListener, QIONetListenerClientFunc};
 pub use watch::{AioWatch, OneShotTimer, PrivateLoop, SourceWatch};
 
 use crate::{
-    host::{Host, HostError, ReadyHandler, SocketChannel, TimerHandler},
-    listener::Listener,
+    host::{Host, HostError, ReadyHandler, SocketChannel, TimerHandler, Trace},
+    listener::{Listener, Target},
 };
 
 // What the listener assumes about the host's types beyond what the
@@ -100,6 +100,40 @@ impl Host for QemuHost {
 
     fn report(msg: &str) {
         report(msg)
+    }
+
+    fn trace(listener: &Listener<QemuHost>, event: Trace<'_, QemuHost>) {
+        // The QOM object that contains `listener` (no dereference).
+        let obj = (listener as *const Listener<QemuHost>)
+            .cast::<u8>()
+            .wrapping_sub(std::mem::offset_of!(QIONetListener, listener))
+            as *mut c_void;
+        let ids = |client: &ClientSpec, target: Target<QemuHost>| {
+            let func = client.func.map_or(ptr::null_mut(), |f| f as *mut c_void);
+            let (gctx, actx) = match target {
+                Target::Glib(c) => (c.0.cast(), ptr::null_mut()),
+                Target::Aio(c) => (ptr::null_mut(), c.0.as_ptr().cast()),
+            };
+            (func, gctx, actx)
+        };
+        // SAFETY: the trace functions only format the pointers they get and
+        // `by` is a 'static C string.
+        unsafe {
+            match event {
+                Trace::Watch { client, target, by } | Trace::Unwatch { client, target, by } => {
+                    let enabled = matches!(event, Trace::Watch { .. });
+                    let (func, gctx, actx) = ids(client, target);
+                    sys::qio_nl_trace_watch(obj, func, gctx, actx, by.as_ptr(), enabled)
+                }
+                Trace::Callback { client, target } => {
+                    let (func, gctx, actx) = ids(client, target);
+                    sys::qio_nl_trace_callback(obj, func, gctx, actx)
+                }
+                Trace::Batch { accepted } => sys::qio_nl_trace_batch(obj, accepted as _),
+                Trace::Backoff { ms } => sys::qio_nl_trace_backoff(obj, ms),
+                Trace::Release => sys::qio_nl_trace_release(obj),
+            }
+        }
     }
 }
 
