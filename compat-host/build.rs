@@ -43,6 +43,8 @@ fn main() {
         cc.include(p);
     }
     cc.compile("compat_varargs");
+    // Distributors' file names: libqemucompat.so.0.1.0, SONAME .so.0.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libqemucompat.so.0");
     println!("cargo:rerun-if-changed=src/varargs.c");
     println!("cargo:rerun-if-changed=wrapper.h");
     println!("cargo:rerun-if-changed=../include/compat");

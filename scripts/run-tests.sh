@@ -18,6 +18,8 @@ echo "== meson test"
 [ -d build ] || meson setup build
 meson compile -C build
 meson test -C build --print-errorlogs
+echo "== packaging: meson install, then a pkg-config build against it"
+sh scripts/check-install.sh build
 echo "== meson test --setup valgrind (C harness under memcheck)"
 meson test -C build --setup valgrind --suite c-tests --print-errorlogs
 
