@@ -85,59 +85,42 @@ static void test_default_context(void)
     tu_accepts_destroy(&acc);
 }
 
-typedef struct {
-    GMainContext *ctx;
-    gint stop;
-} LoopThread;
-
-static gpointer loop_thread(gpointer opaque)
-{
-    LoopThread *lt = opaque;
-
-    while (!g_atomic_int_get(&lt->stop)) {
-        g_main_context_iteration(lt->ctx, TRUE);
-    }
-    return NULL;
-}
-
 static void test_private_context_thread(void)
 {
     QIONetListener *listener = new_inet_listener();
-    LoopThread lt = { .ctx = g_main_context_new() };
+    GMainContext *ctx = g_main_context_new();
     QIOChannelSocket *client;
-    GThread *thread;
+    TuLoopThread lt;
     TuAccepts acc;
 
     tu_accepts_init(&acc);
     acc.greeting = "hi from a thread\n";
     qio_net_listener_set_client_func_full(listener, tu_accept_cb, &acc,
-                                          tu_accepts_notify, lt.ctx);
+                                          tu_accepts_notify, ctx);
     client = tu_connect_listener(listener, 0);
 
     /* The default context does not serve a listener bound to another. */
     tu_spin_main(50);
     g_assert_cmpint(tu_accepts_count(&acc), ==, 0);
 
-    thread = g_thread_new("private-ctx", loop_thread, &lt);
+    tu_loop_thread_start(&lt, ctx, "private-ctx");
     TU_WAIT_UNTIL(tu_accepts_count(&acc) == 1, tu_nap());
     g_mutex_lock(&acc.lock);
-    g_assert_true(acc.last_thread == thread);
+    g_assert_true(acc.last_thread == lt.thread);
     g_assert_true(acc.last_listener == listener);
     g_mutex_unlock(&acc.lock);
     check_pair(&acc, 0, client);
 
     /* Clearing from this thread while the context runs in the other. */
-    qio_net_listener_set_client_func_full(listener, NULL, NULL, NULL, lt.ctx);
+    qio_net_listener_set_client_func_full(listener, NULL, NULL, NULL, ctx);
     TU_WAIT_UNTIL(tu_accepts_notified(&acc) == 1, tu_nap());
 
-    g_atomic_int_set(&lt.stop, 1);
-    g_main_context_wakeup(lt.ctx);
-    g_thread_join(thread);
+    tu_loop_thread_stop(&lt);
 
     object_unref(OBJECT(listener));
     g_assert_cmpint(tu_accepts_notified(&acc), ==, 1);
     g_assert_cmpint(tu_accepts_count(&acc), ==, 1);
-    g_main_context_unref(lt.ctx);
+    g_main_context_unref(ctx);
     object_unref(OBJECT(client));
     tu_accepts_destroy(&acc);
 }

@@ -337,6 +337,32 @@ void tu_watchdog_stop(TuWatchdog *wd)
     g_free(wd);
 }
 
+static gpointer loop_thread(gpointer opaque)
+{
+    TuLoopThread *lt = opaque;
+
+    while (!g_atomic_int_get(&lt->stop)) {
+        g_main_context_iteration(lt->ctx, TRUE);
+    }
+    return NULL;
+}
+
+void tu_loop_thread_start(TuLoopThread *lt, GMainContext *ctx,
+                          const char *name)
+{
+    lt->ctx = ctx;
+    lt->stop = 0;
+    lt->thread = g_thread_new(name, loop_thread, lt);
+}
+
+void tu_loop_thread_stop(TuLoopThread *lt)
+{
+    g_atomic_int_set(&lt->stop, 1);
+    g_main_context_wakeup(lt->ctx);
+    g_thread_join(lt->thread);
+    lt->thread = NULL;
+}
+
 void tu_accepts_init(TuAccepts *acc)
 {
     memset(acc, 0, sizeof(*acc));

@@ -115,6 +115,21 @@ TuWatchdog *tu_watchdog_start(const char *what, int seconds);
 void tu_watchdog_stop(TuWatchdog *wd);
 
 /*
+ * A thread that iterates @ctx (blocking) until stopped: the loop of a
+ * private GMainContext.
+ */
+typedef struct {
+    GMainContext *ctx;
+    GThread *thread;
+    gint stop;
+} TuLoopThread;
+
+void tu_loop_thread_start(TuLoopThread *lt, GMainContext *ctx,
+                          const char *name);
+/* Stops and joins the thread; the context is left to the caller. */
+void tu_loop_thread_stop(TuLoopThread *lt);
+
+/*
  * A record of callback invocations, safe to update from any thread.
  */
 typedef struct TuAccepts {
