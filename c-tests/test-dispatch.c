@@ -18,16 +18,6 @@
 #include "iothread.h"
 #include "test-util.h"
 
-static QIONetListener *new_inet_listener(void)
-{
-    QIONetListener *listener = qio_net_listener_new();
-    g_autoptr(SocketAddress) addr = tu_parse("127.0.0.1:0");
-
-    g_assert_cmpint(qio_net_listener_open_sync(listener, addr, 16,
-                                               &error_abort), ==, 0);
-    return listener;
-}
-
 /* Whether @sioc has data or end of file pending right now. */
 static bool readable_now(QIOChannelSocket *sioc)
 {
@@ -60,7 +50,7 @@ static void check_pair(TuAccepts *acc, guint n, QIOChannelSocket *client)
 
 static void test_default_context(void)
 {
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     QIOChannelSocket *c1, *c2;
     TuAccepts acc;
 
@@ -87,7 +77,7 @@ static void test_default_context(void)
 
 static void test_private_context_thread(void)
 {
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     GMainContext *ctx = g_main_context_new();
     QIOChannelSocket *client;
     TuLoopThread lt;
@@ -143,7 +133,7 @@ static void test_aio_main(gconstpointer opaque)
 {
     const AioMainCase *tc = opaque;
     AioContext *ctx = qemu_get_aio_context();
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     QIOChannelSocket *c1, *c2;
     TuAccepts acc;
 
@@ -182,7 +172,7 @@ static void test_aio_iothread(void)
 {
     IOThread *iothread = iothread_new();
     AioContext *ctx = iothread_get_aio_context(iothread);
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     QIOChannelSocket *client;
     TuAccepts acc;
 
@@ -209,8 +199,8 @@ static void test_aio_iothread(void)
 static void test_two_listeners(gconstpointer opaque)
 {
     TuMode mode = GPOINTER_TO_INT(opaque);
-    QIONetListener *l1 = new_inet_listener();
-    QIONetListener *l2 = new_inet_listener();
+    QIONetListener *l1 = tu_new_inet_listener();
+    QIONetListener *l2 = tu_new_inet_listener();
     QIOChannelSocket *c1, *c2;
     TuAccepts acc;
 
@@ -239,7 +229,7 @@ static void test_two_listeners(gconstpointer opaque)
 static void test_clear_stops_accepting(gconstpointer opaque)
 {
     TuMode mode = GPOINTER_TO_INT(opaque);
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     QIOChannelSocket *c1, *c2;
     TuAccepts acc;
 
@@ -277,7 +267,7 @@ static const TuMode replace_aio_glib[] = { TU_MODE_AIO, TU_MODE_GLIB };
 static void test_replace_callback(gconstpointer opaque)
 {
     const TuMode *modes = opaque;
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     QIOChannelSocket *c1, *c2;
     TuAccepts a, b;
 
@@ -305,7 +295,7 @@ static void test_replace_callback(gconstpointer opaque)
 
 static void test_notify_on_replace_and_finalize(void)
 {
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     QIOChannelSocket *client;
     TuAccepts a, b;
 
@@ -356,7 +346,7 @@ static void test_notify_at_finalize_no_sockets(void)
 
 static void test_notify_on_clear(void)
 {
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     TuAccepts a;
 
     tu_accepts_init(&a);
@@ -372,7 +362,7 @@ static void test_notify_on_clear(void)
 
 static void test_same_tuple_is_noop(void)
 {
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     QIOChannelSocket *client;
     TuAccepts a;
 
@@ -404,7 +394,7 @@ static void test_same_tuple_is_noop(void)
 
 static void test_same_aio_tuple_is_noop(void)
 {
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     QIOChannelSocket *client;
     TuAccepts a;
 
@@ -427,7 +417,7 @@ static void test_same_aio_tuple_is_noop(void)
 static void test_wait_client_with_async(gconstpointer opaque)
 {
     TuMode mode = GPOINTER_TO_INT(opaque);
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     QIOChannelSocket *c1, *c2, *server;
     TuWatchdog *wd;
     TuAccepts acc;
@@ -472,7 +462,7 @@ static void test_wait_client_dead_listener(void)
     object_unref(OBJECT(listener));
 
     /* Disconnected. */
-    listener = new_inet_listener();
+    listener = tu_new_inet_listener();
     qio_net_listener_disconnect(listener);
     wd = tu_watchdog_start("wait_client on a disconnected listener", 10);
     g_assert_null(qio_net_listener_wait_client(listener));
@@ -498,7 +488,7 @@ static void accept_once_cb(QIONetListener *listener, QIOChannelSocket *sioc,
 static void test_clear_inside_callback(gconstpointer opaque)
 {
     OnceData od = { .mode = GPOINTER_TO_INT(opaque) };
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     QIOChannelSocket *clients[3];
 
     tu_accepts_init(&od.acc);

@@ -16,16 +16,6 @@
 #include "io/net-listener.h"
 #include "test-util.h"
 
-static QIONetListener *new_inet_listener(void)
-{
-    QIONetListener *listener = qio_net_listener_new();
-    g_autoptr(SocketAddress) addr = tu_parse("127.0.0.1:0");
-
-    g_assert_cmpint(qio_net_listener_open_sync(listener, addr, 16,
-                                               &error_abort), ==, 0);
-    return listener;
-}
-
 /* Iterates both loops: whatever releases the listener can run. */
 static void iterate_both(void)
 {
@@ -41,7 +31,7 @@ static void iterate_both(void)
  */
 static void warm_up(void)
 {
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     QIOChannelSocket *client;
     TuAccepts acc;
 
@@ -157,7 +147,7 @@ static void test_unref_after_clearing_callback(gconstpointer opaque)
     warm_up();
     tu_accepts_init(&acc);
     fds = tu_count_fds();
-    listener = new_inet_listener();
+    listener = tu_new_inet_listener();
     tu_set_cb(listener, mode, tu_accept_cb, &acc);
     client = tu_connect_listener(listener, 0);
     TU_WAIT_UNTIL(tu_accepts_count(&acc) == 1, tu_iterate(mode));
@@ -203,7 +193,7 @@ static void test_serves_after_last_unref(gconstpointer opaque)
     warm_up();
     tu_accepts_init(&od.acc);
     fds = tu_count_fds();
-    listener = new_inet_listener();
+    listener = tu_new_inet_listener();
     if (od.mode == TU_MODE_GLIB) {
         qio_net_listener_set_client_func(listener, accept_once_cb, &od,
                                          tu_accepts_notify);
@@ -252,7 +242,7 @@ static void keep_client_cb(QIONetListener *listener, QIOChannelSocket *sioc,
 static void test_client_reference(gconstpointer opaque)
 {
     TuMode mode = GPOINTER_TO_INT(opaque);
-    QIONetListener *listener = new_inet_listener();
+    QIONetListener *listener = tu_new_inet_listener();
     QIOChannelSocket *client;
     int count = 0;
 
@@ -293,7 +283,7 @@ static void test_listener_refs(void)
 
     warm_up();
     fds = tu_count_fds();
-    listener = new_inet_listener();
+    listener = tu_new_inet_listener();
     g_assert_true(object_ref(OBJECT(listener)) == OBJECT(listener));
     object_unref(OBJECT(listener));
 

@@ -116,6 +116,16 @@ SocketAddress *tu_fd_address(const char *str)
     return addr;
 }
 
+QIONetListener *tu_new_inet_listener(void)
+{
+    QIONetListener *listener = qio_net_listener_new();
+    g_autoptr(SocketAddress) addr = tu_parse("127.0.0.1:0");
+
+    g_assert_cmpint(qio_net_listener_open_sync(listener, addr, 16,
+                                               &error_abort), ==, 0);
+    return listener;
+}
+
 bool tu_have_ipv6(void)
 {
     struct sockaddr_in6 sin6 = {

@@ -71,6 +71,9 @@ SocketAddress *tu_unix_address(const char *path, bool abstract);
 /* An fd SocketAddress naming @str. */
 SocketAddress *tu_fd_address(const char *str);
 
+/* A new listener on 127.0.0.1 (a free port, backlog 16); must succeed. */
+QIONetListener *tu_new_inet_listener(void);
+
 /* Whether a TCP socket can be bound to ::1 on this host. */
 bool tu_have_ipv6(void);
 

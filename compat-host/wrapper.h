@@ -4,6 +4,7 @@
 #include "qemu/error-report.h"
 #include "qemu/module.h"
 #include "qom/object.h"
+#include "qapi/visitor.h"
 #include "qapi/qapi-types-sockets.h"
 #include "qemu/sockets.h"
 #include "io/channel.h"

@@ -287,7 +287,26 @@ fn parse_inet(s: &str) -> Result<(sys::InetSocketAddress, String, String)> {
             _ => return Err(ErrorImpl::new(format!("Invalid parameter '{k}'"))),
         }
     }
+    check_port(port)?;
     Ok((a, host.to_owned(), port.to_owned()))
+}
+
+/// Rejects a numeric port above 65535, which getaddrinfo() would silently
+/// take modulo 65536 ("99999" is port 34463), with the message QEMU's
+/// inet_listen_saddr() gives for its own range check.  Service names
+/// ("http") are left to getaddrinfo(), which fails on unknown ones.
+fn check_port(port: &str) -> Result<()> {
+    // getaddrinfo() parses numeric services with strtoul(): leading
+    // blanks and a '+' are accepted there too.
+    let t = port.trim_start();
+    let digits = t.strip_prefix('+').unwrap_or(t);
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.parse::<u16>().is_err()
+    {
+        return Err(ErrorImpl::new(format!("port {port} out of range")));
+    }
+    Ok(())
 }
 
 /// "PATH[,abstract=on|off][,tight=on|off]": only trailing segments that
@@ -868,6 +887,7 @@ fn parse_port(port: &str) -> Result<u16> {
     if port.is_empty() {
         return Err(ErrorImpl::new("port not specified"));
     }
+    check_port(port)?;
     let n: u64 = port
         .parse()
         .map_err(|_| ErrorImpl::new(format!("can't convert to a number: {port}")))?;
@@ -1221,6 +1241,7 @@ fn inet_connect(a: &sys::InetSocketAddress) -> Result<OwnedFd> {
     // SAFETY: the address owns NUL-terminated strings.
     let (host, port) = unsafe { (text(a.host), text(a.port)) };
     let what = host_port(&host, &port);
+    check_port(&port)?;
     let family = ai_family(a)?;
     let mut flags = libc::AI_V4MAPPED;
     if a.has_numeric && a.numeric {
@@ -1336,6 +1357,26 @@ pub unsafe extern "C" fn qemu_set_blocking(
     unsafe { ok_or_set(set_blocking(fd, block), errp) }.is_some()
 }
 
+/// QEMU's socket_init(): nothing to set up outside Windows.
+#[no_mangle]
+pub extern "C" fn socket_init() -> c_int {
+    0
+}
+
+/// QEMU's qemu_socket(): socket(2) with close-on-exec; -1 and errno on
+/// failure.
+#[no_mangle]
+pub extern "C" fn qemu_socket(domain: c_int, type_: c_int, protocol: c_int) -> c_int {
+    match new_socket(domain, type_, protocol) {
+        Ok(fd) => fd.into_raw_fd(),
+        Err(e) => {
+            // SAFETY: errno is thread-local; new_socket read it already.
+            unsafe { *libc::__errno_location() = e };
+            -1
+        }
+    }
+}
+
 #[no_mangle]
 pub extern "C" fn fd_is_socket(fd: c_int) -> bool {
     is_socket(fd)
@@ -1382,6 +1423,7 @@ fn resolve_inet(a: &sys::InetSocketAddress) -> Result<Vec<AddrBox>> {
     }
     // SAFETY: the address owns NUL-terminated strings (port may be NULL).
     let (host, port) = unsafe { (text(a.host), text(a.port)) };
+    check_port(&port)?;
     let family = ai_family(a)?;
     let mut flags = libc::AI_PASSIVE;
     if a.has_numeric && a.numeric {
@@ -1695,7 +1737,6 @@ pub(crate) mod tests {
         let m = listen_err("example.invalid:80");
         assert!(m.contains("is not a numeric address"), "{m}");
         assert_eq!(listen_err("127.0.0.1:x"), "can't convert to a number: x");
-        assert_eq!(listen_err("127.0.0.1:99999"), "port 99999 out of range");
         assert_eq!(
             listen_err("127.0.0.1:1,ipv4=off,ipv6=off"),
             "Cannot disable IPv4 and IPv6 at same time"
@@ -1841,6 +1882,101 @@ pub(crate) mod tests {
             );
             assert_eq!(open_fds(), before);
         }
+    }
+
+    /// An inet address with `port` put in by hand, as QEMU code that
+    /// builds an InetSocketAddress does (no socket_parse() check).
+    fn inet_with_port(port: &str) -> AddrBox {
+        let a = parse_ok("127.0.0.1:0");
+        // SAFETY: a is an inet address we own; its old port is freed.
+        unsafe {
+            let i = &mut (*a.0).u.inet;
+            sys::g_free(i.port.cast());
+            i.port = g_strdup(port);
+        }
+        a
+    }
+
+    fn resolve_err(a: &AddrBox) -> String {
+        let (mut n, mut list, mut err) = (0, ptr::null_mut(), ptr::null_mut());
+        let r = qio_dns_resolver_get_instance();
+        // SAFETY: a valid address and out parameters.
+        unsafe {
+            assert_eq!(
+                qio_dns_resolver_lookup_sync(r, a.0, &mut n, &mut list, &mut err),
+                -1
+            );
+            assert!(n == 0 && list.is_null());
+            crate::error::from_raw(err).unwrap().message().to_owned()
+        }
+    }
+
+    #[test]
+    fn out_of_range_ports_are_rejected() {
+        if !isolated("address::tests::out_of_range_ports_are_rejected") {
+            return;
+        }
+        assert_eq!(parse_err("127.0.0.1:99999"), "port 99999 out of range");
+        assert_eq!(parse_err("tcp:[::1]:65536"), "port 65536 out of range");
+        assert_eq!(parse_err("localhost:+70000"), "port +70000 out of range");
+        assert_eq!(
+            parse_err("h:99999999999999999999999"),
+            "port 99999999999999999999999 out of range"
+        );
+        for ok in ["127.0.0.1:65535", "h:00080", "h:http", "h:-1"] {
+            parse_ok(ok);
+        }
+        let before = open_fds();
+        for port in ["99999", "65536", " 70000"] {
+            let a = inet_with_port(port);
+            let want = format!("port {port} out of range");
+            assert_eq!(resolve_err(&a), want);
+            // SAFETY: a valid address.
+            unsafe {
+                assert_eq!(listen(a.0, 1).err().unwrap().message(), want);
+                assert_eq!(connect(a.0).err().unwrap().message(), want);
+            }
+        }
+        assert_eq!(open_fds(), before);
+        // A service name that does not resolve fails in getaddrinfo().
+        let a = inet_with_port("no-such-service");
+        let msg = resolve_err(&a);
+        assert!(
+            msg.starts_with("address resolution failed for 127.0.0.1:no-such-service: "),
+            "{msg}"
+        );
+        // SAFETY: a valid address.
+        let msg = unsafe { connect(a.0) }.err().unwrap().message().to_owned();
+        assert!(msg.contains("127.0.0.1:no-such-service"), "{msg}");
+        // One that resolves gives its number.
+        let a = inet_with_port("http");
+        let (mut n, mut list, mut err) = (0, ptr::null_mut(), ptr::null_mut());
+        // SAFETY: a valid address and out parameters.
+        unsafe {
+            let r = qio_dns_resolver_get_instance();
+            assert_eq!(
+                qio_dns_resolver_lookup_sync(r, a.0, &mut n, &mut list, &mut err),
+                0
+            );
+            assert_eq!(n, 1);
+            let x = AddrBox(*list);
+            assert_eq!(uri(x.0), "tcp:127.0.0.1:80");
+            sys::g_free(list.cast());
+        }
+    }
+
+    #[test]
+    fn socket_init_and_qemu_socket() {
+        assert_eq!(socket_init(), 0);
+        let fd = qemu_socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        // SAFETY: fd is ours; plain fcntl.
+        unsafe {
+            assert!(libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0);
+            libc::close(fd);
+        }
+        assert_eq!(qemu_socket(-1, libc::SOCK_STREAM, 0), -1);
+        assert_eq!(crate::error::errno(), libc::EAFNOSUPPORT);
     }
 
     #[test]

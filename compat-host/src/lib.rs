@@ -1,6 +1,7 @@
 //! qemu-compat-host: a standalone, working implementation of the slice of
 //! QEMU's C API that qio-net-listener calls and that C programs written for
-//! QEMU's API need: QOM objects, `Error`, QAPI `SocketAddress`, the DNS
+//! QEMU's API need: QOM objects and their properties (with the scalar
+//! visitors property accessors use), `Error`, QAPI `SocketAddress`, the DNS
 //! resolver, `QIOChannelSocket`, and the AioContext/main-loop event loop.
 //!
 //! Every export has the C name and signature of QEMU 10.2 as declared in
@@ -13,7 +14,9 @@ pub mod sys;
 mod util;
 
 pub mod error;
+pub mod property;
 pub mod qom;
+pub mod visitor;
 
 pub mod address;
 pub mod channel;

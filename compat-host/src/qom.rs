@@ -127,7 +127,7 @@ const OBJECT_INFO: sys::TypeInfo = sys::TypeInfo {
     instance_finalize: None,
     abstract_: true,
     class_size: size_of::<sys::ObjectClass>(),
-    class_init: None,
+    class_init: Some(crate::property::object_class_init),
     class_base_init: None,
     class_data: ptr::null(),
     interfaces: ptr::null(),
@@ -141,6 +141,7 @@ const INTERFACE_INFO: sys::TypeInfo = sys::TypeInfo {
     name: c"interface".as_ptr(),
     abstract_: true,
     class_size: INTERFACE_CLASS_SIZE,
+    class_init: None,
     ..OBJECT_INFO
 };
 
@@ -458,12 +459,19 @@ pub unsafe extern "C" fn object_unref(obj: *mut c_void) {
     }
     // SAFETY: that was the last reference: nobody else uses obj.
     let t = unsafe { class_type((*obj).class) };
+    // As QEMU's object_finalize(): properties go first, so their release
+    // functions see the object before any instance_finalize.
+    // SAFETY: as above.
+    unsafe { crate::property::finalize(obj, true) };
     for ty in t.ancestry() {
         if let Some(fin) = ty.info.instance_finalize {
             // SAFETY: registered C callback on an instance of its type.
             unsafe { fin(obj) };
         }
     }
+    // Properties added by a finalizer would otherwise leak.
+    // SAFETY: as above.
+    unsafe { crate::property::finalize(obj, false) };
     // SAFETY: as above.
     if let Some(free) = unsafe { (*obj).free } {
         // SAFETY: `free` matches how object_new allocated obj.
@@ -493,6 +501,32 @@ pub unsafe extern "C" fn object_get_typename(obj: *const sys::Object) -> *const 
 pub unsafe extern "C" fn object_class_get_name(klass: *mut sys::ObjectClass) -> *const c_char {
     // SAFETY: caller's contract.
     unsafe { class_type(klass) }.name.as_ptr()
+}
+
+/// The class `klass` and those of its parent types, most derived first.
+/// `klass` may be a class whose class_init is running (its parents'
+/// classes are complete by then).
+///
+/// # Safety
+/// `klass` is a live class.
+pub(crate) unsafe fn class_chain(
+    klass: *mut sys::ObjectClass,
+) -> impl Iterator<Item = *mut sys::ObjectClass> {
+    // SAFETY: caller's contract.
+    let parents = unsafe { class_type(klass) }.ancestry().skip(1);
+    std::iter::once(klass).chain(parents.map(|t| t.class()))
+}
+
+/// # Safety
+/// `klass` is a live class.
+#[no_mangle]
+pub unsafe extern "C" fn object_class_get_parent(
+    klass: *mut sys::ObjectClass,
+) -> *mut sys::ObjectClass {
+    // SAFETY: caller's contract.
+    unsafe { class_type(klass) }
+        .parent()
+        .map_or(ptr::null_mut(), |p| p.class())
 }
 
 /// # Safety

@@ -9,6 +9,11 @@
 #include "qapi/qapi-types-sockets.h"
 
 /*
+ * A numeric PORT above 65535 is rejected everywhere (socket_parse(),
+ * socket_listen(), socket_connect() and the DNS resolver) with "port N out
+ * of range", where getaddrinfo() would wrap it; a service name is resolved
+ * by getaddrinfo().
+ *
  * Parses "tcp:HOST:PORT", "HOST:PORT", "[IPV6]:PORT", "unix:PATH",
  * "fd:N" (or "fd:NAME") and "vsock:CID:PORT" into a new SocketAddress.
  * Inet options may follow as ",to=N", ",ipv4=on|off", ",ipv6=on|off",
@@ -43,5 +48,11 @@ bool qemu_set_blocking(int fd, bool block, Error **errp);
 
 /* Whether @fd is a socket. */
 bool fd_is_socket(int fd);
+
+/* socket(2) with close-on-exec set; -1 and errno on failure. */
+int qemu_socket(int domain, int type, int protocol);
+
+/* Prepares the socket layer: nothing to do outside Windows; returns 0. */
+int socket_init(void);
 
 #endif /* QEMU_SOCKETS_H */

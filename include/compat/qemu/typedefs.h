@@ -16,6 +16,8 @@ typedef struct QEMUBH QEMUBH;
 typedef struct QEMUTimer QEMUTimer;
 typedef struct QIOChannel QIOChannel;
 typedef struct QIOChannelSocket QIOChannelSocket;
+typedef struct QObject QObject;
 typedef struct SocketAddress SocketAddress;
+typedef struct Visitor Visitor;
 
 #endif /* QEMU_TYPEDEFS_H */

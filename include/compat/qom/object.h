@@ -1,8 +1,11 @@
 /*
  * qemu-compat-host: the QEMU Object Model subset of QEMU's qom/object.h:
- * type registration, object_new/ref/unref with a finalize chain, and the
- * checked casts behind OBJECT_DECLARE_SIMPLE_TYPE.  Layouts of Object,
- * ObjectClass's first member and TypeInfo are QEMU 10.2's.
+ * type registration, object_new/ref/unref with a finalize chain, the
+ * checked casts behind OBJECT_DECLARE_SIMPLE_TYPE, and properties (object
+ * and class properties with visitor-based accessors, the scalar getters
+ * and setters, and the str/bool/integer-pointer helpers).  Layouts of
+ * Object, ObjectClass's first member, ObjectProperty and TypeInfo are
+ * QEMU 10.2's.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -19,6 +22,49 @@ typedef struct InterfaceInfo InterfaceInfo;
 
 #define TYPE_OBJECT "object"
 #define TYPE_INTERFACE "interface"
+
+typedef struct ObjectProperty ObjectProperty;
+
+/*
+ * Reads (get) or writes (set) property @name of @obj through the visitor
+ * @v: the accessor visits exactly one value, e.g.
+ * visit_type_uint64(v, name, &value, errp) (see qapi/visitor.h).
+ */
+typedef void (ObjectPropertyAccessor)(Object *obj,
+                                      Visitor *v,
+                                      const char *name,
+                                      void *opaque,
+                                      Error **errp);
+
+/* Not called by the compat host (no composition tree); kept for layout. */
+typedef Object *(ObjectPropertyResolve)(Object *obj,
+                                        void *opaque,
+                                        const char *part);
+
+/*
+ * Called once when the property goes away: by object_property_del(), or
+ * when its object is finalized (before any instance_finalize runs).
+ */
+typedef void (ObjectPropertyRelease)(Object *obj,
+                                     const char *name,
+                                     void *opaque);
+
+/* Not called by the compat host (no default values); kept for layout. */
+typedef void (ObjectPropertyInit)(Object *obj, ObjectProperty *prop);
+
+struct ObjectProperty
+{
+    char *name;
+    char *type;
+    char *description;
+    ObjectPropertyAccessor *get;
+    ObjectPropertyAccessor *set;
+    ObjectPropertyResolve *resolve;
+    ObjectPropertyRelease *release;
+    ObjectPropertyInit *init;
+    void *opaque;
+    QObject *defval;
+};
 
 typedef void (ObjectUnparent)(Object *obj);
 typedef void (ObjectFree)(void *obj);
@@ -155,5 +201,159 @@ ObjectClass *object_class_dynamic_cast_assert(ObjectClass *klass,
                                               const char *typename,
                                               const char *file, int line,
                                               const char *func);
+
+ObjectClass *object_class_get_parent(ObjectClass *klass);
+
+/*
+ * Properties.
+ *
+ * As in QEMU, a property of an object is looked up first among the class
+ * properties of its type and its parent types, then among its own.  Every
+ * object has the class property "type" (a string, its type name).
+ * Accessors and release functions are called with no lock held: they may
+ * use any QOM function, on any object.  Adding or deleting a property must
+ * not race with using that same property from another thread (QEMU needs
+ * the BQL for both); reading properties from several threads is fine.
+ */
+
+/*
+ * Adds property @name of type @type (a free-form name such as "uint64" or
+ * "bool") to @obj.  A @get or @set of NULL makes the property write-only
+ * or read-only; @release, if not NULL, is called once when the property
+ * goes away.  A @name ending in "[*]" takes the first free "name[N]".
+ * Returns the property, or NULL with "attempt to add duplicate property
+ * 'NAME' to object (type 'TYPE')" if @obj already has one of that name.
+ */
+ObjectProperty *object_property_try_add(Object *obj, const char *name,
+                                        const char *type,
+                                        ObjectPropertyAccessor *get,
+                                        ObjectPropertyAccessor *set,
+                                        ObjectPropertyRelease *release,
+                                        void *opaque, Error **errp);
+
+/* object_property_try_add() with &error_abort: a duplicate aborts. */
+ObjectProperty *object_property_add(Object *obj, const char *name,
+                                    const char *type,
+                                    ObjectPropertyAccessor *get,
+                                    ObjectPropertyAccessor *set,
+                                    ObjectPropertyRelease *release,
+                                    void *opaque);
+
+/*
+ * Calls the release function of @obj's own property @name, then removes
+ * it.  Deleting a property that @obj does not have aborts (QEMU crashes).
+ */
+void object_property_del(Object *obj, const char *name);
+
+/* A property of every instance of @klass; a duplicate name aborts. */
+ObjectProperty *object_class_property_add(ObjectClass *klass, const char *name,
+                                          const char *type,
+                                          ObjectPropertyAccessor *get,
+                                          ObjectPropertyAccessor *set,
+                                          ObjectPropertyRelease *release,
+                                          void *opaque);
+
+/* The property, or NULL. */
+ObjectProperty *object_property_find(Object *obj, const char *name);
+/* The property, or NULL and "Property 'TYPE.NAME' not found". */
+ObjectProperty *object_property_find_err(Object *obj,
+                                         const char *name,
+                                         Error **errp);
+ObjectProperty *object_class_property_find(ObjectClass *klass,
+                                           const char *name);
+/* The property, or NULL and "Property '.NAME' not found". */
+ObjectProperty *object_class_property_find_err(ObjectClass *klass,
+                                               const char *name,
+                                               Error **errp);
+
+/*
+ * Scalar access, as QEMU's QObject-based getters and setters: the value
+ * the getter visits is converted to the requested type if it fits (an
+ * int64 property reads as uint when it is not negative, and so on), else
+ * "Invalid parameter type for 'NAME', expected: uint" (int, boolean,
+ * string).  A missing property gives "Property 'TYPE.NAME' not found"; one
+ * without a getter (setter) "Property 'TYPE.NAME' is not readable"
+ * ("... is not writable").  On failure the getters return 0, -1, false
+ * or NULL; the setters return false.  object_property_get_str() returns a
+ * new string (free it with g_free()).
+ */
+bool object_property_set_str(Object *obj, const char *name,
+                             const char *value, Error **errp);
+char *object_property_get_str(Object *obj, const char *name,
+                              Error **errp);
+bool object_property_set_bool(Object *obj, const char *name,
+                              bool value, Error **errp);
+bool object_property_get_bool(Object *obj, const char *name,
+                              Error **errp);
+bool object_property_set_int(Object *obj, const char *name,
+                             int64_t value, Error **errp);
+int64_t object_property_get_int(Object *obj, const char *name,
+                                Error **errp);
+bool object_property_set_uint(Object *obj, const char *name,
+                              uint64_t value, Error **errp);
+uint64_t object_property_get_uint(Object *obj, const char *name,
+                                  Error **errp);
+
+/* The property's type name, or NULL and "Property ... not found". */
+const char *object_property_get_type(Object *obj, const char *name,
+                                     Error **errp);
+
+/*
+ * A "string" property read and written through @get (returns a new
+ * string) and @set; either may be NULL.
+ */
+ObjectProperty *object_property_add_str(Object *obj, const char *name,
+                             char *(*get)(Object *, Error **),
+                             void (*set)(Object *, const char *, Error **));
+ObjectProperty *object_class_property_add_str(ObjectClass *klass,
+                                   const char *name,
+                                   char *(*get)(Object *, Error **),
+                                   void (*set)(Object *, const char *,
+                                               Error **));
+
+/* A "bool" property read and written through @get and @set. */
+ObjectProperty *object_property_add_bool(Object *obj, const char *name,
+                              bool (*get)(Object *, Error **),
+                              void (*set)(Object *, bool, Error **));
+ObjectProperty *object_class_property_add_bool(ObjectClass *klass,
+                                    const char *name,
+                                    bool (*get)(Object *, Error **),
+                                    void (*set)(Object *, bool, Error **));
+
+typedef enum {
+    /* a getter reads *v */
+    OBJ_PROP_FLAG_READ = 1 << 0,
+    /* a setter writes *v */
+    OBJ_PROP_FLAG_WRITE = 1 << 1,
+    OBJ_PROP_FLAG_READWRITE = (OBJ_PROP_FLAG_READ | OBJ_PROP_FLAG_WRITE),
+} ObjectPropertyFlags;
+
+/*
+ * A "uint8" ... "uint64" property backed by the integer at @v, which must
+ * outlive the property; a value written that does not fit is rejected
+ * with "Parameter 'NAME' expects uint8_t" (uint16_t, uint32_t).
+ */
+ObjectProperty *object_property_add_uint8_ptr(Object *obj, const char *name,
+                                              const uint8_t *v,
+                                              ObjectPropertyFlags flags);
+ObjectProperty *object_property_add_uint16_ptr(Object *obj, const char *name,
+                                    const uint16_t *v,
+                                    ObjectPropertyFlags flags);
+ObjectProperty *object_property_add_uint32_ptr(Object *obj, const char *name,
+                                    const uint32_t *v,
+                                    ObjectPropertyFlags flags);
+ObjectProperty *object_property_add_uint64_ptr(Object *obj, const char *name,
+                                    const uint64_t *v,
+                                    ObjectPropertyFlags flags);
+ObjectProperty *object_class_property_add_uint64_ptr(ObjectClass *klass,
+                                          const char *name,
+                                          const uint64_t *v,
+                                          ObjectPropertyFlags flags);
+
+/* Replaces the description; the property must exist (else aborts). */
+void object_property_set_description(Object *obj, const char *name,
+                                     const char *description);
+void object_class_property_set_description(ObjectClass *klass, const char *name,
+                                           const char *description);
 
 #endif /* QEMU_OBJECT_H */
