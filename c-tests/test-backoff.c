@@ -13,6 +13,7 @@
 #include "qapi/error.h"
 #include "qemu/module.h"
 #include "qemu/main-loop.h"
+#include "qom/object.h"
 #include "io/net-listener.h"
 #include "test-util.h"
 
@@ -21,8 +22,12 @@ typedef struct {
     GArray *fds;
 } Exhaustion;
 
-/* Returns false if this process cannot be run out of fds faithfully. */
-static bool exhaust_fds(Exhaustion *ex)
+/*
+ * Returns false if this process cannot be run out of fds faithfully.
+ * Leaves @spare descriptors free (for what the code under test opens
+ * before it accepts).
+ */
+static bool exhaust_fds_but(Exhaustion *ex, int spare)
 {
     GDir *dir = g_dir_open("/proc/self/fd", 0, NULL);
     const char *name;
@@ -55,7 +60,22 @@ static bool exhaust_fds(Exhaustion *ex)
         }
         g_array_append_val(ex->fds, fd);
     }
+    for (; spare > 0 && ex->fds->len; spare--) {
+        close(g_array_index(ex->fds, int, ex->fds->len - 1));
+        g_array_set_size(ex->fds, ex->fds->len - 1);
+    }
     return true;
+}
+
+static bool exhaust_fds(Exhaustion *ex)
+{
+    return exhaust_fds_but(ex, 0);
+}
+
+/* A listener counter (a read-only QOM property). */
+static uint64_t counter(QIONetListener *listener, const char *name)
+{
+    return object_property_get_uint(OBJECT(listener), name, &error_abort);
 }
 
 static void restore_fds(Exhaustion *ex)
@@ -113,6 +133,11 @@ static void test_backoff(gconstpointer opaque)
 
     /* After the back-off every queued client is accepted. */
     TU_WAIT_UNTIL(tu_accepts_count(&acc) == 4, tu_iterate(mode));
+    /* Each resource failure started a pause; none was a busy retry. */
+    g_assert_cmpuint(counter(listener, "backoffs"), >=, 1);
+    g_assert_cmpuint(counter(listener, "accept-errors-resource"), ==,
+                     counter(listener, "backoffs"));
+    g_assert_cmpuint(counter(listener, "accepted"), ==, 4);
 
 out:
     tu_set_cb(listener, mode, NULL, NULL);
@@ -125,6 +150,63 @@ out:
     tu_accepts_destroy(&acc);
 }
 
+typedef struct {
+    QIONetListener *listener;
+    Exhaustion ex;
+} WaitBackoff;
+
+/* Frees the fds once wait_client has backed off twice (bounded wait). */
+static gpointer release_after_backoffs(gpointer opaque)
+{
+    WaitBackoff *wb = opaque;
+    gint64 deadline = g_get_monotonic_time() + TU_WAIT_US;
+
+    while (counter(wb->listener, "backoffs") < 2 &&
+           g_get_monotonic_time() < deadline) {
+        g_usleep(1000);
+    }
+    restore_fds(&wb->ex);
+    return NULL;
+}
+
+/*
+ * wait_client out of fds with a client queued: it pauses (a timer in its
+ * private context) instead of spinning, then returns that client.
+ */
+static void test_wait_client_backoff(void)
+{
+    g_autoptr(SocketAddress) addr = tu_parse("127.0.0.1:0");
+    QIONetListener *listener = qio_net_listener_new();
+    WaitBackoff wb = { .listener = listener };
+    QIOChannelSocket *client, *sioc;
+    GThread *thread;
+    TuWatchdog *wd;
+
+    qio_net_listener_open_sync(listener, addr, 16, &error_abort);
+    client = tu_connect_listener(listener, 0);
+    /* One spare fd: wait_client's private GMainContext opens an eventfd. */
+    if (!exhaust_fds_but(&wb.ex, 1)) {
+        g_test_skip("cannot lower RLIMIT_NOFILE here (valgrind)");
+        object_unref(OBJECT(client));
+        object_unref(OBJECT(listener));
+        return;
+    }
+    thread = g_thread_new("release-fds", release_after_backoffs, &wb);
+    wd = tu_watchdog_start("wait_client out of fds", 60);
+    sioc = qio_net_listener_wait_client(listener);
+    tu_watchdog_stop(wd);
+    g_thread_join(thread);
+
+    g_assert_nonnull(sioc);
+    g_assert_cmpuint(counter(listener, "backoffs"), >=, 2);
+    g_assert_cmpuint(counter(listener, "accept-errors-resource"), ==,
+                     counter(listener, "backoffs"));
+    g_assert_cmpuint(counter(listener, "accepted"), ==, 1);
+    object_unref(OBJECT(sioc));
+    object_unref(OBJECT(client));
+    object_unref(OBJECT(listener));
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -135,5 +217,7 @@ int main(int argc, char **argv)
                          GINT_TO_POINTER(TU_MODE_GLIB), test_backoff);
     g_test_add_data_func("/net-listener/backoff/out-of-fds/aio",
                          GINT_TO_POINTER(TU_MODE_AIO), test_backoff);
+    g_test_add_func("/net-listener/backoff/out-of-fds/wait-client",
+                    test_wait_client_backoff);
     return g_test_run();
 }

@@ -18,7 +18,10 @@ use std::{
     mem::{align_of, size_of, ManuallyDrop},
     panic::{catch_unwind, AssertUnwindSafe},
     ptr::{self, addr_of_mut, NonNull},
-    sync::Once,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Once,
+    },
 };
 
 pub use crate::host::qemu::{QIONetListener, QIONetListenerClientFunc};
@@ -27,11 +30,11 @@ use crate::{
         qemu::{
             self as host, gpointer, AioContext, AioCtx, Channel, ClientSpec, Error, GDestroyNotify,
             GMainContext, GlibContext, Object, Owner, QIOChannelSocket, QemuHost, SocketAddress,
-            TypeInfo,
+            TypeInfo, Visitor,
         },
         Host,
     },
-    listener::{Listener, Target},
+    listener::{Counters, Listener, Target},
 };
 
 const TYPE_QIO_NET_LISTENER: &CStr = c"qio-net-listener";
@@ -78,11 +81,46 @@ unsafe extern "C" fn register_at_load() {
 #[link_section = ".init_array"]
 static REGISTER_AT_LOAD: unsafe extern "C" fn() = register_at_load;
 
+/// The listener's counters, read-only QOM properties of type "uint64"
+/// (beyond QEMU's API: `object_property_get_uint(OBJECT(l), "accepted",
+/// &err)`); see `listener::Counters` for what each counts.
+type CounterField = fn(&Counters) -> &AtomicU64;
+const COUNTERS: [(&CStr, CounterField); 6] = [
+    (c"accepted", |c| &c.accepted),
+    (c"accept-errors-resource", |c| &c.accept_errors_resource),
+    (c"accept-errors-other", |c| &c.accept_errors_other),
+    (c"backoffs", |c| &c.backoffs),
+    (c"wakeups", |c| &c.wakeups),
+    (c"max-batch", |c| &c.max_batch),
+];
+
+/// ObjectPropertyAccessor of the counters; `opaque` is the index into
+/// COUNTERS.
+unsafe extern "C" fn get_counter(
+    obj: *mut Object,
+    v: *mut Visitor,
+    name: *const c_char,
+    opaque: *mut c_void,
+    errp: *mut *mut Error,
+) {
+    let this = obj as *const QIONetListener;
+    let field = COUNTERS[opaque as usize].1;
+    // SAFETY: QOM calls the getter on a live instance of our type.
+    let mut value = field(unsafe { &(*this).listener }.counters()).load(Relaxed);
+    // SAFETY: v, name and errp come from QOM for this very call.
+    unsafe { host::visit_uint64(v, name, &mut value, errp) };
+}
+
 unsafe extern "C" fn instance_init(obj: *mut Object) {
     let this = obj as *mut QIONetListener;
     // SAFETY: QOM allocated instance_size zeroed bytes for this instance and
     // calls instance_init once, before anyone else sees the object.
     unsafe { addr_of_mut!((*this).listener).write(Listener::new()) };
+    for (i, (name, _)) in COUNTERS.iter().enumerate() {
+        // SAFETY: obj is being initialized; the names are 'static; the
+        // getter reads only the state written above; no setter: read-only.
+        unsafe { host::add_uint64_getter(obj, name, get_counter, i as *mut c_void) };
+    }
 }
 
 unsafe extern "C" fn instance_finalize(obj: *mut Object) {

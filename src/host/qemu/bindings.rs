@@ -12,4 +12,7 @@
     clippy::missing_safety_doc
 )]
 
+// GLib's types and functions, which bindgen leaves out (build.rs).
+pub use glib_sys::*;
+
 include!(concat!(env!("OUT_DIR"), "/host_bindings.rs"));

@@ -6,6 +6,7 @@
 #include "qemu/osdep.h"
 #include "qemu/module.h"
 #include "qom/object.h"
+#include "qapi/visitor.h"
 #include "qapi/error.h"
 #include "qemu/error-report.h"
 #include "io/channel-socket.h"

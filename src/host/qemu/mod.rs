@@ -22,7 +22,7 @@ use std::{
 use bindings as sys;
 pub use bindings::{
     gpointer, AioContext, Error, GDestroyNotify, GMainContext, Object, QIOChannelSocket,
-    SocketAddress, TypeInfo,
+    SocketAddress, TypeInfo, Visitor,
 };
 pub use object::{ClientSpec, Owner, QIONetListener, QIONetListenerClientFunc};
 pub use watch::{AioWatch, OneShotTimer, PrivateLoop, SourceWatch};
@@ -453,6 +453,49 @@ pub unsafe fn object_new(name: &CStr) -> *mut Object {
 pub unsafe fn type_register_static(info: *const TypeInfo) {
     // SAFETY: per the contract.
     unsafe { sys::type_register_static(info) };
+}
+
+/// The signature of a QOM property getter (ObjectPropertyAccessor).
+pub type PropertyGetter =
+    unsafe extern "C" fn(*mut Object, *mut Visitor, *const c_char, *mut c_void, *mut *mut Error);
+
+/// QOM: adds the read-only "uint64" property `name` to `obj`.
+///
+/// # Safety
+/// `obj` is a live object; `get(obj, v, name, opaque, errp)` is safe to
+/// call for as long as the object lives.
+pub unsafe fn add_uint64_getter(
+    obj: *mut Object,
+    name: &'static CStr,
+    get: PropertyGetter,
+    opaque: *mut c_void,
+) {
+    // SAFETY: per the contract; QOM copies the name and type strings.
+    unsafe {
+        sys::object_property_add(
+            obj,
+            name.as_ptr(),
+            c"uint64".as_ptr(),
+            Some(get),
+            None,
+            None,
+            opaque,
+        )
+    };
+}
+
+/// QAPI: visits a uint64 (the getter side: hands `*value` to the visitor).
+///
+/// # Safety
+/// The arguments are those QOM passed to a property accessor.
+pub unsafe fn visit_uint64(
+    v: *mut Visitor,
+    name: *const c_char,
+    value: &mut u64,
+    errp: *mut *mut Error,
+) {
+    // SAFETY: per the contract.
+    unsafe { sys::visit_type_uint64(v, name, value, errp) };
 }
 
 /// Registers `f` to run at `module_call_init(MODULE_INIT_QOM)`.

@@ -85,8 +85,13 @@ static bool qio_nl_trace_on(void)
     int v = __atomic_load_n(&on, __ATOMIC_RELAXED);
 
     if (v < 0) {
+#if GLIB_CHECK_VERSION(2, 68, 0)
         v = !g_log_writer_default_would_drop(G_LOG_LEVEL_DEBUG,
                                              QIO_NL_LOG_DOMAIN);
+#else
+        const char *debug = g_getenv("G_MESSAGES_DEBUG");
+        v = debug && (strstr(debug, "all") || strstr(debug, QIO_NL_LOG_DOMAIN));
+#endif
         __atomic_store_n(&on, v, __ATOMIC_RELAXED);
     }
     return v;

@@ -1,0 +1,87 @@
+/*
+ * The listener's counters, read-only QOM properties beyond QEMU's API:
+ * accepted, accept-errors-resource, accept-errors-other, backoffs,
+ * wakeups, max-batch (the out-of-fds ones are checked in test-backoff).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/module.h"
+#include "qemu/main-loop.h"
+#include "qom/object.h"
+#include "io/net-listener.h"
+#include "test-util.h"
+
+#define BURST 40
+
+static uint64_t counter(QIONetListener *listener, const char *name)
+{
+    return object_property_get_uint(OBJECT(listener), name, &error_abort);
+}
+
+static void test_counters(gconstpointer opaque)
+{
+    TuMode mode = GPOINTER_TO_INT(opaque);
+    g_autoptr(SocketAddress) addr = tu_parse("127.0.0.1:0");
+    QIONetListener *listener = qio_net_listener_new();
+    QIOChannelSocket *clients[BURST];
+    const char *names[] = {
+        "accepted", "accept-errors-resource", "accept-errors-other",
+        "backoffs", "wakeups", "max-batch",
+    };
+    Error *err = NULL;
+    TuAccepts acc;
+
+    for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
+        g_assert_cmpuint(counter(listener, names[i]), ==, 0);
+    }
+    tu_accepts_init(&acc);
+    qio_net_listener_open_sync(listener, addr, BURST, &error_abort);
+    /* A burst queued before the loop runs: batches of at most 32. */
+    for (int i = 0; i < BURST; i++) {
+        clients[i] = tu_connect_listener(listener, 0);
+    }
+    tu_set_cb(listener, mode, tu_accept_cb, &acc);
+    TU_WAIT_UNTIL(tu_accepts_count(&acc) == BURST, tu_iterate(mode));
+
+    g_assert_cmpuint(counter(listener, "accepted"), ==, BURST);
+    g_assert_cmpuint(counter(listener, "max-batch"), >=, 2);
+    g_assert_cmpuint(counter(listener, "max-batch"), <=, 32);
+    g_assert_cmpuint(counter(listener, "wakeups"), >=, 2);   /* 40 > 32 */
+    g_assert_cmpuint(counter(listener, "wakeups"), <=, BURST);
+    g_assert_cmpuint(counter(listener, "backoffs"), ==, 0);
+    g_assert_cmpuint(counter(listener, "accept-errors-resource"), ==, 0);
+
+    /* Read-only, and only these names. */
+    object_property_set_uint(OBJECT(listener), "accepted", 7, &err);
+    g_assert_nonnull(err);
+    error_free(err);
+    err = NULL;
+    g_assert_cmpuint(counter(listener, "accepted"), ==, BURST);
+    object_property_get_uint(OBJECT(listener), "no-such-counter", &err);
+    g_assert_nonnull(err);
+    error_free(err);
+
+    tu_set_cb(listener, mode, NULL, NULL);
+    qio_net_listener_disconnect(listener);
+    tu_spin(mode, 5);
+    object_unref(OBJECT(listener));
+    for (int i = 0; i < BURST; i++) {
+        object_unref(OBJECT(clients[i]));
+    }
+    tu_accepts_destroy(&acc);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    module_call_init(MODULE_INIT_QOM);
+    qemu_init_main_loop(&error_abort);
+
+    g_test_add_data_func("/net-listener/counters/glib",
+                         GINT_TO_POINTER(TU_MODE_GLIB), test_counters);
+    g_test_add_data_func("/net-listener/counters/aio",
+                         GINT_TO_POINTER(TU_MODE_AIO), test_counters);
+    return g_test_run();
+}
