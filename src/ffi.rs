@@ -228,6 +228,12 @@ pub unsafe extern "C" fn qio_net_listener_open_sync(
             };
             return Some(-1);
         };
+        // SAFETY: addr is a valid SocketAddress (caller contract).
+        if let Err(msg) = unsafe { host::check_port(addr) } {
+            // SAFETY: errp follows the Error convention.
+            unsafe { host::set_error(errp, &msg) };
+            return Some(-1);
+        }
         // SAFETY: addr is a valid SocketAddress, errp a valid Error **.
         let Some(addrs) = (unsafe { host::resolve(addr, errp) }) else {
             return Some(-1);

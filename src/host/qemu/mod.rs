@@ -306,6 +306,31 @@ impl Drop for Address {
     }
 }
 
+/// Rejects an inet address whose numeric port is out of range, which
+/// QEMU's resolver would wrap (99999 listens on 34463).  Service names and
+/// everything else are left to the resolver.
+///
+/// # Safety
+/// `addr` points to a valid `SocketAddress`.
+pub unsafe fn check_port(addr: *const SocketAddress) -> Result<(), String> {
+    // SAFETY: per the contract; the inet member is valid for that type and
+    // its port is NULL or a C string.
+    let port = unsafe {
+        if (*addr).type_ != sys::SOCKET_ADDRESS_TYPE_INET {
+            return Ok(());
+        }
+        opt_cstr((*addr).u.inet.port)
+    };
+    let Some(port) = port.and_then(|p| p.to_str().ok()) else {
+        return Ok(());
+    };
+    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_err()
+    {
+        return Err(format!("port {port} out of range"));
+    }
+    Ok(())
+}
+
 /// Resolves `addr` with the host's DNS resolver (one address per result).
 ///
 /// # Safety
