@@ -62,7 +62,7 @@ def main():
     by_key = {(r["label"], r["transport"], r["pattern"]): r for r in rows}
 
     plt = import_pyplot()
-    fig, axes = plt.subplots(len(PANELS), 1, figsize=(12, 11))
+    fig, axes = plt.subplots(len(PANELS), 1, figsize=(12, 12))
     width = 0.8 / len(servers)
     colors = plt.get_cmap("tab10").colors
     for ax, (field, title, log) in zip(axes, PANELS):
@@ -83,11 +83,15 @@ def main():
         ax.set_xticklabels([f"{t} {p}" for t, p in groups])
         if log:
             ax.set_yscale("log")
-        ax.margins(y=0.25)
+            ax.set_ylim(top=ax.get_ylim()[1] * 4)
+        else:
+            ax.margins(y=0.25)
         if field == "cpu_ratio":
             ax.axhline(1, color="grey", linewidth=0.8)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8, ncol=min(4, len(servers)), loc="upper left")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, ncol=min(5, len(servers)),
+               loc="upper center", bbox_to_anchor=(0.5, 0.955))
     m = report.get("machine", {})
     sizes = {k: "/".join(map(str, v))
              for k, v in report.get("count_sizes", {}).items()}
@@ -98,7 +102,7 @@ def main():
                  f"(burst), {sizes.get('seq')} (seq) clients; CPU ratio: "
                  f"median of {report.get('rounds')} rounds",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.935))
     fig.savefig(out, dpi=80)
     print(f"wrote {out}")
 
