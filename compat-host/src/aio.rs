@@ -54,8 +54,9 @@ use std::{
     cell::Cell,
     collections::{BTreeMap, HashMap, VecDeque},
     ffi::{c_char, c_int, c_void, CString},
+    hash::{BuildHasherDefault, Hasher},
     io,
-    mem::size_of,
+    mem::{size_of, MaybeUninit},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     ptr,
     sync::{
@@ -142,9 +143,32 @@ enum Job {
     Reusable(Arc<Bh>),
 }
 
+/// Hashes an fd as itself: every dispatch looks its handler up, and the
+/// default SipHash costs more than the rest of that lookup.
+#[derive(Default)]
+struct FdHasher(u64);
+
+impl Hasher for FdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_i32(&mut self, fd: i32) {
+        // Spread small integers over the whole word (Fibonacci hashing):
+        // hashbrown takes its control bits from the top.
+        self.0 = (fd as u32 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 #[derive(Default)]
 struct State {
-    handlers: HashMap<RawFd, Handler>,
+    handlers: HashMap<RawFd, Handler, BuildHasherDefault<FdHasher>>,
     /// Scheduled BHs in FIFO order, each with its sequence number so that
     /// a pass runs only what was scheduled before it started.
     bhs: VecDeque<(u64, Job)>,
@@ -158,14 +182,18 @@ struct State {
 
 impl State {
     /// The `epoll_wait`/GLib timeout in ms: 0 if a BH or timer is ready.
-    fn timeout_ms(&self, now: i64) -> c_int {
+    /// The clock is only read if a timer is armed.
+    fn timeout_ms(&self, now: impl FnOnce() -> i64) -> c_int {
         if !self.bhs.is_empty() {
             return 0;
         }
-        match self.timers.keys().next() {
-            None => -1,
-            Some(&(deadline, _)) if deadline <= now => 0,
-            Some(&(deadline, _)) => {
+        let Some(&(deadline, _)) = self.timers.keys().next() else {
+            return -1;
+        };
+        let now = now();
+        match deadline {
+            deadline if deadline <= now => 0,
+            deadline => {
                 let ms = (deadline as i128 - now as i128 + 999_999) / 1_000_000;
                 ms.min(c_int::MAX as i128) as c_int
             }
@@ -191,6 +219,10 @@ impl State {
 struct Owner {
     thread: u64,
     depth: u32,
+    /// Threads waiting in `enter` for the context: only then does leaving
+    /// it wake them (a condvar notify is a system call even with no one
+    /// to wake, and it would be one per aio_poll).
+    waiters: u32,
 }
 
 /// The Rust state of one AioContext.
@@ -273,7 +305,9 @@ impl Drop for Entered<'_> {
         o.depth -= 1;
         if o.depth == 0 {
             o.thread = 0;
-            self.0.owner_cv.notify_all();
+            if o.waiters > 0 {
+                self.0.owner_cv.notify_all();
+            }
         }
     }
 }
@@ -325,10 +359,12 @@ impl Inner {
         let mut o = lock(&self.owner);
         while o.thread != 0 && o.thread != me {
             self.notify();
+            o.waiters += 1;
             o = self
                 .owner_cv
                 .wait(o)
                 .unwrap_or_else(PoisonError::into_inner);
+            o.waiters -= 1;
         }
         o.thread = me;
         o.depth += 1;
@@ -441,29 +477,30 @@ impl Inner {
     /// batch) lets a nested `aio_poll` inside a BH run the rest of the
     /// batch, which a nested `AIO_WAIT_WHILE` may be waiting for.
     fn run_bhs(&self) -> bool {
-        let limit = self.lock().bh_seq;
+        let mut st = self.lock();
+        let limit = st.bh_seq;
         let mut ran = false;
         loop {
-            let (cb, _keep) = {
-                let mut st = self.lock();
-                match st.bhs.front() {
-                    Some(&(seq, _)) if seq < limit => {}
-                    _ => break,
+            match st.bhs.front() {
+                Some(&(seq, _)) if seq < limit => {}
+                _ => break,
+            }
+            let (cb, keep) = match st.bhs.pop_front().map(|(_, j)| j) {
+                Some(Job::Oneshot(cb)) => (cb, None),
+                Some(Job::Reusable(bh)) => {
+                    // Cleared before the call so the BH can reschedule
+                    // itself; cancel/delete remove it from the queue.
+                    bh.scheduled.store(false, Ordering::SeqCst);
+                    (bh.cb, Some(bh))
                 }
-                match st.bhs.pop_front().map(|(_, j)| j) {
-                    Some(Job::Oneshot(cb)) => (cb, None),
-                    Some(Job::Reusable(bh)) => {
-                        // Cleared before the call so the BH can reschedule
-                        // itself; cancel/delete remove it from the queue.
-                        bh.scheduled.store(false, Ordering::SeqCst);
-                        (bh.cb, Some(bh))
-                    }
-                    None => break,
-                }
+                None => break,
             };
-            // `_keep` keeps a reusable BH alive if it deletes itself.
+            drop(st);
+            // `keep` keeps a reusable BH alive if it deletes itself.
             cb.call();
+            drop(keep);
             ran = true;
+            st = self.lock();
         }
         ran
     }
@@ -471,8 +508,14 @@ impl Inner {
     /// Runs expired timers in deadline order; timers re-armed during the
     /// pass wait for the next one.
     fn run_timers(&self) -> bool {
+        let limit = {
+            let st = self.lock();
+            if st.timers.is_empty() {
+                return false;
+            }
+            st.timer_seq
+        };
         let now = monotonic_ns();
-        let limit = self.lock().timer_seq;
         let mut ran = false;
         loop {
             let timer = {
@@ -535,20 +578,24 @@ impl Inner {
         let timeout = if !blocking || progress {
             0
         } else {
-            self.lock().timeout_ms(monotonic_ns())
+            self.lock().timeout_ms(monotonic_ns)
         };
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        // Not initialized: epoll_wait fills the first n (zeroing all 64
+        // would cost more than the rest of a wake-up's bookkeeping).
+        let mut events = [const { MaybeUninit::<libc::epoll_event>::uninit() }; MAX_EVENTS];
         // SAFETY: `events` has room for MAX_EVENTS entries.
         let n = unsafe {
             libc::epoll_wait(
                 self.epfd.as_raw_fd(),
-                events.as_mut_ptr(),
+                events.as_mut_ptr().cast(),
                 MAX_EVENTS as c_int,
                 timeout,
             )
         };
         // n < 0 is EINTR (the fds are ours): nothing ready this time.
         for ev in &events[..n.max(0) as usize] {
+            // SAFETY: epoll_wait wrote the first n entries.
+            let ev = unsafe { ev.assume_init_ref() };
             let (flags, token) = (ev.events, ev.u64);
             if token == NOTIFY_TOKEN {
                 self.accept_notify();
@@ -575,7 +622,7 @@ impl Inner {
 
     /// Whether a BH or timer is ready to run.
     fn ready(&self) -> bool {
-        self.lock().timeout_ms(monotonic_ns()) == 0
+        self.lock().timeout_ms(monotonic_ns) == 0
     }
 }
 
@@ -605,7 +652,7 @@ unsafe extern "C" fn ctx_prepare(source: *mut sys::GSource, timeout: *mut c_int)
     // SAFETY: GLib calls this with our live source and a valid out-pointer.
     let t = unsafe { inner_ref(source.cast()) }
         .lock()
-        .timeout_ms(monotonic_ns());
+        .timeout_ms(monotonic_ns);
     // SAFETY: as above.
     unsafe { *timeout = t };
     (t == 0) as sys::gboolean

@@ -16,6 +16,7 @@ use std::{
 use crate::{
     address::{self, SockAddr},
     error::{errno, ok_or_set, ErrorImpl, QError},
+    qom::CachedType,
     sys,
 };
 
@@ -23,6 +24,9 @@ type Result<T> = std::result::Result<T, QError>;
 
 const TYPE_QIO_CHANNEL: &std::ffi::CStr = c"qio-channel";
 const TYPE_QIO_CHANNEL_SOCKET: &std::ffi::CStr = c"qio-channel-socket";
+
+/// Every accepted client is one: looked up once.
+static SOCKET_TYPE: CachedType = CachedType::new(TYPE_QIO_CHANNEL_SOCKET);
 
 // ---------------------------------------------------------------------------
 // QOM types
@@ -243,9 +247,7 @@ fn wait_fd(fd: RawFd, events: libc::c_short) {
 
 #[no_mangle]
 pub extern "C" fn qio_channel_socket_new() -> *mut sys::QIOChannelSocket {
-    // SAFETY: a built-in concrete type.
-    let sioc = unsafe { sys::object_new(TYPE_QIO_CHANNEL_SOCKET.as_ptr()) }
-        .cast::<sys::QIOChannelSocket>();
+    let sioc = SOCKET_TYPE.object_new().cast::<sys::QIOChannelSocket>();
     // SAFETY: a fresh channel nobody else has.
     unsafe { (*sioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_SHUTDOWN };
     sioc
@@ -365,6 +367,13 @@ pub unsafe extern "C" fn qio_channel_socket_get_remote_address(
     unsafe { ok_or_set(r, errp) }.unwrap_or(ptr::null_mut())
 }
 
+/// As QEMU's: a new channel for the next client, with its remote and
+/// local addresses, or NULL and an error.  The channel is only created
+/// once accept4 has succeeded (QEMU creates it first and drops it on
+/// failure): the failed accept that ends every batch of the listener then
+/// costs the system call alone, and with a NULL `errp` no error is built,
+/// as QEMU's error_setg_errno() builds none.
+///
 /// # Safety
 /// `ioc` is a live socket channel; `errp` a valid `Error **` or NULL.
 #[no_mangle]
@@ -372,36 +381,39 @@ pub unsafe extern "C" fn qio_channel_socket_accept(
     ioc: *mut sys::QIOChannelSocket,
     errp: *mut *mut sys::Error,
 ) -> *mut sys::QIOChannelSocket {
-    let cioc = qio_channel_socket_new();
-    // SAFETY: caller's contract; cioc is ours until returned.
-    let r = unsafe { accept_into(ioc, cioc) };
     // SAFETY: caller's contract.
-    if unsafe { ok_or_set(r, errp) }.is_some() {
-        cioc
-    } else {
-        // SAFETY: our only reference; finalize closes any fd it holds.
-        unsafe { sys::object_unref(cioc.cast()) };
-        ptr::null_mut()
+    match unsafe { accept_client(ioc) } {
+        Ok(cioc) => cioc,
+        Err((e, msg)) => {
+            if !errp.is_null() {
+                // SAFETY: caller's contract.
+                unsafe { ErrorImpl::with_errno(e, msg).propagate(errp) };
+            }
+            ptr::null_mut()
+        }
     }
 }
 
+/// The accepted client's new channel, or the errno and what failed.
+///
 /// # Safety
-/// `ioc` is a live listening channel, `cioc` a new channel we own.
-unsafe fn accept_into(
+/// `ioc` is a live listening channel.
+unsafe fn accept_client(
     ioc: *mut sys::QIOChannelSocket,
-    cioc: *mut sys::QIOChannelSocket,
-) -> Result<()> {
+) -> std::result::Result<*mut sys::QIOChannelSocket, (c_int, &'static str)> {
     // SAFETY: caller's contract.
     let lfd = unsafe { (*ioc).fd };
-    // SAFETY: cioc is ours.
-    unsafe { (*cioc).remoteAddrLen = size_of::<sys::sockaddr_storage>() as sys::socklen_t };
+    // Written by accept4 (remote_len bytes), then copied into the zeroed
+    // channel: zeroing it first would cost as much as the copy.
+    let mut remote = std::mem::MaybeUninit::<sys::sockaddr_storage>::uninit();
+    let mut remote_len = size_of::<sys::sockaddr_storage>() as sys::socklen_t;
     let fd = loop {
-        // SAFETY: remoteAddr/remoteAddrLen are valid out parameters.
+        // SAFETY: remote/remote_len are valid out parameters.
         let fd = unsafe {
             libc::accept4(
                 lfd,
-                ptr::addr_of_mut!((*cioc).remoteAddr).cast(),
-                ptr::addr_of_mut!((*cioc).remoteAddrLen),
+                remote.as_mut_ptr().cast(),
+                &mut remote_len,
                 libc::SOCK_CLOEXEC,
             )
         };
@@ -410,26 +422,46 @@ unsafe fn accept_into(
         }
         match errno() {
             libc::EINTR => continue,
-            e => return Err(ErrorImpl::with_errno(e, "Unable to accept connection")),
+            e => return Err((e, "Unable to accept connection")),
         }
     };
+    let cioc = qio_channel_socket_new();
     // SAFETY: cioc is ours; the descriptor is new.  From here on the
-    // channel owns it, so an error below closes it in finalize.
+    // channel owns it, so dropping the channel on an error closes it.
     unsafe {
         (*cioc).fd = fd;
         (*cioc).blocking = true;
+        // accept4 wrote remote_len bytes (at most the storage's size).
+        ptr::copy_nonoverlapping(
+            remote.as_ptr().cast::<u8>(),
+            ptr::addr_of_mut!((*cioc).remoteAddr).cast::<u8>(),
+            (remote_len as usize).min(size_of::<sys::sockaddr_storage>()),
+        );
+        (*cioc).remoteAddrLen = remote_len;
+        (*cioc).localAddrLen = size_of::<sys::sockaddr_storage>() as sys::socklen_t;
     }
-    let local = address::local_sockaddr(fd)
-        .map_err(|e| ErrorImpl::with_errno(e, "Unable to query local socket address"))?;
+    // SAFETY: localAddr/localAddrLen are valid out parameters.
+    if unsafe {
+        libc::getsockname(
+            fd,
+            ptr::addr_of_mut!((*cioc).localAddr).cast(),
+            ptr::addr_of_mut!((*cioc).localAddrLen),
+        )
+    } < 0
+    {
+        let e = errno();
+        // SAFETY: our only reference; finalize closes the descriptor.
+        unsafe { sys::object_unref(cioc.cast()) };
+        return Err((e, "Unable to query local socket address"));
+    }
     // SAFETY: cioc is ours.
     unsafe {
-        store_addr(&mut (*cioc).localAddr, &mut (*cioc).localAddrLen, &local);
-        if local.storage.ss_family as c_int == libc::AF_UNIX {
+        if (*cioc).localAddr.ss_family as c_int == libc::AF_UNIX {
             (*cioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_FD_PASS;
         }
         (*cioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_READ_MSG_PEEK;
     }
-    Ok(())
+    Ok(cioc)
 }
 
 // ---------------------------------------------------------------------------
@@ -973,6 +1005,9 @@ mod tests {
             let remote = check(qio_channel_socket_get_remote_address(s, &mut err), &mut err);
             let clocal = check(qio_channel_socket_get_local_address(c, &mut err), &mut err);
             assert_eq!(address::uri(remote), address::uri(clocal));
+            let local = check(qio_channel_socket_get_local_address(s, &mut err), &mut err);
+            let cremote = check(qio_channel_socket_get_remote_address(c, &mut err), &mut err);
+            assert_eq!(address::uri(local), address::uri(cremote));
 
             qio_channel_set_name(s.cast(), c"server-side".as_ptr());
             assert_eq!(
@@ -1055,7 +1090,7 @@ mod tests {
                 "Unable to write to socket: Bad file descriptor"
             );
 
-            for p in [remote, clocal, addr] {
+            for p in [remote, clocal, local, cremote, addr] {
                 address::qapi_free_SocketAddress(p);
             }
             for o in [c, s, l] {
@@ -1081,6 +1116,8 @@ mod tests {
                 e.message(),
                 "Unable to accept connection: Resource temporarily unavailable"
             );
+            // With no errp, as QEMU: just NULL (no channel, no fd left).
+            assert!(qio_channel_socket_accept(l, ptr::null_mut()).is_null());
 
             // Wrapping a non-socket fails and leaves the fd to us.
             let f = std::fs::File::open("/proc/self/stat").unwrap();

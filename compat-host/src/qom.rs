@@ -363,65 +363,122 @@ pub unsafe extern "C" fn object_new(typename: *const c_char) -> *mut sys::Object
         die("object_new: NULL type name");
     }
     // SAFETY: caller's contract.
-    let name = unsafe { CStr::from_ptr(typename) };
-    let Some(t) = lookup(name) else {
-        die(&format!(
+    Layout::of(lookup_for_new(unsafe { CStr::from_ptr(typename) })).instantiate()
+}
+
+fn lookup_for_new(name: &CStr) -> &'static TypeImpl {
+    match lookup(name) {
+        Some(t) => t,
+        None => die(&format!(
             "object_new: unknown type '{}'",
             name.to_string_lossy()
-        ));
-    };
-    if t.info.abstract_ {
-        die(&format!(
-            "object_new: cannot instantiate abstract type '{}'",
-            t.name_str()
-        ));
+        )),
     }
-    let class = t.class();
-    let size = t.instance_size();
-    if size < size_of::<sys::Object>() {
-        die(&format!(
-            "object_new: instance size {size} of '{}' is smaller than Object",
-            t.name_str()
-        ));
-    }
-    let align = t.instance_align();
-    // glibc's malloc aligns to 16 bytes; larger alignments need
-    // posix_memalign and therefore free() instead of g_free().
-    let (obj, free): (*mut sys::Object, sys::ObjectFree) = if align <= 16 {
-        // SAFETY: g_malloc0 aborts rather than returning NULL.
-        let p = unsafe { sys::g_malloc0(size as sys::gsize) };
-        (p.cast(), Some(sys::g_free))
-    } else {
-        let mut p: *mut c_void = ptr::null_mut();
-        // SAFETY: p is a valid out pointer; align is a power of two per
-        // TypeInfo's contract (posix_memalign checks it).
-        if unsafe { libc::posix_memalign(&mut p, align, size) } != 0 {
-            die(&format!("object_new: cannot allocate '{}'", t.name_str()));
-        }
-        // SAFETY: p has size writable bytes.
-        unsafe { ptr::write_bytes(p.cast::<u8>(), 0, size) };
-        (p.cast(), Some(libc::free))
-    };
-    // SAFETY: obj is a zeroed allocation of at least an Object.
-    unsafe {
-        (*obj).class = class;
-        (*obj).free = free;
-        (*obj).ref_ = 1;
-    }
-    let chain: Vec<_> = t.ancestry().collect();
-    for ty in chain.iter().rev() {
-        if let Some(init) = ty.info.instance_init {
-            // SAFETY: registered C callback, called on a fresh instance.
-            unsafe { init(obj) };
+}
+
+/// A type that a hot path instantiates by its constant name, looked up
+/// (and its layout worked out) once: `object_new` by name costs a
+/// registry lookup, a lock and string comparisons, per object, which is
+/// most of what creating an accepted client's channel costs otherwise.
+pub(crate) struct CachedType {
+    name: &'static CStr,
+    layout: OnceLock<Layout>,
+}
+
+impl CachedType {
+    pub(crate) const fn new(name: &'static CStr) -> CachedType {
+        CachedType {
+            name,
+            layout: OnceLock::new(),
         }
     }
-    for ty in &chain {
-        if let Some(post) = ty.info.instance_post_init {
-            // SAFETY: as above.
-            unsafe { post(obj) };
+
+    /// As `object_new(name)`.
+    pub(crate) fn object_new(&self) -> *mut sys::Object {
+        self.layout
+            .get_or_init(|| Layout::of(lookup_for_new(self.name)))
+            .instantiate()
+    }
+}
+
+type InstanceFn = unsafe extern "C" fn(*mut sys::Object);
+
+/// What creating an instance of a type takes, as QEMU's
+/// object_new_with_type() works it out.
+struct Layout {
+    /// The class, as an address (`*mut ObjectClass`).
+    class: usize,
+    size: usize,
+    align: usize,
+    /// The types' instance_init, the root's first.
+    init: Vec<InstanceFn>,
+    /// Their instance_post_init, the most derived first.
+    post_init: Vec<InstanceFn>,
+}
+
+impl Layout {
+    fn of(t: &'static TypeImpl) -> Layout {
+        if t.info.abstract_ {
+            die(&format!(
+                "object_new: cannot instantiate abstract type '{}'",
+                t.name_str()
+            ));
+        }
+        let size = t.instance_size();
+        if size < size_of::<sys::Object>() {
+            die(&format!(
+                "object_new: instance size {size} of '{}' is smaller than Object",
+                t.name_str()
+            ));
+        }
+        let mut init: Vec<InstanceFn> = t.ancestry().filter_map(|a| a.info.instance_init).collect();
+        init.reverse();
+        Layout {
+            class: t.class() as usize,
+            size,
+            align: t.instance_align(),
+            init,
+            post_init: t
+                .ancestry()
+                .filter_map(|a| a.info.instance_post_init)
+                .collect(),
         }
     }
-    obj
+
+    fn instantiate(&self) -> *mut sys::Object {
+        let size = self.size;
+        // glibc's malloc aligns to 16 bytes; larger alignments need
+        // posix_memalign and therefore free() instead of g_free().
+        let (obj, free): (*mut sys::Object, sys::ObjectFree) = if self.align <= 16 {
+            // As QEMU: g_malloc then zeroing (glibc's calloc skips the
+            // thread's cache of freed blocks, which is where an accepted
+            // client's channel finds the last one's memory).
+            // SAFETY: g_malloc aborts rather than returning NULL.
+            let p = unsafe { sys::g_malloc(size as sys::gsize) };
+            (p.cast(), Some(sys::g_free))
+        } else {
+            let mut p: *mut c_void = ptr::null_mut();
+            // SAFETY: p is a valid out pointer; align is a power of two
+            // per TypeInfo's contract (posix_memalign checks it).
+            if unsafe { libc::posix_memalign(&mut p, self.align, size) } != 0 {
+                die("object_new: out of memory");
+            }
+            (p.cast(), Some(libc::free))
+        };
+        // SAFETY: obj has size writable bytes, at least an Object.
+        unsafe {
+            ptr::write_bytes(obj.cast::<u8>(), 0, size);
+            (*obj).class = self.class as *mut sys::ObjectClass;
+            (*obj).free = free;
+            (*obj).ref_ = 1;
+        }
+        for f in self.init.iter().chain(&self.post_init) {
+            // SAFETY: registered C callbacks, called on a fresh instance
+            // of their type, in QEMU's order.
+            unsafe { f(obj) };
+        }
+        obj
+    }
 }
 
 /// # Safety

@@ -23,7 +23,7 @@ use std::{
     io::Write,
     ptr::{self, addr_of_mut},
     sync::{
-        atomic::{AtomicPtr, Ordering},
+        atomic::{AtomicBool, AtomicPtr, Ordering},
         Mutex,
     },
 };
@@ -423,9 +423,18 @@ pub unsafe extern "C" fn object_class_property_add(
     // SAFETY: caller's contract.
     let mut p = unsafe { new_prop(name, type_, get, set, release, opaque) };
     let ret = ptr::addr_of_mut!(p.0);
+    if release.is_some() {
+        CLASS_RELEASES.store(true, Ordering::Release);
+    }
     t.lock().push(p);
     ret
 }
+
+/// Whether a class property with a release function was ever added.
+/// QEMU's class property helpers add none, so usually there is none and
+/// finalizing an object without properties of its own (every accepted
+/// client's channel) looks at no class table.
+static CLASS_RELEASES: AtomicBool = AtomicBool::new(false);
 
 /// # Safety
 /// `obj` is a live object; `name` NUL-terminated.
@@ -470,7 +479,22 @@ pub unsafe extern "C" fn object_property_del(obj: *mut sys::Object, name: *const
 ///
 /// # Safety
 /// `obj` is an object being finalized (no other user).
+#[inline]
 pub(crate) unsafe fn finalize(obj: *mut sys::Object, classes: bool) {
+    // SAFETY: caller's contract.
+    if unsafe { object_table(obj, false) }.is_some()
+        || (classes && CLASS_RELEASES.load(Ordering::Acquire))
+    {
+        // SAFETY: caller's contract.
+        unsafe { release_all(obj, classes) }
+    }
+}
+
+/// # Safety
+/// As [`finalize`].
+#[cold]
+#[inline(never)]
+unsafe fn release_all(obj: *mut sys::Object, classes: bool) {
     let mut done: Vec<*const sys::ObjectProperty> = Vec::new();
     loop {
         // SAFETY: caller's contract.
