@@ -123,6 +123,8 @@ struct Socket<H: Host> {
     /// descriptors or memory): the timer re-arms the watch.  The id tells
     /// a current back-off from a cancelled one whose timer still fires.
     backoff: Option<(u64, H::Timer)>,
+    /// set_nonblocking succeeded: batch accept is safe.
+    nonblocking: bool,
 }
 
 /// What `disarm` took out of the state, to drop after unlocking.
@@ -152,6 +154,13 @@ struct State<H: Host> {
 
 pub struct Listener<H: Host> {
     state: Mutex<State<H>>,
+    /// Moves (under the lock) whenever what the armed watches serve
+    /// changes: the registration, or a disconnect.  A dispatch checks it,
+    /// and `waiting`, before each accept without taking the lock.
+    epoch: crate::sync::AtomicU64,
+    /// How many wait_client calls run (`State::waiters.len()`, kept under
+    /// the lock): the async watches are suspended meanwhile.
+    waiting: crate::sync::AtomicU64,
     counters: Counters,
 }
 
@@ -193,6 +202,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct AcceptHandler<H: Host> {
     owner: H::Owner,
     registration: Weak<Registration<H>>,
+    /// The listener's `epoch` when this watch was armed: the watch serves
+    /// while it has not moved.
+    epoch: u64,
+    /// The socket could be made non-blocking: else one accept per wake-up
+    /// (a second one could block the whole event loop).
+    batch: bool,
 }
 
 impl<H: Host> Drop for AcceptHandler<H> {
@@ -276,6 +291,8 @@ impl<H: Host> Listener<H> {
                 waiters: Vec::new(),
                 last_backoff_id: 0,
             }),
+            epoch: crate::sync::AtomicU64::new(0),
+            waiting: crate::sync::AtomicU64::new(0),
             counters: Counters::default(),
         }
     }
@@ -311,6 +328,8 @@ impl<H: Host> Listener<H> {
             let handler = AcceptHandler::<H> {
                 owner: owner.clone(),
                 registration: registration.clone(),
+                epoch: self.epoch.load(SeqCst),
+                batch: s.nonblocking,
             };
             s.watch = Some(match target {
                 Target::Glib(ctx) => Watch::Source(H::watch_source(&s.channel, ctx, handler)),
@@ -362,7 +381,7 @@ impl<H: Host> Listener<H> {
     fn back_off(&self, handler: &AcceptHandler<H>, channel: &H::Channel) {
         let watch = {
             let mut st = lock(&self.state);
-            let Some(reg) = Self::serving(&st, handler) else {
+            let Some(reg) = st.client.as_ref().filter(|_| self.serving(handler)) else {
                 return;
             };
             let target = reg.target;
@@ -424,15 +443,18 @@ impl<H: Host> Listener<H> {
         drop(timer);
     }
 
-    /// The registration `handler` serves, if it is still the current one
-    /// and no wait_client has suspended the async watches.
-    fn serving<'a>(
-        st: &'a State<H>,
-        handler: &AcceptHandler<H>,
-    ) -> Option<&'a Arc<Registration<H>>> {
-        st.client.as_ref().filter(|r| {
-            st.waiters.is_empty() && std::ptr::eq(Arc::as_ptr(r), handler.registration.as_ptr())
-        })
+    /// Whether `handler` still serves: its registration is the current one,
+    /// the listener was not disconnected since it was armed, and no
+    /// wait_client has suspended the async watches.  Two atomic loads, no
+    /// lock.
+    fn serving(&self, handler: &AcceptHandler<H>) -> bool {
+        self.epoch.load(SeqCst) == handler.epoch && self.waiting.load(SeqCst) == 0
+    }
+
+    /// Invalidates every armed watch (see `epoch`).  Called with the lock
+    /// held when the registration changes or the listener disconnects.
+    fn new_epoch(&self) {
+        self.epoch.fetch_add(1, SeqCst);
     }
 
     /// Listens on every resolved address and adds those that worked.
@@ -461,10 +483,11 @@ impl<H: Host> Listener<H> {
     pub fn add(&self, owner: &H::Owner, channel: H::Channel) {
         // Batch accept needs accept() to return at once when nothing is
         // pending; sockets from listen_sync or socket activation are
-        // blocking.  A failure leaves it blocking: level-triggered watches
-        // only call accept when a client is pending, so the first accept
-        // of a batch still never blocks (the loop then ends at the next).
-        channel.set_nonblocking();
+        // blocking.  If that fails the socket stays blocking and is served
+        // one client per wake-up: level-triggered watches only dispatch
+        // with a client pending, so that one accept does not block (unless
+        // another thread takes the client first, as with upstream).
+        let nonblocking = channel.set_nonblocking();
         let mut st = lock(&self.state);
         if let Some(name) = &st.name {
             channel.set_name(name);
@@ -474,6 +497,7 @@ impl<H: Host> Listener<H> {
             closed: false,
             watch: None,
             backoff: None,
+            nonblocking,
         });
         st.connected = true;
         self.arm(&mut st, owner, c"add");
@@ -491,6 +515,9 @@ impl<H: Host> Listener<H> {
                 return;
             }
             old_watches = self.disarm(&mut st, c"set_client_func");
+            // Dispatches of the old registration stop before their next
+            // accept.
+            self.new_epoch();
             old_client = st.client.take();
             if !client.same(&H::Client::none()) {
                 st.client = Some(Arc::new(Registration { client, target }));
@@ -520,12 +547,21 @@ impl<H: Host> Listener<H> {
     }
 
     fn accept_some(&self, handler: &AcceptHandler<H>, channel: &H::Channel, accepted: &mut usize) {
+        // A strong reference for the whole batch: its notify cannot run
+        // before the last callback of the batch returns.
+        let Some(reg) = handler.registration.upgrade() else {
+            return;
+        };
         for i in 0..ACCEPT_BATCH {
-            // A strong reference for the duration of the callback: its
-            // notify cannot run before the callback returns.
-            let Some(reg) = Self::serving(&lock(&self.state), handler).cloned() else {
+            if !self.serving(handler) {
                 return;
-            };
+            }
+            // After one client, look before accepting again: a failed
+            // accept costs QEMU a channel object made and finalized for
+            // nothing, a poll much less (and a burst goes on unpolled).
+            if i == 1 && (!handler.batch || !channel.pending()) {
+                return;
+            }
             let client = match channel.accept() {
                 Some(client) => client,
                 // Usually the queue is just empty and the batch is done.
@@ -559,9 +595,10 @@ impl<H: Host> Listener<H> {
                 },
             );
             reg.client.call(&handler.owner, &client);
-            // `reg` drops here: if the callback was replaced meanwhile,
-            // this was the last user and its notify runs now, after it.
         }
+        // `reg` drops here: if the callback was replaced meanwhile, this was
+        // the last user and its notify runs now, after it (the check at the
+        // top of the loop ends the batch right after such a callback).
     }
 
     /// Blocks until one client connects and returns it; None at once on a
@@ -586,6 +623,7 @@ impl<H: Host> Listener<H> {
             }
             let suspended = self.disarm(&mut st, c"wait_client");
             st.waiters.push(waiter.clone());
+            self.waiting.store(st.waiters.len() as u64, SeqCst);
             (channels, suspended)
         };
         drop(suspended);
@@ -595,6 +633,7 @@ impl<H: Host> Listener<H> {
         {
             let mut st = lock(&self.state);
             st.waiters.retain(|w| !Arc::ptr_eq(w, &waiter));
+            self.waiting.store(st.waiters.len() as u64, SeqCst);
             self.arm(&mut st, owner, c"wait_client");
         }
         let client = lock(&waiter.client).take();
@@ -640,6 +679,7 @@ impl<H: Host> Listener<H> {
             }
             st.connected = false;
             let watches = self.disarm(&mut st, c"disconnect");
+            self.new_epoch();
             let channels: Vec<H::Channel> = st
                 .sockets
                 .iter_mut()

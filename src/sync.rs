@@ -6,12 +6,12 @@
 
 #[cfg(feature = "shuttle")]
 pub use shuttle::sync::{
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
     Mutex, MutexGuard,
 };
 #[cfg(not(feature = "shuttle"))]
 pub use std::sync::{
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
     Mutex, MutexGuard,
 };
 pub use std::sync::{Arc, Weak};
