@@ -1,0 +1,315 @@
+//! Bottom halves: one-shot and reusable BHs, queued in FIFO order and
+//! run by every `aio_poll` pass.
+
+use std::{
+    ffi::{c_char, c_void},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Weak,
+    },
+};
+
+use super::{inner_arc, inner_ref, Callback, Inner, Opaque, State};
+use crate::sys;
+
+/// A reusable BH (`QEMUBH *` is `Arc::into_raw` of this).
+pub struct Bh {
+    ctx: Weak<Inner>,
+    cb: Callback,
+    /// Whether it is in its context's queue; changed only under the
+    /// context's state lock.
+    scheduled: AtomicBool,
+}
+
+pub(super) enum Job {
+    Oneshot(Callback),
+    Reusable(Arc<Bh>),
+}
+
+impl State {
+    fn unschedule(&mut self, bh: &Arc<Bh>) {
+        if bh.scheduled.swap(false, Ordering::SeqCst) {
+            self.bhs
+                .retain(|(_, j)| !matches!(j, Job::Reusable(b) if Arc::ptr_eq(b, bh)));
+        }
+    }
+}
+
+impl Inner {
+    fn schedule(&self, job: Job) {
+        let mut st = self.lock();
+        let seq = st.bh_seq;
+        st.bh_seq += 1;
+        st.bhs.push_back((seq, job));
+        drop(st);
+        self.notify();
+    }
+
+    /// Runs the BHs scheduled before this call, in order.  BHs they
+    /// schedule wait for the next pass, so a BH rescheduling itself cannot
+    /// starve the loop.  Popping one at a time (instead of taking the
+    /// batch) lets a nested `aio_poll` inside a BH run the rest of the
+    /// batch, which a nested `AIO_WAIT_WHILE` may be waiting for.
+    pub(super) fn run_bhs(&self) -> bool {
+        let mut st = self.lock();
+        let limit = st.bh_seq;
+        let mut ran = false;
+        loop {
+            match st.bhs.front() {
+                Some(&(seq, _)) if seq < limit => {}
+                _ => break,
+            }
+            let (cb, keep) = match st.bhs.pop_front().map(|(_, j)| j) {
+                Some(Job::Oneshot(cb)) => (cb, None),
+                Some(Job::Reusable(bh)) => {
+                    // Cleared before the call so the BH can reschedule
+                    // itself; cancel/delete remove it from the queue.
+                    bh.scheduled.store(false, Ordering::SeqCst);
+                    (bh.cb, Some(bh))
+                }
+                None => break,
+            };
+            drop(st);
+            // `keep` keeps a reusable BH alive if it deletes itself.
+            cb.call();
+            drop(keep);
+            ran = true;
+            st = self.lock();
+        }
+        ran
+    }
+
+    /// At finalize: runs the one-shot BHs nobody will run otherwise.
+    pub(super) fn run_leftover_oneshots(&self) {
+        loop {
+            let job = self.lock().bhs.pop_front();
+            match job {
+                None => break,
+                Some((_, Job::Oneshot(cb))) => cb.call(),
+                Some((_, Job::Reusable(bh))) => bh.scheduled.store(false, Ordering::SeqCst),
+            }
+        }
+    }
+}
+
+/// # Safety
+/// `ctx` is a live context; `cb(opaque)` may run in its thread.
+#[no_mangle]
+pub unsafe extern "C" fn aio_bh_schedule_oneshot_full(
+    ctx: *mut sys::AioContext,
+    cb: sys::QEMUBHFunc,
+    opaque: *mut c_void,
+    _name: *const c_char,
+) {
+    // SAFETY: live context per the contract.
+    unsafe { inner_ref(ctx) }.schedule(Job::Oneshot(Callback {
+        func: cb,
+        opaque: Opaque(opaque),
+    }));
+}
+
+/// # Safety
+/// `ctx` is a live context that outlives the BH's last schedule.
+#[no_mangle]
+pub unsafe extern "C" fn aio_bh_new_full(
+    ctx: *mut sys::AioContext,
+    cb: sys::QEMUBHFunc,
+    opaque: *mut c_void,
+    _name: *const c_char,
+    _reentrancy_guard: *mut sys::MemReentrancyGuard,
+) -> *mut sys::QEMUBH {
+    // SAFETY: live context per the contract.
+    let inner = unsafe { inner_arc(ctx) };
+    let bh = Arc::new(Bh {
+        ctx: Arc::downgrade(&inner),
+        cb: Callback {
+            func: cb,
+            opaque: Opaque(opaque),
+        },
+        scheduled: AtomicBool::new(false),
+    });
+    Arc::into_raw(bh) as *mut sys::QEMUBH
+}
+
+/// # Safety
+/// `bh` came from [`aio_bh_new_full`] and was not deleted.
+unsafe fn bh_arc(bh: *mut sys::QEMUBH) -> Arc<Bh> {
+    let p = bh as *const Bh;
+    // SAFETY: per the contract the C side still owns one strong count.
+    unsafe {
+        Arc::increment_strong_count(p);
+        Arc::from_raw(p)
+    }
+}
+
+/// # Safety
+/// `bh` came from [`aio_bh_new_full`] and was not deleted.
+#[no_mangle]
+pub unsafe extern "C" fn qemu_bh_schedule(bh: *mut sys::QEMUBH) {
+    // SAFETY: per the contract.
+    let bh = unsafe { bh_arc(bh) };
+    let Some(inner) = bh.ctx.upgrade() else {
+        return;
+    };
+    let mut st = inner.lock();
+    if bh.scheduled.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let seq = st.bh_seq;
+    st.bh_seq += 1;
+    st.bhs.push_back((seq, Job::Reusable(bh)));
+    drop(st);
+    inner.notify();
+}
+
+/// # Safety
+/// `bh` came from [`aio_bh_new_full`] and was not deleted.
+#[no_mangle]
+pub unsafe extern "C" fn qemu_bh_cancel(bh: *mut sys::QEMUBH) {
+    // SAFETY: per the contract.
+    let bh = unsafe { bh_arc(bh) };
+    if let Some(inner) = bh.ctx.upgrade() {
+        inner.lock().unschedule(&bh);
+    }
+}
+
+/// Cancels and frees the BH; allowed from its own callback.
+///
+/// # Safety
+/// `bh` came from [`aio_bh_new_full`] and is not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn qemu_bh_delete(bh: *mut sys::QEMUBH) {
+    if bh.is_null() {
+        return;
+    }
+    // SAFETY: takes back the C side's reference; a running pass holds its
+    // own, so a BH deleting itself stays alive until its callback returns.
+    let bh = unsafe { Arc::from_raw(bh as *const Bh) };
+    if let Some(inner) = bh.ctx.upgrade() {
+        inner.lock().unschedule(&bh);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::fd::AsRawFd, ptr, sync::atomic::Ordering::SeqCst, thread, time::Duration};
+
+    use super::*;
+    use crate::{
+        aio::{testing::*, *},
+        main_loop::{iothread_get_aio_context, iothread_join, iothread_new},
+    };
+
+    unsafe extern "C" fn slow_handler(o: *mut c_void) {
+        // SAFETY: the test's Probe outlives the handler and the BH.
+        let p = unsafe { probe(o) };
+        p.calls.fetch_add(1, SeqCst);
+        p.running.store(true, SeqCst);
+        thread::sleep(Duration::from_millis(200));
+        drain(p.fd.load(SeqCst) as RawFd);
+        p.finished.store(true, SeqCst);
+    }
+
+    /// DESIGN 3.1: a BH scheduled after removing a handler runs only after
+    /// the in-progress call of that handler returned.
+    #[test]
+    fn aio_bh_after_removal_waits_for_running_handler() {
+        let it = iothread_new();
+        // SAFETY: `it` is live until joined below.
+        let ctx = unsafe { iothread_get_aio_context(it) };
+        let (a, b) = socketpair();
+        let p = Probe::default();
+        p.fd.store(a.as_raw_fd() as usize, SeqCst);
+        // SAFETY: live ctx; `p` outlives the handler, the BH and the join.
+        unsafe {
+            aio_set_fd_handler(
+                ctx,
+                a.as_raw_fd(),
+                Some(slow_handler),
+                None,
+                None,
+                None,
+                opaque(&p),
+            );
+        }
+        send_byte(&b);
+        wait_for(|| p.running.load(SeqCst));
+        // SAFETY: as above.
+        unsafe {
+            aio_set_fd_handler(ctx, a.as_raw_fd(), None, None, None, None, ptr::null_mut());
+            aio_bh_schedule_oneshot_full(ctx, Some(observe_bh), opaque(&p), ptr::null());
+        }
+        wait_for(|| p.observed.load(SeqCst) != 0);
+        assert_eq!(p.observed.load(SeqCst), 2, "BH ran while the handler ran");
+        assert_eq!(p.calls.load(SeqCst), 1);
+        // SAFETY: joined once.
+        unsafe { iothread_join(it) };
+    }
+
+    struct SendPtr(*mut sys::AioContext, *const Probe);
+    // SAFETY: the context is thread-safe for scheduling, the Probe is Sync.
+    unsafe impl Send for SendPtr {}
+
+    #[test]
+    fn aio_bh_from_another_thread_wakes_blocking_poll() {
+        let ctx = new_ctx();
+        let p = Probe::default();
+        let sp = SendPtr(ctx, &p);
+        let t = thread::spawn(move || {
+            let sp = sp;
+            thread::sleep(Duration::from_millis(50));
+            // SAFETY: ctx is live until the test joins this thread; the
+            // Probe outlives the BH (the test polls until it ran).
+            unsafe {
+                aio_bh_schedule_oneshot_full(sp.0, Some(count), sp.1 as *mut c_void, ptr::null())
+            };
+        });
+        // SAFETY: live ctx, polled from its home thread.
+        unsafe {
+            while p.calls.load(SeqCst) == 0 {
+                aio_poll(ctx, true);
+            }
+        }
+        t.join().unwrap();
+        // SAFETY: our reference.
+        unsafe { aio_context_unref(ctx) };
+    }
+
+    #[test]
+    fn aio_reusable_bh_schedule_cancel_delete() {
+        let ctx = new_ctx();
+        let p = Probe::default();
+        // SAFETY: live ctx; `p` outlives the BH.
+        unsafe {
+            let bh = aio_bh_new_full(ctx, Some(count), opaque(&p), ptr::null(), ptr::null_mut());
+            qemu_bh_schedule(bh);
+            qemu_bh_schedule(bh);
+            assert!(aio_poll(ctx, false));
+            assert!(!aio_poll(ctx, false));
+            assert_eq!(p.calls.load(SeqCst), 1);
+            qemu_bh_schedule(bh);
+            qemu_bh_cancel(bh);
+            assert!(!aio_poll(ctx, false));
+            qemu_bh_schedule(bh);
+            assert!(aio_poll(ctx, false));
+            assert_eq!(p.calls.load(SeqCst), 2);
+            qemu_bh_schedule(bh);
+            qemu_bh_delete(bh);
+            assert!(!aio_poll(ctx, false));
+            assert_eq!(p.calls.load(SeqCst), 2);
+            aio_context_unref(ctx);
+        }
+    }
+
+    #[test]
+    fn aio_finalize_runs_pending_oneshots() {
+        let ctx = new_ctx();
+        let p = Probe::default();
+        // SAFETY: live ctx; `p` outlives it.
+        unsafe {
+            aio_bh_schedule_oneshot_full(ctx, Some(count), opaque(&p), ptr::null());
+            aio_context_unref(ctx);
+        }
+        assert_eq!(p.calls.load(SeqCst), 1);
+    }
+}

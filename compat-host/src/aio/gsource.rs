@@ -1,0 +1,178 @@
+//! The context as a GSource: GLib's prepare/check/dispatch/finalize run
+//! the same `aio_poll` pass from a GMainContext, and the C entry points
+//! that create and reference a context.
+
+use std::{
+    ffi::{c_int, CString},
+    io,
+    mem::size_of,
+    os::fd::AsRawFd,
+    ptr,
+    sync::Arc,
+};
+
+use super::{inner_arc, inner_ref, timer::monotonic_ns, AioContext, Inner};
+use crate::sys;
+
+unsafe extern "C" fn ctx_prepare(source: *mut sys::GSource, timeout: *mut c_int) -> sys::gboolean {
+    // SAFETY: GLib calls this with our live source and a valid out-pointer.
+    let t = unsafe { inner_ref(source.cast()) }
+        .lock()
+        .timeout_ms(monotonic_ns);
+    // SAFETY: as above.
+    unsafe { *timeout = t };
+    (t == 0) as sys::gboolean
+}
+
+unsafe extern "C" fn ctx_check(source: *mut sys::GSource) -> sys::gboolean {
+    let ctx = source as *mut AioContext;
+    // SAFETY: GLib calls this with our live source, whose tag was set at
+    // creation.
+    let cond = unsafe { sys::g_source_query_unix_fd(source, (*ctx).tag) };
+    // SAFETY: as above.
+    let inner = unsafe { inner_ref(source.cast()) };
+    (cond & sys::GIOCondition_G_IO_IN != 0 || inner.ready()) as sys::gboolean
+}
+
+unsafe extern "C" fn ctx_dispatch(
+    source: *mut sys::GSource,
+    _callback: sys::GSourceFunc,
+    _data: sys::gpointer,
+) -> sys::gboolean {
+    // SAFETY: GLib calls this with our live source.
+    let inner = unsafe { inner_arc(source.cast()) };
+    inner.poll(false);
+    1 // G_SOURCE_CONTINUE
+}
+
+unsafe extern "C" fn ctx_finalize(source: *mut sys::GSource) {
+    let ctx = source as *mut AioContext;
+    // SAFETY: GLib finalizes once; `inner` came from Arc::into_raw.  A
+    // poll still running holds its own Arc, so the state outlives it.
+    let inner = unsafe { Arc::from_raw((*ctx).inner) };
+    inner.run_leftover_oneshots();
+}
+
+static FUNCS: sys::GSourceFuncs = sys::GSourceFuncs {
+    prepare: Some(ctx_prepare),
+    check: Some(ctx_check),
+    dispatch: Some(ctx_dispatch),
+    finalize: Some(ctx_finalize),
+    closure_callback: None,
+    closure_marshal: None,
+};
+
+/// A new context with one reference, for Rust callers.
+pub(crate) fn context_new() -> io::Result<*mut sys::AioContext> {
+    let inner = Inner::new()?;
+    let epfd = inner.epfd.as_raw_fd();
+    // SAFETY: FUNCS lives forever and GLib only reads it (the pointer is
+    // `*mut` for historical reasons); the size covers our struct.
+    let source = unsafe {
+        sys::g_source_new(
+            ptr::addr_of!(FUNCS).cast_mut(),
+            size_of::<AioContext>() as sys::guint,
+        )
+    };
+    let ctx = source as *mut AioContext;
+    // SAFETY: `source` is a fresh, zero-filled allocation of our size that
+    // no one else sees yet.
+    unsafe {
+        (*ctx).inner = Arc::into_raw(Arc::new(inner));
+        (*ctx).tag = sys::g_source_add_unix_fd(source, epfd, sys::GIOCondition_G_IO_IN);
+        sys::g_source_set_name(source, c"aio-context".as_ptr());
+    }
+    Ok(ctx.cast())
+}
+
+/// # Safety
+/// `errp` is NULL or a valid `Error **` (QEMU's conventions).
+#[no_mangle]
+pub unsafe extern "C" fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::AioContext {
+    match context_new() {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            let msg = CString::new(format!("Failed to create AioContext: {e}")).unwrap_or_default();
+            // SAFETY: valid errp per the contract; "%s" with one string.
+            unsafe {
+                sys::error_setg_internal(
+                    errp,
+                    c"compat-host/src/aio.rs".as_ptr(),
+                    line!() as c_int,
+                    c"aio_context_new".as_ptr(),
+                    c"%s".as_ptr(),
+                    msg.as_ptr(),
+                )
+            };
+            ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// `ctx` is a live context.
+#[no_mangle]
+pub unsafe extern "C" fn aio_context_ref(ctx: *mut sys::AioContext) {
+    // SAFETY: a live context is a live GSource.
+    unsafe { sys::g_source_ref(ctx.cast()) };
+}
+
+/// # Safety
+/// `ctx` is a live context and the caller owns the reference it drops.
+#[no_mangle]
+pub unsafe extern "C" fn aio_context_unref(ctx: *mut sys::AioContext) {
+    // SAFETY: as above.
+    unsafe { sys::g_source_unref(ctx.cast()) };
+}
+
+/// # Safety
+/// `ctx` is a live context (its owner may be any thread).
+#[no_mangle]
+pub unsafe extern "C" fn aio_get_g_source(ctx: *mut sys::AioContext) -> *mut sys::GSource {
+    // SAFETY: as above.
+    unsafe { sys::g_source_ref(ctx.cast()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::SeqCst;
+
+    use super::*;
+    use crate::aio::{testing::*, *};
+
+    #[test]
+    fn aio_context_runs_as_gsource_of_private_gmaincontext() {
+        let ctx = new_ctx();
+        let p = Probe::default();
+        // SAFETY: live ctx and GLib objects, released below; `p` outlives
+        // the timer and the BH.
+        unsafe {
+            let gctx = sys::g_main_context_new();
+            let src = aio_get_g_source(ctx);
+            sys::g_source_attach(src, gctx);
+            let ts = aio_timer_new(
+                ctx,
+                sys::QEMUClockType_QEMU_CLOCK_REALTIME,
+                sys::SCALE_US as c_int,
+                Some(count),
+                opaque(&p),
+            );
+            timer_mod(
+                ts,
+                qemu_clock_get_us(sys::QEMUClockType_QEMU_CLOCK_REALTIME) + 10_000,
+            );
+            while p.calls.load(SeqCst) == 0 {
+                sys::g_main_context_iteration(gctx, 1);
+            }
+            aio_bh_schedule_oneshot_full(ctx, Some(count), opaque(&p), ptr::null());
+            while p.calls.load(SeqCst) == 1 {
+                sys::g_main_context_iteration(gctx, 1);
+            }
+            timer_free(ts);
+            sys::g_source_destroy(src);
+            sys::g_source_unref(src);
+            sys::g_main_context_unref(gctx);
+            aio_context_unref(ctx);
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! The poll loop: fd handlers in the epoll set, the eventfd that
+//! `aio_notify` writes, and one `aio_poll` pass (BHs, ready fds, timers,
+//! BHs again).
+
+use std::{
+    ffi::{c_int, c_void},
+    io,
+    mem::{size_of, MaybeUninit},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Condvar, Mutex,
+    },
+};
+
+use super::{
+    inner_arc, inner_ref, report, thread_id, timer::monotonic_ns, Callback, Inner, Opaque,
+};
+use crate::sys;
+
+/// epoll token of the eventfd (handler fds use their fd number).
+const NOTIFY_TOKEN: u64 = u64::MAX;
+/// Events taken from the kernel per `epoll_wait`; more stay pending
+/// (level-triggered) for the next pass.
+const MAX_EVENTS: usize = 64;
+
+#[derive(Clone, Copy)]
+pub(super) struct Handler {
+    io_read: sys::IOHandler,
+    io_write: sys::IOHandler,
+    opaque: Opaque,
+}
+
+fn epoll_ctl(epfd: RawFd, op: c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: `ev` is a valid epoll_event; bad fds just fail.
+    if unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl Inner {
+    pub(super) fn new() -> io::Result<Inner> {
+        // SAFETY: plain syscall.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd nobody else owns.
+        let epfd = unsafe { OwnedFd::from_raw_fd(epfd) };
+        // SAFETY: plain syscall.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd nobody else owns.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
+        epoll_ctl(
+            epfd.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            eventfd.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            NOTIFY_TOKEN,
+        )?;
+        Ok(Inner {
+            epfd,
+            eventfd,
+            notified: AtomicBool::new(false),
+            home: AtomicU64::new(thread_id()),
+            state: Mutex::default(),
+            owner: Mutex::default(),
+            owner_cv: Condvar::new(),
+        })
+    }
+
+    pub(super) fn notify(&self) {
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.  It
+            // cannot fail short of 2^64 - 1 pending wake-ups.
+            unsafe {
+                libc::write(
+                    self.eventfd.as_raw_fd(),
+                    (&one as *const u64).cast(),
+                    size_of::<u64>(),
+                )
+            };
+        }
+    }
+
+    /// Consumes a notification.  The eventfd is drained *before* the flag
+    /// is cleared: a notifier racing with us either sees the flag still set
+    /// (and its work, queued before it notified, is picked up by the BH and
+    /// timer passes that follow) or writes again.
+    fn accept_notify(&self) {
+        let mut buf: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a valid u64; non-blocking.
+        unsafe {
+            libc::read(
+                self.eventfd.as_raw_fd(),
+                (&mut buf as *mut u64).cast(),
+                size_of::<u64>(),
+            )
+        };
+        self.notified.store(false, Ordering::SeqCst);
+    }
+
+    fn set_handler(&self, fd: RawFd, handler: Option<Handler>) {
+        let epfd = self.epfd.as_raw_fd();
+        let mut st = self.lock();
+        let failure = match handler {
+            None => {
+                if st.handlers.remove(&fd).is_some() {
+                    // Fails only if the fd was already closed, which also
+                    // removed it from the epoll set.
+                    let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
+                }
+                None
+            }
+            Some(h) => {
+                let mut events = 0;
+                if h.io_read.is_some() {
+                    events |= libc::EPOLLIN as u32;
+                }
+                if h.io_write.is_some() {
+                    events |= libc::EPOLLOUT as u32;
+                }
+                let token = fd as u64;
+                let (first, second) = if st.handlers.contains_key(&fd) {
+                    (libc::EPOLL_CTL_MOD, libc::EPOLL_CTL_ADD)
+                } else {
+                    (libc::EPOLL_CTL_ADD, libc::EPOLL_CTL_MOD)
+                };
+                // The table and the epoll set disagree when the fd was
+                // closed and its number reused without removing the
+                // handler: retry with the other operation.
+                let r =
+                    epoll_ctl(epfd, first, fd, events, token).or_else(|e| match e.raw_os_error() {
+                        Some(libc::ENOENT) | Some(libc::EEXIST) => {
+                            epoll_ctl(epfd, second, fd, events, token)
+                        }
+                        _ => Err(e),
+                    });
+                match r {
+                    Ok(()) => {
+                        st.handlers.insert(fd, h);
+                        None
+                    }
+                    Err(e) => {
+                        if st.handlers.remove(&fd).is_some() {
+                            let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
+                        }
+                        Some(e)
+                    }
+                }
+            }
+        };
+        drop(st);
+        if let Some(e) = failure {
+            report(&format!("aio_set_fd_handler: cannot watch fd {fd}: {e}"));
+        }
+        self.notify();
+    }
+
+    /// The handler of `fd` as registered right now.
+    fn current(&self, fd: RawFd, pick: fn(&Handler) -> sys::IOHandler) -> Option<Callback> {
+        let st = self.lock();
+        let h = st.handlers.get(&fd)?;
+        pick(h).map(|f| Callback {
+            func: Some(f),
+            opaque: h.opaque,
+        })
+    }
+
+    fn dispatch_fd(&self, fd: RawFd, events: u32) -> bool {
+        let mut ran = false;
+        let (rd, wr) = (
+            (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32,
+            (libc::EPOLLOUT | libc::EPOLLERR) as u32,
+        );
+        if events & rd != 0 {
+            if let Some(cb) = self.current(fd, |h| h.io_read) {
+                cb.call();
+                ran = true;
+            }
+        }
+        // Looked up again: the read handler may have removed or replaced
+        // the registration.
+        if events & wr != 0 {
+            if let Some(cb) = self.current(fd, |h| h.io_write) {
+                cb.call();
+                ran = true;
+            }
+        }
+        ran
+    }
+
+    /// One `aio_poll` pass.
+    pub(super) fn poll(&self, blocking: bool) -> bool {
+        let _entered = self.enter();
+        let mut progress = self.run_bhs();
+        let timeout = if !blocking || progress {
+            0
+        } else {
+            self.lock().timeout_ms(monotonic_ns)
+        };
+        // Not initialized: epoll_wait fills the first n (zeroing all 64
+        // would cost more than the rest of a wake-up's bookkeeping).
+        let mut events = [const { MaybeUninit::<libc::epoll_event>::uninit() }; MAX_EVENTS];
+        // SAFETY: `events` has room for MAX_EVENTS entries.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epfd.as_raw_fd(),
+                events.as_mut_ptr().cast(),
+                MAX_EVENTS as c_int,
+                timeout,
+            )
+        };
+        // n < 0 is EINTR (the fds are ours): nothing ready this time.
+        for ev in &events[..n.max(0) as usize] {
+            // SAFETY: epoll_wait wrote the first n entries.
+            let ev = unsafe { ev.assume_init_ref() };
+            let (flags, token) = (ev.events, ev.u64);
+            if token == NOTIFY_TOKEN {
+                self.accept_notify();
+            } else {
+                progress |= self.dispatch_fd(token as RawFd, flags);
+            }
+        }
+        progress |= self.run_timers();
+        progress |= self.run_bhs();
+        progress
+    }
+
+    /// Whether a BH or timer is ready to run.
+    pub(super) fn ready(&self) -> bool {
+        self.lock().timeout_ms(monotonic_ns) == 0
+    }
+}
+
+/// # Safety
+/// `ctx` is a live context.
+#[no_mangle]
+pub unsafe extern "C" fn aio_notify(ctx: *mut sys::AioContext) {
+    // SAFETY: per the contract.
+    unsafe { inner_ref(ctx) }.notify();
+}
+
+/// # Safety
+/// `ctx` is a live context; the caller is its home thread (another
+/// thread running it is waited for).
+#[no_mangle]
+pub unsafe extern "C" fn aio_poll(ctx: *mut sys::AioContext, blocking: bool) -> bool {
+    // SAFETY: per the contract; the Arc keeps the state alive even if a
+    // callback drops the last reference to the context.
+    let inner = unsafe { inner_arc(ctx) };
+    inner.poll(blocking)
+}
+
+/// # Safety
+/// `ctx` is a live context; the handlers may be called with `opaque` in
+/// its thread until removal returns (see the module docs).
+#[no_mangle]
+pub unsafe extern "C" fn aio_set_fd_handler(
+    ctx: *mut sys::AioContext,
+    fd: c_int,
+    io_read: sys::IOHandler,
+    io_write: sys::IOHandler,
+    _io_poll: sys::AioPollFn,
+    _io_poll_ready: sys::IOHandler,
+    opaque: *mut c_void,
+) {
+    if ctx.is_null() || fd < 0 {
+        return;
+    }
+    let handler = (io_read.is_some() || io_write.is_some()).then_some(Handler {
+        io_read,
+        io_write,
+        opaque: Opaque(opaque),
+    });
+    // SAFETY: per the contract.
+    unsafe { inner_ref(ctx) }.set_handler(fd, handler);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{ptr, sync::atomic::Ordering::SeqCst, thread, time::Duration};
+
+    use super::*;
+    use crate::{
+        aio::{testing::*, *},
+        main_loop::{iothread_get_aio_context, iothread_join, iothread_new},
+    };
+
+    unsafe extern "C" fn read_and_count(o: *mut c_void) {
+        // SAFETY: the tests pass a Probe that outlives the registration.
+        let p = unsafe { probe(o) };
+        drain(p.fd.load(SeqCst) as RawFd);
+        p.calls.fetch_add(1, SeqCst);
+    }
+
+    #[test]
+    fn aio_fd_handler_fires_and_is_removed() {
+        let ctx = new_ctx();
+        let (a, b) = socketpair();
+        let p = Probe::default();
+        p.fd.store(a.as_raw_fd() as usize, SeqCst);
+        // SAFETY: live ctx; `p` outlives the registration.
+        unsafe {
+            aio_set_fd_handler(
+                ctx,
+                a.as_raw_fd(),
+                Some(read_and_count),
+                None,
+                None,
+                None,
+                opaque(&p),
+            );
+            assert!(!aio_poll(ctx, false));
+            send_byte(&b);
+            assert!(aio_poll(ctx, true));
+            assert_eq!(p.calls.load(SeqCst), 1);
+            assert!(!aio_poll(ctx, false));
+            aio_set_fd_handler(ctx, a.as_raw_fd(), None, None, None, None, ptr::null_mut());
+            send_byte(&b);
+            assert!(!aio_poll(ctx, false));
+            assert_eq!(p.calls.load(SeqCst), 1);
+            aio_context_unref(ctx);
+        }
+    }
+
+    #[test]
+    fn aio_write_handler_and_replacement() {
+        let ctx = new_ctx();
+        let (a, _b) = socketpair();
+        let (p1, p2) = (Probe::default(), Probe::default());
+        // SAFETY: live ctx; the probes outlive the registrations.
+        unsafe {
+            aio_set_fd_handler(
+                ctx,
+                a.as_raw_fd(),
+                None,
+                Some(count),
+                None,
+                None,
+                opaque(&p1),
+            );
+            assert!(aio_poll(ctx, false));
+            aio_set_fd_handler(
+                ctx,
+                a.as_raw_fd(),
+                None,
+                Some(count),
+                None,
+                None,
+                opaque(&p2),
+            );
+            assert!(aio_poll(ctx, false));
+            aio_set_fd_handler(ctx, a.as_raw_fd(), None, None, None, None, ptr::null_mut());
+            assert!(!aio_poll(ctx, false));
+            aio_context_unref(ctx);
+        }
+        assert_eq!((p1.calls.load(SeqCst), p2.calls.load(SeqCst)), (1, 1));
+    }
+
+    #[test]
+    fn aio_regular_file_is_reported_not_fatal() {
+        let ctx = new_ctx();
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        let p = Probe::default();
+        // SAFETY: live ctx; `p` outlives the (refused) registration.
+        unsafe {
+            aio_set_fd_handler(
+                ctx,
+                f.as_raw_fd(),
+                Some(count),
+                None,
+                None,
+                None,
+                opaque(&p),
+            );
+            assert!(!aio_poll(ctx, false));
+            aio_context_unref(ctx);
+        }
+        assert_eq!(p.calls.load(SeqCst), 0);
+    }
+
+    #[test]
+    fn aio_removal_from_another_thread_while_iothread_runs() {
+        let it = iothread_new();
+        // SAFETY: `it` is live until joined below.
+        let ctx = unsafe { iothread_get_aio_context(it) };
+        let (a, b) = socketpair();
+        let p = Probe::default();
+        p.fd.store(a.as_raw_fd() as usize, SeqCst);
+        // SAFETY: live ctx; `p` outlives the registration and the join.
+        unsafe {
+            aio_set_fd_handler(
+                ctx,
+                a.as_raw_fd(),
+                Some(read_and_count),
+                None,
+                None,
+                None,
+                opaque(&p),
+            );
+        }
+        for i in 1..=3 {
+            send_byte(&b);
+            wait_for(|| p.calls.load(SeqCst) == i);
+        }
+        // SAFETY: as above.
+        unsafe { aio_set_fd_handler(ctx, a.as_raw_fd(), None, None, None, None, ptr::null_mut()) };
+        send_byte(&b);
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(p.calls.load(SeqCst), 3);
+        // SAFETY: joined once.
+        unsafe { iothread_join(it) };
+    }
+
+    unsafe extern "C" fn nested_handler(o: *mut c_void) {
+        // SAFETY: the test's Probe outlives the registration.
+        let p = unsafe { probe(o) };
+        drain(p.fd.load(SeqCst) as RawFd);
+        p.calls.fetch_add(1, SeqCst);
+        let ctx = p.ctx.load(SeqCst) as *mut sys::AioContext;
+        // SAFETY: the ctx is live while the test polls it.  Like
+        // AIO_WAIT_WHILE: a nested blocking poll until the BH ran.
+        unsafe {
+            aio_bh_schedule_oneshot_full(ctx, Some(observe_bh), o, ptr::null());
+            while p.observed.load(SeqCst) == 0 {
+                aio_poll(ctx, true);
+            }
+        }
+        p.finished.store(true, SeqCst);
+    }
+
+    #[test]
+    fn aio_nested_poll_from_handler() {
+        let ctx = new_ctx();
+        let (a, b) = socketpair();
+        let p = Probe::default();
+        p.fd.store(a.as_raw_fd() as usize, SeqCst);
+        p.ctx.store(ctx as usize, SeqCst);
+        // SAFETY: live ctx; `p` outlives the registration.
+        unsafe {
+            aio_set_fd_handler(
+                ctx,
+                a.as_raw_fd(),
+                Some(nested_handler),
+                None,
+                None,
+                None,
+                opaque(&p),
+            );
+            send_byte(&b);
+            assert!(aio_poll(ctx, true));
+            assert!(p.finished.load(SeqCst));
+            assert_eq!(p.calls.load(SeqCst), 1);
+            assert!(in_aio_context_home_thread(ctx));
+            aio_set_fd_handler(ctx, a.as_raw_fd(), None, None, None, None, ptr::null_mut());
+            aio_context_unref(ctx);
+        }
+    }
+}

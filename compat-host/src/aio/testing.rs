@@ -1,0 +1,91 @@
+//! Test helpers shared by the AioContext tests.
+
+use std::{
+    ffi::c_void,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    ptr,
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::aio_context_new;
+use crate::sys;
+
+pub(super) fn new_ctx() -> *mut sys::AioContext {
+    // SAFETY: NULL errp is allowed.
+    let ctx = unsafe { aio_context_new(ptr::null_mut()) };
+    assert!(!ctx.is_null());
+    ctx
+}
+
+pub(super) fn socketpair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two fds.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: fresh fds we own.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+pub(super) fn send_byte(fd: &OwnedFd) {
+    // SAFETY: writes one byte from a valid buffer.
+    let n = unsafe { libc::write(fd.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+    assert_eq!(n, 1);
+}
+
+pub(super) fn drain(fd: RawFd) -> isize {
+    let mut buf = [0u8; 64];
+    // SAFETY: reads into a valid buffer; the fd is non-blocking.
+    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+}
+
+/// Polls until `cond` holds, failing after 5 s.
+pub(super) fn wait_for(mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(5), "timed out");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Shared by a test and its C callbacks through `opaque`.
+#[derive(Default)]
+pub(super) struct Probe {
+    pub(super) fd: AtomicUsize,
+    pub(super) calls: AtomicUsize,
+    pub(super) running: AtomicBool,
+    pub(super) finished: AtomicBool,
+    pub(super) observed: AtomicUsize,
+    pub(super) ctx: AtomicUsize,
+}
+
+pub(super) fn opaque(p: &Probe) -> *mut c_void {
+    p as *const Probe as *mut c_void
+}
+
+/// # Safety
+/// `o` points at a live Probe.
+pub(super) unsafe fn probe<'a>(o: *mut c_void) -> &'a Probe {
+    // SAFETY: per the contract.
+    unsafe { &*(o as *const Probe) }
+}
+
+pub(super) unsafe extern "C" fn count(o: *mut c_void) {
+    // SAFETY: as above.
+    unsafe { probe(o) }.calls.fetch_add(1, SeqCst);
+}
+
+pub(super) unsafe extern "C" fn observe_bh(o: *mut c_void) {
+    // SAFETY: as above.
+    let p = unsafe { probe(o) };
+    p.observed
+        .store(1 + p.finished.load(SeqCst) as usize, SeqCst);
+}
