@@ -220,7 +220,7 @@ pub unsafe extern "C" fn iothread_get_aio_context(
 #[cfg(test)]
 mod tests {
     use std::{
-        os::fd::{AsRawFd, FromRawFd, OwnedFd},
+        os::fd::AsRawFd,
         sync::atomic::AtomicUsize,
         thread,
         time::{Duration, Instant},
@@ -300,11 +300,7 @@ mod tests {
         t.join().unwrap();
 
         // An fd handler of the main context runs from GLib too.
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for two fds.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: fresh fds we own.
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let reads = AtomicUsize::new(0);
         // SAFETY: main is live; `reads` outlives the registration.
         unsafe {
@@ -317,8 +313,8 @@ mod tests {
                 None,
                 &reads as *const AtomicUsize as *mut c_void,
             );
-            assert_eq!(libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1), 1);
         }
+        assert_eq!(nix::unistd::write(&w, b"x"), Ok(1));
         while reads.load(Ordering::SeqCst) == 0 {
             main_loop_wait(0);
             assert!(start.elapsed() < Duration::from_secs(5));

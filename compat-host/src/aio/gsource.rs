@@ -65,7 +65,7 @@ static FUNCS: sys::GSourceFuncs = sys::GSourceFuncs {
 /// A new context with one reference, for Rust callers.
 pub(crate) fn context_new() -> io::Result<*mut sys::AioContext> {
     let inner = Inner::new()?;
-    let epfd = inner.epfd.as_raw_fd();
+    let epfd = inner.epoll.0.as_raw_fd();
     // SAFETY: FUNCS lives forever and GLib only reads it (the pointer is
     // `*mut` for historical reasons); the size covers our struct.
     let source = unsafe {

@@ -68,13 +68,15 @@ use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     ffi::{c_int, c_void, CString},
     hash::{BuildHasherDefault, Hasher},
-    os::fd::{OwnedFd, RawFd},
+    os::fd::RawFd,
     ptr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Condvar, Mutex, MutexGuard, PoisonError,
     },
 };
+
+use nix::sys::{epoll::Epoll, eventfd::EventFd};
 
 use crate::sys;
 
@@ -205,8 +207,8 @@ struct Owner {
 
 /// The Rust state of one AioContext.
 pub struct Inner {
-    epfd: OwnedFd,
-    eventfd: OwnedFd,
+    epoll: Epoll,
+    eventfd: EventFd,
     /// Set while the eventfd holds an unconsumed notification, so that a
     /// burst of `aio_notify` calls costs one write.
     notified: AtomicBool,

@@ -5,12 +5,17 @@
 use std::{
     ffi::{c_int, c_void},
     io,
-    mem::{size_of, MaybeUninit},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    mem::MaybeUninit,
+    os::fd::{AsRawFd, BorrowedFd, RawFd},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Condvar, Mutex,
     },
+};
+
+use nix::sys::{
+    epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollOp},
+    eventfd::{EfdFlags, EventFd},
 };
 
 use super::{
@@ -31,41 +36,35 @@ pub(super) struct Handler {
     opaque: Opaque,
 }
 
-fn epoll_ctl(epfd: RawFd, op: c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-    let mut ev = libc::epoll_event { events, u64: token };
-    // SAFETY: `ev` is a valid epoll_event; bad fds just fail.
-    if unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) } < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+/// epoll_ctl on an fd that C names by number.
+fn epoll_ctl(
+    epoll: &Epoll,
+    op: EpollOp,
+    fd: RawFd,
+    events: EpollFlags,
+    token: u64,
+) -> io::Result<()> {
+    // SAFETY: the borrow ends with this call, which only hands the number
+    // to the kernel: if C already closed the fd, epoll_ctl fails (EBADF,
+    // or ENOENT/EEXIST for a reused number, handled by the caller).
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut ev = EpollEvent::new(events, token);
+    match op {
+        EpollOp::EpollCtlAdd => epoll.add(fd, ev),
+        EpollOp::EpollCtlDel => epoll.delete(fd),
+        _ => epoll.modify(fd, &mut ev),
     }
+    .map_err(io::Error::from)
 }
 
 impl Inner {
     pub(super) fn new() -> io::Result<Inner> {
-        // SAFETY: plain syscall.
-        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epfd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd nobody else owns.
-        let epfd = unsafe { OwnedFd::from_raw_fd(epfd) };
-        // SAFETY: plain syscall.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if efd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd nobody else owns.
-        let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
-        epoll_ctl(
-            epfd.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            eventfd.as_raw_fd(),
-            libc::EPOLLIN as u32,
-            NOTIFY_TOKEN,
-        )?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let eventfd =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        epoll.add(&eventfd, EpollEvent::new(EpollFlags::EPOLLIN, NOTIFY_TOKEN))?;
         Ok(Inner {
-            epfd,
+            epoll,
             eventfd,
             notified: AtomicBool::new(false),
             home: AtomicU64::new(thread_id()),
@@ -77,16 +76,8 @@ impl Inner {
 
     pub(super) fn notify(&self) {
         if !self.notified.swap(true, Ordering::SeqCst) {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.  It
-            // cannot fail short of 2^64 - 1 pending wake-ups.
-            unsafe {
-                libc::write(
-                    self.eventfd.as_raw_fd(),
-                    (&one as *const u64).cast(),
-                    size_of::<u64>(),
-                )
-            };
+            // Cannot fail short of 2^64 - 1 pending wake-ups.
+            let _ = self.eventfd.write(1);
         }
     }
 
@@ -95,54 +86,48 @@ impl Inner {
     /// (and its work, queued before it notified, is picked up by the BH and
     /// timer passes that follow) or writes again.
     fn accept_notify(&self) {
-        let mut buf: u64 = 0;
-        // SAFETY: reads at most 8 bytes into a valid u64; non-blocking.
-        unsafe {
-            libc::read(
-                self.eventfd.as_raw_fd(),
-                (&mut buf as *mut u64).cast(),
-                size_of::<u64>(),
-            )
-        };
+        // Non-blocking: EAGAIN if a racing pass consumed it first.
+        let _ = self.eventfd.read();
         self.notified.store(false, Ordering::SeqCst);
     }
 
     fn set_handler(&self, fd: RawFd, handler: Option<Handler>) {
-        let epfd = self.epfd.as_raw_fd();
+        let epoll = &self.epoll;
         let mut st = self.lock();
         let failure = match handler {
             None => {
                 if st.handlers.remove(&fd).is_some() {
                     // Fails only if the fd was already closed, which also
                     // removed it from the epoll set.
-                    let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
+                    let _ = epoll_ctl(epoll, EpollOp::EpollCtlDel, fd, EpollFlags::empty(), 0);
                 }
                 None
             }
             Some(h) => {
-                let mut events = 0;
+                let mut events = EpollFlags::empty();
                 if h.io_read.is_some() {
-                    events |= libc::EPOLLIN as u32;
+                    events |= EpollFlags::EPOLLIN;
                 }
                 if h.io_write.is_some() {
-                    events |= libc::EPOLLOUT as u32;
+                    events |= EpollFlags::EPOLLOUT;
                 }
                 let token = fd as u64;
                 let (first, second) = if st.handlers.contains_key(&fd) {
-                    (libc::EPOLL_CTL_MOD, libc::EPOLL_CTL_ADD)
+                    (EpollOp::EpollCtlMod, EpollOp::EpollCtlAdd)
                 } else {
-                    (libc::EPOLL_CTL_ADD, libc::EPOLL_CTL_MOD)
+                    (EpollOp::EpollCtlAdd, EpollOp::EpollCtlMod)
                 };
                 // The table and the epoll set disagree when the fd was
                 // closed and its number reused without removing the
                 // handler: retry with the other operation.
-                let r =
-                    epoll_ctl(epfd, first, fd, events, token).or_else(|e| match e.raw_os_error() {
+                let r = epoll_ctl(epoll, first, fd, events, token).or_else(|e| {
+                    match e.raw_os_error() {
                         Some(libc::ENOENT) | Some(libc::EEXIST) => {
-                            epoll_ctl(epfd, second, fd, events, token)
+                            epoll_ctl(epoll, second, fd, events, token)
                         }
                         _ => Err(e),
-                    });
+                    }
+                });
                 match r {
                     Ok(()) => {
                         st.handlers.insert(fd, h);
@@ -150,7 +135,8 @@ impl Inner {
                     }
                     Err(e) => {
                         if st.handlers.remove(&fd).is_some() {
-                            let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
+                            let _ =
+                                epoll_ctl(epoll, EpollOp::EpollCtlDel, fd, EpollFlags::empty(), 0);
                         }
                         Some(e)
                     }
@@ -174,13 +160,11 @@ impl Inner {
         })
     }
 
-    fn dispatch_fd(&self, fd: RawFd, events: u32) -> bool {
+    fn dispatch_fd(&self, fd: RawFd, events: EpollFlags) -> bool {
         let mut ran = false;
-        let (rd, wr) = (
-            (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32,
-            (libc::EPOLLOUT | libc::EPOLLERR) as u32,
-        );
-        if events & rd != 0 {
+        let rd = EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+        let wr = EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR;
+        if events.intersects(rd) {
             if let Some(cb) = self.current(fd, |h| h.io_read) {
                 cb.call();
                 ran = true;
@@ -188,7 +172,7 @@ impl Inner {
         }
         // Looked up again: the read handler may have removed or replaced
         // the registration.
-        if events & wr != 0 {
+        if events.intersects(wr) {
             if let Some(cb) = self.current(fd, |h| h.io_write) {
                 cb.call();
                 ran = true;
@@ -207,12 +191,13 @@ impl Inner {
             self.lock().timeout_ms(monotonic_ns)
         };
         // Not initialized: epoll_wait fills the first n (zeroing all 64
-        // would cost more than the rest of a wake-up's bookkeeping).
+        // would cost more than the rest of a wake-up's bookkeeping).  Not
+        // nix's Epoll::wait, which needs an initialized [EpollEvent] buffer.
         let mut events = [const { MaybeUninit::<libc::epoll_event>::uninit() }; MAX_EVENTS];
         // SAFETY: `events` has room for MAX_EVENTS entries.
         let n = unsafe {
             libc::epoll_wait(
-                self.epfd.as_raw_fd(),
+                self.epoll.0.as_raw_fd(),
                 events.as_mut_ptr().cast(),
                 MAX_EVENTS as c_int,
                 timeout,
@@ -222,7 +207,7 @@ impl Inner {
         for ev in &events[..n.max(0) as usize] {
             // SAFETY: epoll_wait wrote the first n entries.
             let ev = unsafe { ev.assume_init_ref() };
-            let (flags, token) = (ev.events, ev.u64);
+            let (flags, token) = (EpollFlags::from_bits_retain(ev.events as c_int), ev.u64);
             if token == NOTIFY_TOKEN {
                 self.accept_notify();
             } else {
@@ -286,7 +271,7 @@ pub unsafe extern "C" fn aio_set_fd_handler(
 
 #[cfg(test)]
 mod tests {
-    use std::{ptr, sync::atomic::Ordering::SeqCst, thread, time::Duration};
+    use std::{os::fd::AsRawFd, ptr, sync::atomic::Ordering::SeqCst, thread, time::Duration};
 
     use super::*;
     use crate::{

@@ -2,12 +2,14 @@
 
 use std::{
     ffi::c_void,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{OwnedFd, RawFd},
     ptr,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
     thread,
     time::{Duration, Instant},
 };
+
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
 
 use super::aio_context_new;
 use crate::sys;
@@ -20,25 +22,17 @@ pub(super) fn new_ctx() -> *mut sys::AioContext {
 }
 
 pub(super) fn socketpair() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two fds.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0);
-    // SAFETY: fresh fds we own.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )
+    .expect("socketpair")
 }
 
 pub(super) fn send_byte(fd: &OwnedFd) {
-    // SAFETY: writes one byte from a valid buffer.
-    let n = unsafe { libc::write(fd.as_raw_fd(), b"x".as_ptr().cast(), 1) };
-    assert_eq!(n, 1);
+    assert_eq!(nix::unistd::write(fd, b"x"), Ok(1));
 }
 
 pub(super) fn drain(fd: RawFd) -> isize {
