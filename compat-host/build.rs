@@ -5,6 +5,10 @@
 
 use std::{env, path::PathBuf};
 
+/// GLib's scalar typedefs that glib-sys defines; the others (guint,
+/// gsize...) glib-sys spells as the C types, so bindgen's stay.
+const GLIB_SCALARS: &str = "g(boolean|pointer|constpointer)";
+
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let include = manifest.join("../include/compat");
@@ -17,10 +21,13 @@ fn main() {
         .header(manifest.join("wrapper.h").to_str().unwrap())
         .clang_arg(format!("-I{}", include.display()))
         .allowlist_file(format!("{}/.*", include.display()))
-        .allowlist_function("g_.*")
-        .allowlist_type("G.*")
-        .allowlist_var("G_.*")
         .blocklist_item("_?IO_.*")
+        // GLib comes from glib-sys, as in QEMU's own Rust bindings and the
+        // listener's: the compat host's types then use GLib's own.
+        .blocklist_type("_?G[A-Z].*")
+        .blocklist_type(GLIB_SCALARS)
+        .blocklist_function("g_.*")
+        .blocklist_item("G_.*")
         .derive_default(true)
         .layout_tests(true)
         .generate_comments(false)

@@ -51,8 +51,7 @@ unsafe fn text(p: *const c_char) -> String {
 fn new_address(ty: sys::SocketAddressType) -> *mut sys::SocketAddress {
     // SAFETY: g_malloc0 aborts rather than returning NULL; all-zero is a
     // valid SocketAddress (NULL strings, false flags).
-    let a = unsafe { sys::g_malloc0(size_of::<sys::SocketAddress>() as sys::gsize) }
-        .cast::<sys::SocketAddress>();
+    let a = unsafe { sys::g_malloc0(size_of::<sys::SocketAddress>()) }.cast::<sys::SocketAddress>();
     // SAFETY: a is a fresh allocation.
     unsafe { (*a).type_ = ty };
     a
@@ -1496,9 +1495,8 @@ pub unsafe extern "C" fn qio_dns_resolver_lookup_sync(
     };
     let n = list.len();
     // SAFETY: g_malloc0 aborts rather than failing; the array has n slots.
-    let arr =
-        unsafe { sys::g_malloc0((n.max(1) * size_of::<*mut sys::SocketAddress>()) as sys::gsize) }
-            .cast::<*mut sys::SocketAddress>();
+    let arr = unsafe { sys::g_malloc0(n.max(1) * size_of::<*mut sys::SocketAddress>()) }
+        .cast::<*mut sys::SocketAddress>();
     for (i, b) in list.into_iter().enumerate() {
         // SAFETY: i < n.
         unsafe { *arr.add(i) = b.into_raw() };

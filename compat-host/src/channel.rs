@@ -1194,7 +1194,7 @@ mod tests {
         cond: sys::GIOCondition,
         data: sys::gpointer,
     ) -> sys::gboolean {
-        assert_eq!(cond, sys::GIOCondition_G_IO_IN);
+        assert_eq!(cond, sys::G_IO_IN);
         assert_eq!(data as usize, 0x1234);
         let mut err = ptr::null_mut();
         // SAFETY: ioc is the listening channel the watch holds.
@@ -1220,7 +1220,7 @@ mod tests {
             let ctx = sys::g_main_context_new();
             let src = qio_channel_add_watch_source(
                 l.cast(),
-                sys::GIOCondition_G_IO_IN,
+                sys::G_IO_IN,
                 Some(on_incoming),
                 0x1234 as sys::gpointer,
                 Some(on_destroy),
@@ -1250,7 +1250,7 @@ mod tests {
             // add_watch_full returns an id that removes the watch.
             let id = qio_channel_add_watch_full(
                 l.cast(),
-                sys::GIOCondition_G_IO_IN,
+                sys::G_IO_IN,
                 Some(on_incoming),
                 0x1234 as sys::gpointer,
                 Some(on_destroy),

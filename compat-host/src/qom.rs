@@ -240,7 +240,7 @@ impl TypeImpl {
         }
         // SAFETY: g_malloc0 aborts rather than returning NULL; classes
         // live for the whole process like QEMU's.
-        let class = unsafe { sys::g_malloc0(size as sys::gsize) }.cast::<sys::ObjectClass>();
+        let class = unsafe { sys::g_malloc0(size) }.cast::<sys::ObjectClass>();
         if let Some(p) = parent {
             let pc = p.class();
             // SAFETY: the parent class has parent_size bytes and the new
@@ -454,7 +454,7 @@ impl Layout {
             // thread's cache of freed blocks, which is where an accepted
             // client's channel finds the last one's memory).
             // SAFETY: g_malloc aborts rather than returning NULL.
-            let p = unsafe { sys::g_malloc(size as sys::gsize) };
+            let p = unsafe { sys::g_malloc(size) };
             (p.cast(), Some(sys::g_free))
         } else {
             let mut p: *mut c_void = ptr::null_mut();

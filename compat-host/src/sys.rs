@@ -1,5 +1,5 @@
 //! The compat host's C headers as bindgen sees them (generated; never
-//! edited).  Functions declared here are the ones this crate itself
+//! edited), with GLib's part from glib-sys.  Functions declared here are the ones this crate itself
 //! exports; declaring them lets one module call another's export by its C
 //! name, exactly as C code does.
 #![allow(
@@ -12,5 +12,8 @@
     clippy::undocumented_unsafe_blocks,
     clippy::missing_safety_doc
 )]
+
+// GLib's types and functions, which bindgen leaves out (build.rs).
+pub use glib_sys::*;
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));

@@ -31,7 +31,7 @@ unsafe extern "C" fn ctx_check(source: *mut sys::GSource) -> sys::gboolean {
     let cond = unsafe { sys::g_source_query_unix_fd(source, (*ctx).tag) };
     // SAFETY: as above.
     let inner = unsafe { inner_ref(source.cast()) };
-    (cond & sys::GIOCondition_G_IO_IN != 0 || inner.ready()) as sys::gboolean
+    (cond & sys::G_IO_IN != 0 || inner.ready()) as sys::gboolean
 }
 
 unsafe extern "C" fn ctx_dispatch(
@@ -79,7 +79,7 @@ pub(crate) fn context_new() -> io::Result<*mut sys::AioContext> {
     // no one else sees yet.
     unsafe {
         (*ctx).inner = Arc::into_raw(Arc::new(inner));
-        (*ctx).tag = sys::g_source_add_unix_fd(source, epfd, sys::GIOCondition_G_IO_IN);
+        (*ctx).tag = sys::g_source_add_unix_fd(source, epfd, sys::G_IO_IN);
         sys::g_source_set_name(source, c"aio-context".as_ptr());
     }
     Ok(ctx.cast())
