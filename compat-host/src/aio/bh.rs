@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use super::{inner_arc, inner_ref, Callback, Inner, Opaque, State};
+use super::{arc_clone, inner_arc, inner_ref, Callback, Inner, Opaque, State};
 use crate::sys;
 
 /// A reusable BH (`QEMUBH *` is `Arc::into_raw` of this).
@@ -134,12 +134,8 @@ pub unsafe extern "C" fn aio_bh_new_full(
 /// # Safety
 /// `bh` came from [`aio_bh_new_full`] and was not deleted.
 unsafe fn bh_arc(bh: *mut sys::QEMUBH) -> Arc<Bh> {
-    let p = bh as *const Bh;
     // SAFETY: per the contract the C side still owns one strong count.
-    unsafe {
-        Arc::increment_strong_count(p);
-        Arc::from_raw(p)
-    }
+    unsafe { arc_clone(bh as *const Bh) }
 }
 
 /// # Safety
@@ -217,26 +213,14 @@ mod tests {
         let it = iothread_new();
         // SAFETY: `it` is live until joined below.
         let ctx = unsafe { iothread_get_aio_context(it) };
-        let (a, b) = socketpair();
         let p = Probe::default();
-        p.fd.store(a.as_raw_fd() as usize, SeqCst);
         // SAFETY: live ctx; `p` outlives the handler, the BH and the join.
-        unsafe {
-            aio_set_fd_handler(
-                ctx,
-                a.as_raw_fd(),
-                Some(slow_handler),
-                None,
-                None,
-                None,
-                opaque(&p),
-            );
-        }
+        let (a, b) = unsafe { watched_pair(ctx, slow_handler, &p) };
         send_byte(&b);
         wait_for(|| p.running.load(SeqCst));
         // SAFETY: as above.
         unsafe {
-            aio_set_fd_handler(ctx, a.as_raw_fd(), None, None, None, None, ptr::null_mut());
+            unwatch(ctx, a.as_raw_fd());
             aio_bh_schedule_oneshot_full(ctx, Some(observe_bh), opaque(&p), ptr::null());
         }
         wait_for(|| p.observed.load(SeqCst) != 0);

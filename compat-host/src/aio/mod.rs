@@ -309,8 +309,17 @@ unsafe fn inner_ref<'a>(ctx: *mut sys::AioContext) -> &'a Inner {
 /// As [`inner_ref`].
 unsafe fn inner_arc(ctx: *mut sys::AioContext) -> Arc<Inner> {
     // SAFETY: `inner` came from `Arc::into_raw` and is alive (see above).
+    unsafe { arc_clone((*(ctx as *mut AioContext)).inner) }
+}
+
+/// A new strong reference to what an `Arc::into_raw` pointer that C holds
+/// (`AioContext`'s state, `QEMUBH *`, `QEMUTimer *`) points at.
+///
+/// # Safety
+/// `p` came from `Arc::into_raw` and that strong count is still owned.
+unsafe fn arc_clone<T>(p: *const T) -> Arc<T> {
+    // SAFETY: per the contract the owned count keeps `p` alive meanwhile.
     unsafe {
-        let p = (*(ctx as *mut AioContext)).inner;
         Arc::increment_strong_count(p);
         Arc::from_raw(p)
     }

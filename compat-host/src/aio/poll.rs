@@ -289,26 +289,16 @@ mod tests {
     #[test]
     fn aio_fd_handler_fires_and_is_removed() {
         let ctx = new_ctx();
-        let (a, b) = socketpair();
         let p = Probe::default();
-        p.fd.store(a.as_raw_fd() as usize, SeqCst);
         // SAFETY: live ctx; `p` outlives the registration.
         unsafe {
-            aio_set_fd_handler(
-                ctx,
-                a.as_raw_fd(),
-                Some(read_and_count),
-                None,
-                None,
-                None,
-                opaque(&p),
-            );
+            let (a, b) = watched_pair(ctx, read_and_count, &p);
             assert!(!aio_poll(ctx, false));
             send_byte(&b);
             assert!(aio_poll(ctx, true));
             assert_eq!(p.calls.load(SeqCst), 1);
             assert!(!aio_poll(ctx, false));
-            aio_set_fd_handler(ctx, a.as_raw_fd(), None, None, None, None, ptr::null_mut());
+            unwatch(ctx, a.as_raw_fd());
             send_byte(&b);
             assert!(!aio_poll(ctx, false));
             assert_eq!(p.calls.load(SeqCst), 1);
@@ -323,27 +313,11 @@ mod tests {
         let (p1, p2) = (Probe::default(), Probe::default());
         // SAFETY: live ctx; the probes outlive the registrations.
         unsafe {
-            aio_set_fd_handler(
-                ctx,
-                a.as_raw_fd(),
-                None,
-                Some(count),
-                None,
-                None,
-                opaque(&p1),
-            );
+            watch(ctx, a.as_raw_fd(), None, Some(count), &p1);
             assert!(aio_poll(ctx, false));
-            aio_set_fd_handler(
-                ctx,
-                a.as_raw_fd(),
-                None,
-                Some(count),
-                None,
-                None,
-                opaque(&p2),
-            );
+            watch(ctx, a.as_raw_fd(), None, Some(count), &p2);
             assert!(aio_poll(ctx, false));
-            aio_set_fd_handler(ctx, a.as_raw_fd(), None, None, None, None, ptr::null_mut());
+            unwatch(ctx, a.as_raw_fd());
             assert!(!aio_poll(ctx, false));
             aio_context_unref(ctx);
         }
@@ -357,15 +331,7 @@ mod tests {
         let p = Probe::default();
         // SAFETY: live ctx; `p` outlives the (refused) registration.
         unsafe {
-            aio_set_fd_handler(
-                ctx,
-                f.as_raw_fd(),
-                Some(count),
-                None,
-                None,
-                None,
-                opaque(&p),
-            );
+            watch(ctx, f.as_raw_fd(), Some(count), None, &p);
             assert!(!aio_poll(ctx, false));
             aio_context_unref(ctx);
         }
@@ -377,27 +343,15 @@ mod tests {
         let it = iothread_new();
         // SAFETY: `it` is live until joined below.
         let ctx = unsafe { iothread_get_aio_context(it) };
-        let (a, b) = socketpair();
         let p = Probe::default();
-        p.fd.store(a.as_raw_fd() as usize, SeqCst);
         // SAFETY: live ctx; `p` outlives the registration and the join.
-        unsafe {
-            aio_set_fd_handler(
-                ctx,
-                a.as_raw_fd(),
-                Some(read_and_count),
-                None,
-                None,
-                None,
-                opaque(&p),
-            );
-        }
+        let (a, b) = unsafe { watched_pair(ctx, read_and_count, &p) };
         for i in 1..=3 {
             send_byte(&b);
             wait_for(|| p.calls.load(SeqCst) == i);
         }
         // SAFETY: as above.
-        unsafe { aio_set_fd_handler(ctx, a.as_raw_fd(), None, None, None, None, ptr::null_mut()) };
+        unsafe { unwatch(ctx, a.as_raw_fd()) };
         send_byte(&b);
         thread::sleep(Duration::from_millis(50));
         assert_eq!(p.calls.load(SeqCst), 3);
@@ -425,27 +379,17 @@ mod tests {
     #[test]
     fn aio_nested_poll_from_handler() {
         let ctx = new_ctx();
-        let (a, b) = socketpair();
         let p = Probe::default();
-        p.fd.store(a.as_raw_fd() as usize, SeqCst);
         p.ctx.store(ctx as usize, SeqCst);
         // SAFETY: live ctx; `p` outlives the registration.
         unsafe {
-            aio_set_fd_handler(
-                ctx,
-                a.as_raw_fd(),
-                Some(nested_handler),
-                None,
-                None,
-                None,
-                opaque(&p),
-            );
+            let (a, b) = watched_pair(ctx, nested_handler, &p);
             send_byte(&b);
             assert!(aio_poll(ctx, true));
             assert!(p.finished.load(SeqCst));
             assert_eq!(p.calls.load(SeqCst), 1);
             assert!(in_aio_context_home_thread(ctx));
-            aio_set_fd_handler(ctx, a.as_raw_fd(), None, None, None, None, ptr::null_mut());
+            unwatch(ctx, a.as_raw_fd());
             aio_context_unref(ctx);
         }
     }

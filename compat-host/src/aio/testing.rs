@@ -2,7 +2,7 @@
 
 use std::{
     ffi::c_void,
-    os::fd::{OwnedFd, RawFd},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
     ptr,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
     thread,
@@ -11,7 +11,7 @@ use std::{
 
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
 
-use super::aio_context_new;
+use super::{aio_context_new, aio_set_fd_handler};
 use crate::sys;
 
 pub(super) fn new_ctx() -> *mut sys::AioContext {
@@ -33,6 +33,47 @@ pub(super) fn socketpair() -> (OwnedFd, OwnedFd) {
 
 pub(super) fn send_byte(fd: &OwnedFd) {
     assert_eq!(nix::unistd::write(fd, b"x"), Ok(1));
+}
+
+/// Sets `fd`'s handlers, with `p` as their opaque.
+///
+/// # Safety
+/// `ctx` is live; `p` outlives the registration.
+pub(super) unsafe fn watch(
+    ctx: *mut sys::AioContext,
+    fd: RawFd,
+    read: sys::IOHandler,
+    write: sys::IOHandler,
+    p: &Probe,
+) {
+    // SAFETY: per the contract.
+    unsafe { aio_set_fd_handler(ctx, fd, read, write, None, None, opaque(p)) };
+}
+
+/// Removes `fd`'s handlers.
+///
+/// # Safety
+/// `ctx` is live.
+pub(super) unsafe fn unwatch(ctx: *mut sys::AioContext, fd: RawFd) {
+    // SAFETY: per the contract.
+    unsafe { aio_set_fd_handler(ctx, fd, None, None, None, None, ptr::null_mut()) };
+}
+
+/// A socketpair whose first end (stored in `p.fd`) `ctx` watches with
+/// the read handler `read`; a byte sent on the second end wakes it.
+///
+/// # Safety
+/// As [`watch`].
+pub(super) unsafe fn watched_pair(
+    ctx: *mut sys::AioContext,
+    read: unsafe extern "C" fn(*mut c_void),
+    p: &Probe,
+) -> (OwnedFd, OwnedFd) {
+    let (a, b) = socketpair();
+    p.fd.store(a.as_raw_fd() as usize, SeqCst);
+    // SAFETY: per the contract.
+    unsafe { watch(ctx, a.as_raw_fd(), Some(read), None, p) };
+    (a, b)
 }
 
 pub(super) fn drain(fd: RawFd) -> isize {

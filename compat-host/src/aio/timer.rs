@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Weak},
 };
 
-use super::{inner_arc, Callback, Inner, Opaque, State};
+use super::{arc_clone, inner_arc, Callback, Inner, Opaque, State};
 use crate::sys;
 
 /// A timer (`QEMUTimer *` is `Arc::into_raw` of this).
@@ -104,12 +104,8 @@ pub unsafe extern "C" fn aio_timer_new(
 /// # Safety
 /// `ts` came from [`aio_timer_new`] and was not freed.
 unsafe fn timer_arc(ts: *mut sys::QEMUTimer) -> Arc<Timer> {
-    let p = ts as *const Timer;
     // SAFETY: per the contract the C side still owns one strong count.
-    unsafe {
-        Arc::increment_strong_count(p);
-        Arc::from_raw(p)
-    }
+    unsafe { arc_clone(ts as *const Timer) }
 }
 
 fn clock_id(clock: sys::QEMUClockType) -> libc::clockid_t {
