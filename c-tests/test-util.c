@@ -206,12 +206,11 @@ int tu_remote_port(QIOChannelSocket *sioc)
     return tu_inet_port(addr);
 }
 
-/* Waits until @fd is readable; false after the deadline. */
-static bool wait_readable(int fd, gint64 deadline)
+bool tu_wait_fd(int fd, short events, gint64 deadline)
 {
     for (;;) {
         gint64 left = deadline - g_get_monotonic_time();
-        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        struct pollfd pfd = { .fd = fd, .events = events };
         int r;
 
         if (left <= 0) {
@@ -233,7 +232,7 @@ size_t tu_read_bounded(QIOChannelSocket *sioc, void *buf, size_t len)
     while (done < len) {
         ssize_t n;
 
-        if (!wait_readable(sioc->fd, deadline)) {
+        if (!tu_wait_fd(sioc->fd, POLLIN, deadline)) {
             break;
         }
         n = qio_channel_read(QIO_CHANNEL(sioc), (char *)buf + done,
@@ -256,7 +255,7 @@ bool tu_wait_eof(QIOChannelSocket *sioc)
     ssize_t n;
 
     do {
-        if (!wait_readable(sioc->fd, deadline)) {
+        if (!tu_wait_fd(sioc->fd, POLLIN, deadline)) {
             return false;
         }
         n = qio_channel_read(QIO_CHANNEL(sioc), &c, 1, NULL);

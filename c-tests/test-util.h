@@ -94,6 +94,12 @@ int tu_local_port(QIOChannelSocket *sioc);
 int tu_remote_port(QIOChannelSocket *sioc);
 
 /*
+ * Waits until @fd has one of the poll(2) @events, at the latest until the
+ * monotonic time @deadline; false if the deadline came first.
+ */
+bool tu_wait_fd(int fd, short events, gint64 deadline);
+
+/*
  * Reads up to @len bytes from @sioc, waiting at most TU_WAIT_US in total;
  * stops early at end of file.  Returns the number of bytes read.
  */

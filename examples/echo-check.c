@@ -19,6 +19,7 @@
 #include "qemu/module.h"
 #include "qemu/sockets.h"
 #include "io/channel-socket.h"
+#include "test-util.h"
 
 #define TIMEOUT_US (20 * G_USEC_PER_SEC)
 #define BIG_LEN (1024 * 1024)
@@ -44,26 +45,6 @@ fail(const char *fmt, ...)
     exit(1);
 }
 
-static bool wait_fd(int fd, short events, gint64 deadline)
-{
-    for (;;) {
-        gint64 left = deadline - g_get_monotonic_time();
-        struct pollfd pfd = { .fd = fd, .events = events };
-        int r;
-
-        if (left <= 0) {
-            return false;
-        }
-        r = poll(&pfd, 1, MAX(1, left / 1000));
-        if (r > 0) {
-            return true;
-        }
-        if (r < 0 && errno != EINTR) {
-            fail("poll: %s", strerror(errno));
-        }
-    }
-}
-
 /* The next line the server prints (without newline), within the timeout. */
 static char *server_line(void)
 {
@@ -74,7 +55,7 @@ static char *server_line(void)
         char chunk[256];
         ssize_t n;
 
-        if (!wait_fd(server_out, POLLIN, deadline)) {
+        if (!tu_wait_fd(server_out, POLLIN, deadline)) {
             fail("no line from the server in time (have \"%s\")",
                  out_buf->str);
         }
@@ -106,7 +87,7 @@ static void read_exact(QIOChannelSocket *sioc, char *buf, size_t len)
     while (got < len) {
         ssize_t n;
 
-        if (!wait_fd(sioc->fd, POLLIN, deadline)) {
+        if (!tu_wait_fd(sioc->fd, POLLIN, deadline)) {
             fail("echo incomplete: %zu of %zu bytes in time", got, len);
         }
         n = qio_channel_read(QIO_CHANNEL(sioc), buf + got, len - got, NULL);
