@@ -931,7 +931,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        address::tests::{open_fds, parse_ok},
+        address::testing::{open_fds, parse_ok},
         util::testing::isolated,
     };
 

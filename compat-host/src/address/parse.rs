@@ -1,0 +1,470 @@
+//! QEMU's address syntax: socket_parse() and socket_uri().
+
+use std::{ffi::c_char, ptr};
+
+use super::{new_address, text, AddrBox, Result};
+use crate::{
+    error::{ok_or_set, ErrorImpl},
+    sys,
+    util::g_strdup,
+};
+
+fn parse_bool(key: &str, v: &str) -> Result<bool> {
+    match v {
+        "on" | "yes" | "true" | "y" => Ok(true),
+        "off" | "no" | "false" | "n" => Ok(false),
+        _ => Err(ErrorImpl::new(format!(
+            "Parameter '{key}' expects 'on' or 'off'"
+        ))),
+    }
+}
+
+fn parse_u32(key: &str, v: &str) -> Result<u32> {
+    v.parse()
+        .map_err(|_| ErrorImpl::new(format!("Parameter '{key}' expects a number")))
+}
+
+/// Splits "key=value" / "key" / "nokey" into a key and a value; a bare
+/// key means "on", as in QEMU's option syntax.
+fn split_opt<'a>(opt: &'a str, bool_keys: &[&str]) -> (&'a str, &'a str) {
+    match opt.split_once('=') {
+        Some((k, v)) => (k, v),
+        None => match opt.strip_prefix("no") {
+            Some(k) if bool_keys.contains(&k) => (k, "off"),
+            _ => (opt, "on"),
+        },
+    }
+}
+
+/// QEMU's inet_parse(): "HOST:PORT" or "[V6]:PORT", then options.
+/// Returns the address with NULL strings plus the host and port.
+fn parse_inet(s: &str) -> Result<(sys::InetSocketAddress, String, String)> {
+    let mut parts = s.split(',');
+    let addr_str = parts.next().unwrap_or("");
+    if addr_str.is_empty() {
+        return Err(ErrorImpl::new("error parsing address ''"));
+    }
+    let (host, port) = if addr_str.starts_with('[') {
+        match addr_str.find("]:") {
+            Some(end) if end >= 2 && addr_str.len() - end >= 3 => {
+                (&addr_str[1..end], &addr_str[end + 2..])
+            }
+            _ => {
+                return Err(ErrorImpl::new(format!(
+                    "error parsing IPv6 address '{addr_str}'"
+                )))
+            }
+        }
+    } else {
+        match addr_str.split_once(':') {
+            Some((h, p)) if !p.is_empty() => (h, p),
+            _ => {
+                return Err(ErrorImpl::new(format!(
+                    "error parsing address '{addr_str}'"
+                )))
+            }
+        }
+    };
+    let mut a = sys::InetSocketAddress::default();
+    const BOOLS: [&str; 5] = ["numeric", "ipv4", "ipv6", "keep-alive", "mptcp"];
+    for opt in parts {
+        let (k, v) = split_opt(opt, &BOOLS);
+        match k {
+            "numeric" => (a.has_numeric, a.numeric) = (true, parse_bool(k, v)?),
+            "ipv4" => (a.has_ipv4, a.ipv4) = (true, parse_bool(k, v)?),
+            "ipv6" => (a.has_ipv6, a.ipv6) = (true, parse_bool(k, v)?),
+            "keep-alive" => (a.has_keep_alive, a.keep_alive) = (true, parse_bool(k, v)?),
+            "mptcp" => (a.has_mptcp, a.mptcp) = (true, parse_bool(k, v)?),
+            "to" => {
+                let to = parse_u32(k, v)?;
+                a.to = u16::try_from(to)
+                    .map_err(|_| ErrorImpl::new(format!("port {to} out of range")))?;
+                a.has_to = true;
+            }
+            "keep-alive-count" => {
+                (a.has_keep_alive_count, a.keep_alive_count) = (true, parse_u32(k, v)?)
+            }
+            "keep-alive-idle" => {
+                (a.has_keep_alive_idle, a.keep_alive_idle) = (true, parse_u32(k, v)?)
+            }
+            "keep-alive-interval" => {
+                (a.has_keep_alive_interval, a.keep_alive_interval) = (true, parse_u32(k, v)?)
+            }
+            _ => return Err(ErrorImpl::new(format!("Invalid parameter '{k}'"))),
+        }
+    }
+    check_port(port)?;
+    Ok((a, host.to_owned(), port.to_owned()))
+}
+
+/// Rejects a numeric port above 65535, which getaddrinfo() would silently
+/// take modulo 65536 ("99999" is port 34463), with the message QEMU's
+/// inet_listen_saddr() gives for its own range check.  Service names
+/// ("http") are left to getaddrinfo(), which fails on unknown ones.
+pub(super) fn check_port(port: &str) -> Result<()> {
+    // getaddrinfo() parses numeric services with strtoul(): leading
+    // blanks and a '+' are accepted there too.
+    let t = port.trim_start();
+    let digits = t.strip_prefix('+').unwrap_or(t);
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.parse::<u16>().is_err()
+    {
+        return Err(ErrorImpl::new(format!("port {port} out of range")));
+    }
+    Ok(())
+}
+
+/// "PATH[,abstract=on|off][,tight=on|off]": only trailing segments that
+/// are valid unix options count as options, so paths may contain commas.
+fn parse_unix(s: &str) -> Result<(sys::UnixSocketAddress, String)> {
+    if s.is_empty() {
+        return Err(ErrorImpl::new("invalid Unix socket address"));
+    }
+    const BOOLS: [&str; 2] = ["abstract", "tight"];
+    let segs: Vec<&str> = s.split(',').collect();
+    let mut first_opt = segs.len();
+    while first_opt > 1 {
+        let (k, v) = split_opt(segs[first_opt - 1], &BOOLS);
+        if BOOLS.contains(&k) && parse_bool(k, v).is_ok() {
+            first_opt -= 1;
+        } else {
+            break;
+        }
+    }
+    let mut a = sys::UnixSocketAddress::default();
+    for opt in &segs[first_opt..] {
+        let (k, v) = split_opt(opt, &BOOLS);
+        let b = parse_bool(k, v)?;
+        if k == "abstract" {
+            (a.has_abstract, a.abstract_) = (true, b);
+        } else {
+            (a.has_tight, a.tight) = (true, b);
+        }
+    }
+    Ok((a, segs[..first_opt].join(",")))
+}
+
+/// QEMU's vsock_parse(): "CID:PORT", each at most 32 characters.
+fn parse_vsock(s: &str) -> Result<(String, String)> {
+    let err = || ErrorImpl::new(format!("error parsing address '{s}'"));
+    let (cid, rest) = s.split_once(':').ok_or_else(err)?;
+    let port_end = rest.find(',').unwrap_or(rest.len());
+    let port = &rest[..port_end];
+    if cid.is_empty() || port.is_empty() {
+        return Err(err());
+    }
+    if cid.len() > 32 || port.len() > 32 || port_end != rest.len() {
+        return Err(ErrorImpl::new(format!(
+            "trailing characters in address '{s}'"
+        )));
+    }
+    Ok((cid.to_owned(), port.to_owned()))
+}
+
+pub(super) fn parse(s: &str) -> Result<AddrBox> {
+    if let Some(rest) = s.strip_prefix("unix:") {
+        let (u, path) = parse_unix(rest)?;
+        let a = AddrBox(new_address(sys::SocketAddressType_SOCKET_ADDRESS_TYPE_UNIX));
+        // SAFETY: a fresh unix address that we own.
+        unsafe {
+            (*a.0).u.q_unix = u;
+            (*a.0).u.q_unix.path = g_strdup(&path);
+        }
+        Ok(a)
+    } else if let Some(rest) = s.strip_prefix("fd:") {
+        if rest.is_empty() {
+            return Err(ErrorImpl::new("invalid file descriptor address"));
+        }
+        let a = AddrBox(new_address(sys::SocketAddressType_SOCKET_ADDRESS_TYPE_FD));
+        // SAFETY: a fresh fd address that we own.
+        unsafe { (*a.0).u.fd.str_ = g_strdup(rest) };
+        Ok(a)
+    } else if let Some(rest) = s.strip_prefix("vsock:") {
+        let (cid, port) = parse_vsock(rest)?;
+        let a = AddrBox(new_address(
+            sys::SocketAddressType_SOCKET_ADDRESS_TYPE_VSOCK,
+        ));
+        // SAFETY: a fresh vsock address that we own.
+        unsafe {
+            (*a.0).u.vsock.cid = g_strdup(&cid);
+            (*a.0).u.vsock.port = g_strdup(&port);
+        }
+        Ok(a)
+    } else {
+        let (inet, host, port) = parse_inet(s.strip_prefix("tcp:").unwrap_or(s))?;
+        let a = AddrBox(new_address(sys::SocketAddressType_SOCKET_ADDRESS_TYPE_INET));
+        // SAFETY: a fresh inet address that we own.
+        unsafe {
+            (*a.0).u.inet = inet;
+            (*a.0).u.inet.host = g_strdup(&host);
+            (*a.0).u.inet.port = g_strdup(&port);
+        }
+        Ok(a)
+    }
+}
+
+/// # Safety
+/// `str_` is a NUL-terminated string; `errp` a valid `Error **` or NULL.
+#[no_mangle]
+pub unsafe extern "C" fn socket_parse(
+    str_: *const c_char,
+    errp: *mut *mut sys::Error,
+) -> *mut sys::SocketAddress {
+    // SAFETY: caller's contract.
+    let s = unsafe { text(str_) };
+    // SAFETY: caller's contract.
+    unsafe { ok_or_set(parse(&s).map(AddrBox::into_raw), errp) }.unwrap_or(ptr::null_mut())
+}
+
+/// "HOST:PORT", with brackets around an IPv6 host.
+pub(super) fn host_port(host: &str, port: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The text of `addr` in socket_parse() syntax.  Like QEMU's socket_uri()
+/// it leaves out inet flags (ipv4, ipv6, numeric, keep-alive), but it
+/// keeps what changes the meaning: the port range and abstract/tight.
+///
+/// # Safety
+/// `addr` is a valid SocketAddress.
+pub(crate) unsafe fn uri(addr: *const sys::SocketAddress) -> String {
+    // SAFETY: caller's contract; the tag selects the union member.
+    unsafe {
+        match (*addr).type_ {
+            sys::SocketAddressType_SOCKET_ADDRESS_TYPE_INET => {
+                let i = &(*addr).u.inet;
+                let mut s = format!("tcp:{}", host_port(&text(i.host), &text(i.port)));
+                if i.has_to {
+                    s += &format!(",to={}", i.to);
+                }
+                s
+            }
+            sys::SocketAddressType_SOCKET_ADDRESS_TYPE_UNIX => {
+                let u = &(*addr).u.q_unix;
+                let mut s = format!("unix:{}", text(u.path));
+                if u.has_abstract && u.abstract_ {
+                    s += ",abstract=on";
+                    if u.has_tight && !u.tight {
+                        s += ",tight=off";
+                    }
+                }
+                s
+            }
+            sys::SocketAddressType_SOCKET_ADDRESS_TYPE_FD => {
+                format!("fd:{}", text((*addr).u.fd.str_))
+            }
+            sys::SocketAddressType_SOCKET_ADDRESS_TYPE_VSOCK => {
+                let v = &(*addr).u.vsock;
+                format!("vsock:{}:{}", text(v.cid), text(v.port))
+            }
+            _ => "unknown address type".to_owned(),
+        }
+    }
+}
+
+/// # Safety
+/// `addr` is a valid SocketAddress.
+#[no_mangle]
+pub unsafe extern "C" fn socket_uri(addr: *mut sys::SocketAddress) -> *mut c_char {
+    // SAFETY: caller's contract.
+    g_strdup(&unsafe { uri(addr) })
+}
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+
+    use super::*;
+    use crate::{
+        address::{testing::*, *},
+        util::testing::isolated,
+    };
+
+    fn parse_err(s: &str) -> String {
+        match parse(s) {
+            // SAFETY: a valid address.
+            Ok(a) => panic!("{s} parsed as {}", unsafe { uri(a.0) }),
+            Err(e) => e.message().to_owned(),
+        }
+    }
+
+    #[test]
+    fn parse_and_uri_round_trip() {
+        for s in [
+            "tcp:127.0.0.1:5000",
+            "tcp:[::1]:5000",
+            "tcp:localhost:80,to=90",
+            "tcp::0",
+            "unix:/tmp/x.sock",
+            "unix:/tmp/a,b.sock",
+            "unix:name,abstract=on",
+            "unix:name,abstract=on,tight=off",
+            "fd:3",
+            "fd:monitor-name",
+            "vsock:2:1234",
+        ] {
+            let a = parse_ok(s);
+            // SAFETY: a valid address.
+            assert_eq!(unsafe { uri(a.0) }, s);
+            // SAFETY: as above; the copy is freed by its box.
+            let c = AddrBox(unsafe { clone_address(a.0) });
+            // SAFETY: as above.
+            assert_eq!(unsafe { uri(c.0) }, s);
+        }
+        // SAFETY: valid addresses for the whole block.
+        unsafe {
+            let a = parse_ok(
+                "10.0.0.1:22,ipv4=on,ipv6=off,numeric,keep-alive=on,keep-alive-count=3,to=30",
+            );
+            let i = &(*a.0).u.inet;
+            assert_eq!(
+                (*a.0).type_,
+                sys::SocketAddressType_SOCKET_ADDRESS_TYPE_INET
+            );
+            assert_eq!(text(i.host), "10.0.0.1");
+            assert_eq!(text(i.port), "22");
+            assert!(i.has_ipv4 && i.ipv4 && i.has_ipv6 && !i.ipv6 && i.has_numeric && i.numeric);
+            assert!(
+                i.has_keep_alive
+                    && i.keep_alive
+                    && i.has_keep_alive_count
+                    && i.keep_alive_count == 3
+            );
+            assert!(i.has_to && i.to == 30);
+            let u = parse_ok("unix:@x,abstract=on");
+            assert!((*u.0).u.q_unix.abstract_ && !(*u.0).u.q_unix.has_tight);
+            assert_eq!(text((*u.0).u.q_unix.path), "@x");
+        }
+    }
+
+    #[test]
+    fn parse_errors() {
+        assert_eq!(parse_err(""), "error parsing address ''");
+        assert_eq!(parse_err("tcp:"), "error parsing address ''");
+        assert_eq!(parse_err("localhost"), "error parsing address 'localhost'");
+        assert_eq!(
+            parse_err("localhost:"),
+            "error parsing address 'localhost:'"
+        );
+        assert_eq!(parse_err("[::1]"), "error parsing IPv6 address '[::1]'");
+        assert_eq!(parse_err("[]:80"), "error parsing IPv6 address '[]:80'");
+        assert_eq!(parse_err("[::1]:"), "error parsing IPv6 address '[::1]:'");
+        assert_eq!(parse_err("h:1,bogus=1"), "Invalid parameter 'bogus'");
+        assert_eq!(
+            parse_err("h:1,ipv4=maybe"),
+            "Parameter 'ipv4' expects 'on' or 'off'"
+        );
+        assert_eq!(parse_err("h:1,to=x"), "Parameter 'to' expects a number");
+        assert_eq!(parse_err("h:1,to=70000"), "port 70000 out of range");
+        assert_eq!(parse_err("unix:"), "invalid Unix socket address");
+        assert_eq!(parse_err("fd:"), "invalid file descriptor address");
+        assert_eq!(parse_err("vsock:2"), "error parsing address '2'");
+        assert_eq!(
+            parse_err("vsock:2:3,x"),
+            "trailing characters in address '2:3,x'"
+        );
+    }
+
+    #[test]
+    fn c_entry_points() {
+        let mut err = ptr::null_mut();
+        // SAFETY: valid strings and out parameters for the whole block.
+        unsafe {
+            let a = socket_parse(c"[::1]:80".as_ptr(), &mut err);
+            assert!(!a.is_null() && err.is_null());
+            let s = socket_uri(a);
+            assert_eq!(CStr::from_ptr(s).to_str().unwrap(), "tcp:[::1]:80");
+            sys::g_free(s.cast());
+            qapi_free_SocketAddress(a);
+            qapi_free_SocketAddress(ptr::null_mut());
+            assert!(socket_parse(c"nope".as_ptr(), &mut err).is_null());
+            assert!(!err.is_null());
+            crate::error::error_free(err);
+        }
+    }
+
+    /// An inet address with `port` put in by hand, as QEMU code that
+    /// builds an InetSocketAddress does (no socket_parse() check).
+    fn inet_with_port(port: &str) -> AddrBox {
+        let a = parse_ok("127.0.0.1:0");
+        // SAFETY: a is an inet address we own; its old port is freed.
+        unsafe {
+            let i = &mut (*a.0).u.inet;
+            sys::g_free(i.port.cast());
+            i.port = g_strdup(port);
+        }
+        a
+    }
+
+    fn resolve_err(a: &AddrBox) -> String {
+        let (mut n, mut list, mut err) = (0, ptr::null_mut(), ptr::null_mut());
+        let r = qio_dns_resolver_get_instance();
+        // SAFETY: a valid address and out parameters.
+        unsafe {
+            assert_eq!(
+                qio_dns_resolver_lookup_sync(r, a.0, &mut n, &mut list, &mut err),
+                -1
+            );
+            assert!(n == 0 && list.is_null());
+            crate::error::from_raw(err).unwrap().message().to_owned()
+        }
+    }
+
+    #[test]
+    fn out_of_range_ports_are_rejected() {
+        if !isolated("address::parse::tests::out_of_range_ports_are_rejected") {
+            return;
+        }
+        assert_eq!(parse_err("127.0.0.1:99999"), "port 99999 out of range");
+        assert_eq!(parse_err("tcp:[::1]:65536"), "port 65536 out of range");
+        assert_eq!(parse_err("localhost:+70000"), "port +70000 out of range");
+        assert_eq!(
+            parse_err("h:99999999999999999999999"),
+            "port 99999999999999999999999 out of range"
+        );
+        for ok in ["127.0.0.1:65535", "h:00080", "h:http", "h:-1"] {
+            parse_ok(ok);
+        }
+        let before = open_fds();
+        for port in ["99999", "65536", " 70000"] {
+            let a = inet_with_port(port);
+            let want = format!("port {port} out of range");
+            assert_eq!(resolve_err(&a), want);
+            // SAFETY: a valid address.
+            unsafe {
+                assert_eq!(listen(a.0, 1).err().unwrap().message(), want);
+                assert_eq!(connect(a.0).err().unwrap().message(), want);
+            }
+        }
+        assert_eq!(open_fds(), before);
+        // A service name that does not resolve fails in getaddrinfo().
+        let a = inet_with_port("no-such-service");
+        let msg = resolve_err(&a);
+        assert!(
+            msg.starts_with("address resolution failed for 127.0.0.1:no-such-service: "),
+            "{msg}"
+        );
+        // SAFETY: a valid address.
+        let msg = unsafe { connect(a.0) }.err().unwrap().message().to_owned();
+        assert!(msg.contains("127.0.0.1:no-such-service"), "{msg}");
+        // One that resolves gives its number.
+        let a = inet_with_port("http");
+        let (mut n, mut list, mut err) = (0, ptr::null_mut(), ptr::null_mut());
+        // SAFETY: a valid address and out parameters.
+        unsafe {
+            let r = qio_dns_resolver_get_instance();
+            assert_eq!(
+                qio_dns_resolver_lookup_sync(r, a.0, &mut n, &mut list, &mut err),
+                0
+            );
+            assert_eq!(n, 1);
+            let x = AddrBox(*list);
+            assert_eq!(uri(x.0), "tcp:127.0.0.1:80");
+            sys::g_free(list.cast());
+        }
+    }
+}

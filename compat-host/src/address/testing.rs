@@ -1,0 +1,23 @@
+//! Test helpers shared by the address tests and the channel tests.
+
+use super::{listen, parse::parse, AddrBox};
+
+/// How many descriptors this process has open.
+pub(crate) fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+pub(crate) fn parse_ok(s: &str) -> AddrBox {
+    parse(s).unwrap_or_else(|e| panic!("{s}: {}", e.message()))
+}
+
+pub(crate) fn listen_err(s: &str) -> String {
+    let a = parse_ok(s);
+    // SAFETY: a valid address.
+    match unsafe { listen(a.0, 5) } {
+        Ok(_) => panic!("listening on {s} worked"),
+        Err(e) => e.message().to_owned(),
+    }
+}
