@@ -117,20 +117,39 @@ unsafe fn register(info: *const sys::TypeInfo) -> &'static TypeImpl {
     t
 }
 
+/// A TypeInfo with a name, a parent and an instance size, every other
+/// field zero or NULL: the start of a built-in type's constant, which
+/// sets the rest with `..type_info(...)` (`Default` is not const).
+pub(crate) const fn type_info(
+    name: &'static CStr,
+    parent: Option<&'static CStr>,
+    instance_size: usize,
+) -> sys::TypeInfo {
+    sys::TypeInfo {
+        name: name.as_ptr(),
+        parent: match parent {
+            Some(p) => p.as_ptr(),
+            None => ptr::null(),
+        },
+        instance_size,
+        instance_align: 0,
+        instance_init: None,
+        instance_post_init: None,
+        instance_finalize: None,
+        abstract_: false,
+        class_size: 0,
+        class_init: None,
+        class_base_init: None,
+        class_data: ptr::null(),
+        interfaces: ptr::null(),
+    }
+}
+
 const OBJECT_INFO: sys::TypeInfo = sys::TypeInfo {
-    name: c"object".as_ptr(),
-    parent: ptr::null(),
-    instance_size: size_of::<sys::Object>(),
-    instance_align: 0,
-    instance_init: None,
-    instance_post_init: None,
-    instance_finalize: None,
     abstract_: true,
     class_size: size_of::<sys::ObjectClass>(),
     class_init: Some(crate::property::object_class_init),
-    class_base_init: None,
-    class_data: ptr::null(),
-    interfaces: ptr::null(),
+    ..type_info(c"object", None, size_of::<sys::Object>())
 };
 
 /// QEMU's InterfaceClass: an ObjectClass plus the concrete class and the

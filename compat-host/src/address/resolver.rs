@@ -16,6 +16,7 @@ use super::{
 };
 use crate::{
     error::{ok_or_set, ErrorImpl},
+    qom::type_info,
     sys,
     util::g_strdup,
 };
@@ -104,21 +105,11 @@ pub(super) fn ai_family(a: &sys::InetSocketAddress) -> Result<c_int> {
 // ---------------------------------------------------------------------------
 // The DNS resolver
 
-const RESOLVER_INFO: sys::TypeInfo = sys::TypeInfo {
-    name: c"qio-dns-resolver".as_ptr(),
-    parent: c"object".as_ptr(),
-    instance_size: size_of::<sys::QIODNSResolver>(),
-    instance_align: 0,
-    instance_init: None,
-    instance_post_init: None,
-    instance_finalize: None,
-    abstract_: false,
-    class_size: 0,
-    class_init: None,
-    class_base_init: None,
-    class_data: ptr::null(),
-    interfaces: ptr::null(),
-};
+const RESOLVER_INFO: sys::TypeInfo = type_info(
+    c"qio-dns-resolver",
+    Some(c"object"),
+    size_of::<sys::QIODNSResolver>(),
+);
 
 /// The QOM types this module implements, registered by the type registry
 /// itself.

@@ -40,6 +40,7 @@ use std::{ffi::c_char, mem::size_of, ptr};
 
 use crate::{
     error::{ErrorImpl, QError},
+    qom::type_info,
     sys,
 };
 
@@ -71,30 +72,24 @@ unsafe extern "C" fn socket_finalize(obj: *mut sys::Object) {
 }
 
 const CHANNEL_INFO: sys::TypeInfo = sys::TypeInfo {
-    name: TYPE_QIO_CHANNEL.as_ptr(),
-    parent: c"object".as_ptr(),
-    instance_size: size_of::<sys::QIOChannel>(),
-    instance_align: 0,
-    instance_init: None,
-    instance_post_init: None,
     instance_finalize: Some(channel_finalize),
     abstract_: true,
     class_size: size_of::<sys::QIOChannelClass>(),
-    class_init: None,
-    class_base_init: None,
-    class_data: ptr::null(),
-    interfaces: ptr::null(),
+    ..type_info(
+        TYPE_QIO_CHANNEL,
+        Some(c"object"),
+        size_of::<sys::QIOChannel>(),
+    )
 };
 
 const SOCKET_INFO: sys::TypeInfo = sys::TypeInfo {
-    name: TYPE_QIO_CHANNEL_SOCKET.as_ptr(),
-    parent: TYPE_QIO_CHANNEL.as_ptr(),
-    instance_size: size_of::<sys::QIOChannelSocket>(),
     instance_init: Some(socket_init),
     instance_finalize: Some(socket_finalize),
-    abstract_: false,
-    class_size: 0,
-    ..CHANNEL_INFO
+    ..type_info(
+        TYPE_QIO_CHANNEL_SOCKET,
+        Some(TYPE_QIO_CHANNEL),
+        size_of::<sys::QIOChannelSocket>(),
+    )
 };
 
 /// The QOM types this module implements, registered by the type registry
