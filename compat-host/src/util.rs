@@ -1,6 +1,11 @@
 //! Small helpers shared by the compat host's modules.
 
-use std::ffi::{c_char, CStr};
+use std::{
+    ffi::{c_char, CStr},
+    mem::size_of,
+    os::fd::RawFd,
+    ptr,
+};
 
 use crate::sys;
 
@@ -15,6 +20,32 @@ pub fn g_strdup(s: &str) -> *mut c_char {
         *p.add(len) = 0;
         p as *mut c_char
     }
+}
+
+/// A new GSource of the `#[repr(C)]` type `T` (whose first field is the
+/// `GSource`, the rest zero-filled by GLib), named `name`, that polls `fd`
+/// for `condition`: the AioContext's and the channel watches' shape.
+/// Returns the source and the tag of its fd.
+///
+/// # Safety
+/// `T` is `#[repr(C)]`, starts with a `sys::GSource` and is valid
+/// all-zero; `funcs` are callbacks for a source of type `T`.
+pub unsafe fn new_fd_source<T>(
+    funcs: &'static sys::GSourceFuncs,
+    name: &CStr,
+    fd: RawFd,
+    condition: sys::GIOCondition,
+) -> (*mut T, sys::gpointer) {
+    // SAFETY: GLib only reads `funcs` (the pointer is `*mut` for
+    // historical reasons) and it lives forever; the size covers T, which
+    // starts with the GSource header (caller's contract).
+    let source = unsafe { sys::g_source_new(ptr::from_ref(funcs).cast_mut(), size_of::<T>() as _) };
+    // SAFETY: a fresh source nobody else sees yet.
+    let tag = unsafe {
+        sys::g_source_set_name(source, name.as_ptr());
+        sys::g_source_add_unix_fd(source, fd, condition)
+    };
+    (source.cast(), tag)
 }
 
 /// Borrow a C string as `&str` (lossy for invalid UTF-8); `None` for NULL.

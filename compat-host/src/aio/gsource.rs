@@ -5,14 +5,13 @@
 use std::{
     ffi::{c_int, CString},
     io,
-    mem::size_of,
     os::fd::AsRawFd,
     ptr,
     sync::Arc,
 };
 
 use super::{inner_arc, inner_ref, timer::monotonic_ns, AioContext, Inner};
-use crate::sys;
+use crate::{sys, util::new_fd_source};
 
 unsafe extern "C" fn ctx_prepare(source: *mut sys::GSource, timeout: *mut c_int) -> sys::gboolean {
     // SAFETY: GLib calls this with our live source and a valid out-pointer.
@@ -66,21 +65,14 @@ static FUNCS: sys::GSourceFuncs = sys::GSourceFuncs {
 pub(crate) fn context_new() -> io::Result<*mut sys::AioContext> {
     let inner = Inner::new()?;
     let epfd = inner.epoll.0.as_raw_fd();
-    // SAFETY: FUNCS lives forever and GLib only reads it (the pointer is
-    // `*mut` for historical reasons); the size covers our struct.
-    let source = unsafe {
-        sys::g_source_new(
-            ptr::addr_of!(FUNCS).cast_mut(),
-            size_of::<AioContext>() as sys::guint,
-        )
-    };
-    let ctx = source as *mut AioContext;
-    // SAFETY: `source` is a fresh, zero-filled allocation of our size that
-    // no one else sees yet.
+    // SAFETY: AioContext is repr(C) with the GSource first and valid
+    // zero-filled (NULL state until set below); FUNCS are its callbacks.
+    let (ctx, tag) =
+        unsafe { new_fd_source::<AioContext>(&FUNCS, c"aio-context", epfd, sys::G_IO_IN) };
+    // SAFETY: a fresh context that no one else sees yet.
     unsafe {
         (*ctx).inner = Arc::into_raw(Arc::new(inner));
-        (*ctx).tag = sys::g_source_add_unix_fd(source, epfd, sys::G_IO_IN);
-        sys::g_source_set_name(source, c"aio-context".as_ptr());
+        (*ctx).tag = tag;
     }
     Ok(ctx.cast())
 }

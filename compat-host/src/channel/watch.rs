@@ -1,10 +1,10 @@
 //! Watches on a channel's fd: GSources like QEMU's io/channel-watch.c,
 //! and AioContext fd handlers.
 
-use std::{ffi::c_void, mem::size_of, ptr};
+use std::{ffi::c_void, ptr};
 
 use super::socket_of;
-use crate::sys;
+use crate::{sys, util::new_fd_source};
 
 /// QEMU's QIOChannelFDSource, with the fd registered through
 /// g_source_add_unix_fd().
@@ -89,24 +89,24 @@ pub unsafe extern "C" fn qio_channel_create_watch(
             return ptr::null_mut();
         }
     };
-    // SAFETY: GLib never writes through the funcs pointer; the struct
-    // size includes the GSource header.
-    let source = unsafe {
-        sys::g_source_new(
-            ptr::addr_of!(FD_SOURCE_FUNCS).cast_mut(),
-            size_of::<FdSource>() as sys::guint,
+    // SAFETY: FdSource is repr(C) with the GSource first and valid
+    // zero-filled; FD_SOURCE_FUNCS are its callbacks; sioc is live.
+    let (s, tag) = unsafe {
+        new_fd_source::<FdSource>(
+            &FD_SOURCE_FUNCS,
+            c"QIOChannelFDSource",
+            (*sioc).fd,
+            condition,
         )
     };
-    let s = source.cast::<FdSource>();
-    // SAFETY: a fresh source of our size; the reference taken on ioc is
-    // dropped in fd_source_finalize.
+    // SAFETY: a fresh source nobody else sees yet; the reference taken on
+    // ioc is dropped in fd_source_finalize.
     unsafe {
         (*s).ioc = sys::object_ref(ioc.cast()).cast();
         (*s).condition = condition;
-        (*s).tag = sys::g_source_add_unix_fd(source, (*sioc).fd, condition);
-        sys::g_source_set_name(source, c"QIOChannelFDSource".as_ptr());
+        (*s).tag = tag;
     }
-    source
+    s.cast()
 }
 
 /// # Safety
