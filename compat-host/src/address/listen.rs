@@ -3,20 +3,31 @@
 
 use std::{
     ffi::{c_int, CStr, CString},
-    mem::zeroed,
-    os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd},
+    os::{
+        fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd},
+        unix::ffi::OsStringExt,
+    },
+};
+
+use nix::{
+    errno::Errno,
+    sys::{
+        socket::{setsockopt, sockopt},
+        stat::lstat,
+    },
+    unistd,
 };
 
 use super::{
     bind_fd, fd_from_str, listen_fd, new_socket,
     parse::{check_port, host_port},
     resolver::{ai_family, getaddrinfo},
-    set_blocking, set_cloexec, set_keepalive, setsockopt_int,
+    set_blocking, set_cloexec, set_keepalive,
     sockaddr::{gai_error, vsock_sockaddr},
     text, Result, SockAddr,
 };
 use crate::{
-    error::{errno, ok_or_set, ErrorImpl},
+    error::{ok_or_set, ErrorImpl},
     sys,
     util::cstr,
 };
@@ -91,18 +102,15 @@ fn inet_listen(a: &sys::InetSocketAddress, num: c_int) -> Result<OwnedFd> {
                 }
             };
             let fd = sock.as_fd();
-            setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(|e| {
-                ErrorImpl::with_errno(e, format!("Failed to set SO_REUSEADDR for {what}"))
+            setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| {
+                ErrorImpl::with_errno(e as c_int, format!("Failed to set SO_REUSEADDR for {what}"))
             })?;
             if cand.family == libc::AF_INET6 {
-                setsockopt_int(
-                    fd,
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_V6ONLY,
-                    c_int::from(!dual),
-                )
-                .map_err(|e| {
-                    ErrorImpl::with_errno(e, format!("Failed to set IPV6_V6ONLY for {what}"))
+                setsockopt(&fd, sockopt::Ipv6V6Only, &!dual).map_err(|e| {
+                    ErrorImpl::with_errno(
+                        e as c_int,
+                        format!("Failed to set IPV6_V6ONLY for {what}"),
+                    )
                 })?;
             }
             let shown = host_port(&host, &p.to_string());
@@ -148,21 +156,14 @@ fn inet_listen(a: &sys::InetSocketAddress, num: c_int) -> Result<OwnedFd> {
 const SUN_PATH_LEN: usize = 108;
 
 fn lstat_is_socket(path: &CStr) -> Option<bool> {
-    // SAFETY: all-zero is a valid stat buffer.
-    let mut st: libc::stat = unsafe { zeroed() };
-    // SAFETY: path is NUL-terminated; st is an out parameter.
-    if unsafe { libc::lstat(path.as_ptr(), &mut st) } < 0 {
-        return None;
-    }
+    let st = lstat(path).ok()?;
     Some(st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
 }
 
 fn unlink(path: &CStr) -> std::result::Result<(), c_int> {
-    // SAFETY: path is NUL-terminated.
-    if unsafe { libc::unlink(path.as_ptr()) } < 0 && errno() != libc::ENOENT {
-        Err(errno())
-    } else {
-        Ok(())
+    match unistd::unlink(path) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e as c_int),
     }
 }
 
@@ -171,21 +172,14 @@ fn temp_socket_path() -> Result<String> {
     // SAFETY: g_get_tmp_dir returns a string GLib keeps alive.
     let dir = unsafe { text(sys::g_get_tmp_dir()) };
     let templ = format!("{dir}/qemu-socket-XXXXXX");
-    let mut buf = CString::new(templ.clone())
-        .unwrap_or_default()
-        .into_bytes_with_nul();
-    // SAFETY: buf is a writable NUL-terminated template.
-    let fd = unsafe { libc::mkstemp(buf.as_mut_ptr().cast()) };
-    if fd < 0 {
-        return Err(ErrorImpl::with_errno(
-            errno(),
+    let (fd, path) = unistd::mkstemp(templ.as_str()).map_err(|e| {
+        ErrorImpl::with_errno(
+            e as c_int,
             format!("Failed to make a temporary socket {templ}"),
-        ));
-    }
-    // SAFETY: fd is the file mkstemp just created for us.
-    drop(unsafe { OwnedFd::from_raw_fd(fd) });
-    buf.pop();
-    let path = CString::new(buf).unwrap_or_default();
+        )
+    })?;
+    drop(fd);
+    let path = CString::new(path.into_os_string().into_vec()).unwrap_or_default();
     // bind() needs the name free: the file only reserved a unique name.
     unlink(&path).map_err(|e| {
         ErrorImpl::with_errno(
@@ -355,8 +349,8 @@ mod tests {
             let v6 = parse_ok(&format!("[::]:{p}"));
             match listen(v6.0, 5) {
                 Ok(l6) => {
-                    let v = setsockopt_get(l6.as_raw_fd());
-                    assert_eq!(v, 1, "IPv6 listeners are v6-only");
+                    let v = nix::sys::socket::getsockopt(&l6, sockopt::Ipv6V6Only);
+                    assert_eq!(v, Ok(true), "IPv6 listeners are v6-only");
                 }
                 // Hosts without IPv6.
                 Err(e) => assert!(
@@ -366,22 +360,6 @@ mod tests {
                 ),
             }
         }
-    }
-
-    fn setsockopt_get(fd: RawFd) -> c_int {
-        let mut v: c_int = -1;
-        let mut len = size_of::<c_int>() as socklen_t;
-        // SAFETY: v and len are valid out parameters.
-        unsafe {
-            libc::getsockopt(
-                fd,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_V6ONLY,
-                ptr::addr_of_mut!(v).cast(),
-                &mut len,
-            )
-        };
-        v
     }
 
     #[test]

@@ -40,12 +40,19 @@ pub use self::{
 
 use std::{
     ffi::{c_char, c_int},
-    mem::{size_of, zeroed},
+    mem::size_of,
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
-    ptr,
 };
 
-use libc::socklen_t;
+use nix::{
+    errno::Errno,
+    fcntl::{fcntl, FcntlArg, FdFlag, OFlag},
+    sys::{
+        socket::{setsockopt, sockopt},
+        stat::fstat,
+    },
+    unistd,
+};
 
 use crate::{
     error::{errno, ok_or_set, ErrorImpl, QError},
@@ -244,29 +251,6 @@ fn new_socket(family: c_int, ty: c_int, proto: c_int) -> std::result::Result<Own
     }
 }
 
-fn setsockopt_int(
-    fd: BorrowedFd<'_>,
-    level: c_int,
-    name: c_int,
-    val: c_int,
-) -> std::result::Result<(), c_int> {
-    // SAFETY: val is a valid c_int for the length given.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            ptr::addr_of!(val).cast(),
-            size_of::<c_int>() as socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
-}
-
 fn bind_fd(fd: BorrowedFd<'_>, sa: &SockAddr) -> std::result::Result<(), c_int> {
     // SAFETY: sa is valid for sa.len bytes.
     if unsafe { libc::bind(fd.as_raw_fd(), sa.as_ptr(), sa.len) } < 0 {
@@ -302,39 +286,34 @@ fn set_keepalive(fd: BorrowedFd<'_>, a: &sys::InetSocketAddress, what: &str) -> 
     if !(a.has_keep_alive && a.keep_alive) {
         return Ok(());
     }
-    let fail = |e| {
+    let fail = |e: Errno| {
         ErrorImpl::with_errno(
-            e,
+            e as c_int,
             format!("Unable to set keep-alive option on socket for {what}"),
         )
     };
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1).map_err(fail)?;
-    for (has, val, opt) in [
-        (
-            a.has_keep_alive_count,
-            a.keep_alive_count,
-            libc::TCP_KEEPCNT,
-        ),
-        (a.has_keep_alive_idle, a.keep_alive_idle, libc::TCP_KEEPIDLE),
-        (
-            a.has_keep_alive_interval,
-            a.keep_alive_interval,
-            libc::TCP_KEEPINTVL,
-        ),
-    ] {
-        if has && val != 0 {
-            setsockopt_int(fd, libc::IPPROTO_TCP, opt, val as c_int).map_err(fail)?;
-        }
+    setsockopt(&fd, sockopt::KeepAlive, &true).map_err(fail)?;
+    if a.has_keep_alive_count && a.keep_alive_count != 0 {
+        setsockopt(&fd, sockopt::TcpKeepCount, &a.keep_alive_count).map_err(fail)?;
+    }
+    if a.has_keep_alive_idle && a.keep_alive_idle != 0 {
+        setsockopt(&fd, sockopt::TcpKeepIdle, &a.keep_alive_idle).map_err(fail)?;
+    }
+    if a.has_keep_alive_interval && a.keep_alive_interval != 0 {
+        setsockopt(&fd, sockopt::TcpKeepInterval, &a.keep_alive_interval).map_err(fail)?;
     }
     Ok(())
 }
 
 /// Whether `fd` is an open socket.
 fn is_socket(fd: RawFd) -> bool {
-    // SAFETY: all-zero is a valid stat buffer.
-    let mut st: libc::stat = unsafe { zeroed() };
-    // SAFETY: st is an out parameter; fstat checks fd itself.
-    unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK }
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the borrow ends with the fstat call, which only hands the
+    // number to the kernel: an fd that is not open just fails (EBADF).
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
 }
 
 /// QEMU's socket_get_fd(): the address owns the descriptor, so one that
@@ -345,9 +324,9 @@ fn fd_from_str(s: &str) -> Result<OwnedFd> {
     })?;
     if !is_socket(fd) {
         if fd >= 0 {
-            // SAFETY: the descriptor was handed to us; closing an invalid
-            // number is harmless (EBADF).
-            unsafe { libc::close(fd) };
+            // The descriptor was handed to us; closing a number that is
+            // not open is harmless (EBADF).
+            let _ = unistd::close(fd);
         }
         return Err(ErrorImpl::new(format!(
             "File descriptor '{s}' is not a socket"
@@ -358,13 +337,8 @@ fn fd_from_str(s: &str) -> Result<OwnedFd> {
 }
 
 fn set_cloexec(fd: BorrowedFd<'_>) -> std::result::Result<(), c_int> {
-    // SAFETY: plain fcntl calls on a valid descriptor.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFD);
-        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
-            return Err(errno());
-        }
-    }
+    let flags = FdFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFD).map_err(|e| e as c_int)?);
+    fcntl(fd, FcntlArg::F_SETFD(flags | FdFlag::FD_CLOEXEC)).map_err(|e| e as c_int)?;
     Ok(())
 }
 
@@ -378,19 +352,21 @@ fn set_blocking(fd: RawFd, block: bool) -> Result<()> {
             ),
         )
     };
-    // SAFETY: plain fcntl calls; fcntl checks fd itself.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(fail(errno()));
+    if fd < 0 {
+        return Err(fail(libc::EBADF));
     }
+    // SAFETY: the borrow ends with the fcntl calls, which only hand the
+    // number to the kernel: an fd that is not open just fails (EBADF).
+    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let flags =
+        OFlag::from_bits_retain(fcntl(bfd, FcntlArg::F_GETFL).map_err(|e| fail(e as c_int))?);
     let new = if block {
-        flags & !libc::O_NONBLOCK
+        flags - OFlag::O_NONBLOCK
     } else {
-        flags | libc::O_NONBLOCK
+        flags | OFlag::O_NONBLOCK
     };
-    // SAFETY: as above.
-    if new != flags && unsafe { libc::fcntl(fd, libc::F_SETFL, new) } < 0 {
-        return Err(fail(errno()));
+    if new != flags {
+        fcntl(bfd, FcntlArg::F_SETFL(new)).map_err(|e| fail(e as c_int))?;
     }
     Ok(())
 }
@@ -420,8 +396,7 @@ pub extern "C" fn qemu_socket(domain: c_int, type_: c_int, protocol: c_int) -> c
     match new_socket(domain, type_, protocol) {
         Ok(fd) => fd.into_raw_fd(),
         Err(e) => {
-            // SAFETY: errno is thread-local; new_socket read it already.
-            unsafe { *libc::__errno_location() = e };
+            Errno::set_raw(e);
             -1
         }
     }

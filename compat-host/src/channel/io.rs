@@ -7,6 +7,8 @@ use std::{
     ptr,
 };
 
+use nix::sys::socket::{shutdown, Shutdown};
+
 use super::{close_socket, socket_of, Result};
 use crate::{
     error::{errno, ok_or_set, ErrorImpl},
@@ -231,18 +233,16 @@ pub unsafe extern "C" fn qio_channel_shutdown(
     errp: *mut *mut sys::Error,
 ) -> c_int {
     let sockhow = match how {
-        sys::QIOChannelShutdown_QIO_CHANNEL_SHUTDOWN_READ => libc::SHUT_RD,
-        sys::QIOChannelShutdown_QIO_CHANNEL_SHUTDOWN_WRITE => libc::SHUT_WR,
-        _ => libc::SHUT_RDWR,
+        sys::QIOChannelShutdown_QIO_CHANNEL_SHUTDOWN_READ => Shutdown::Read,
+        sys::QIOChannelShutdown_QIO_CHANNEL_SHUTDOWN_WRITE => Shutdown::Write,
+        _ => Shutdown::Both,
     };
     // SAFETY: caller's contract.
     let r = unsafe { socket_of(ioc) }.and_then(|s| {
-        // SAFETY: s is the live channel; shutdown checks the fd itself.
-        if unsafe { libc::shutdown((*s).fd, sockhow) } < 0 {
-            Err(ErrorImpl::with_errno(errno(), "Unable to shutdown socket"))
-        } else {
-            Ok(())
-        }
+        // SAFETY: s is the live channel.
+        let fd = unsafe { (*s).fd };
+        shutdown(fd, sockhow)
+            .map_err(|e| ErrorImpl::with_errno(e as c_int, "Unable to shutdown socket"))
     });
     // SAFETY: caller's contract.
     unsafe { ok_or_set(r, errp) }.map_or(-1, |()| 0)

@@ -8,6 +8,8 @@ use std::{
     ptr,
 };
 
+use nix::fcntl::{fcntl, FcntlArg};
+
 use super::{Result, TYPE_QIO_CHANNEL_SOCKET};
 use crate::{
     address::{self, SockAddr},
@@ -58,11 +60,8 @@ pub(super) unsafe fn close_socket(sioc: *mut sys::QIOChannelSocket) -> Result<()
     if listening {
         listen_cleanup(fd);
     }
-    // SAFETY: the channel owned fd; it is forgotten above.
-    if unsafe { libc::close(fd) } < 0 {
-        return Err(ErrorImpl::with_errno(errno(), "Unable to close socket"));
-    }
-    Ok(())
+    // The channel owned fd; it is forgotten above.
+    nix::unistd::close(fd).map_err(|e| ErrorImpl::with_errno(e as c_int, "Unable to close socket"))
 }
 
 /// Gives the channel its socket and records the addresses.  On failure
@@ -98,8 +97,7 @@ unsafe fn set_fd(
             ))
         }
     };
-    // SAFETY: plain fcntl on a descriptor we hold.
-    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    let flags = fcntl(&fd, FcntlArg::F_GETFL).unwrap_or(-1);
     // SAFETY: caller's contract; we are the only writer during setup.
     unsafe {
         store_addr(&mut (*sioc).localAddr, &mut (*sioc).localAddrLen, &local);
