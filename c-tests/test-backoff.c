@@ -209,14 +209,9 @@ static void test_wait_client_backoff(void)
 
 int main(int argc, char **argv)
 {
-    g_test_init(&argc, &argv, NULL);
-    module_call_init(MODULE_INIT_QOM);
-    qemu_init_main_loop(&error_abort);
+    tu_init(&argc, &argv);
 
-    g_test_add_data_func("/net-listener/backoff/out-of-fds/glib",
-                         GINT_TO_POINTER(TU_MODE_GLIB), test_backoff);
-    g_test_add_data_func("/net-listener/backoff/out-of-fds/aio",
-                         GINT_TO_POINTER(TU_MODE_AIO), test_backoff);
+    tu_add_modes("/net-listener/backoff/out-of-fds", test_backoff);
     g_test_add_func("/net-listener/backoff/out-of-fds/wait-client",
                     test_wait_client_backoff);
     return g_test_run();

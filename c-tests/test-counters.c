@@ -75,13 +75,8 @@ static void test_counters(gconstpointer opaque)
 
 int main(int argc, char **argv)
 {
-    g_test_init(&argc, &argv, NULL);
-    module_call_init(MODULE_INIT_QOM);
-    qemu_init_main_loop(&error_abort);
+    tu_init(&argc, &argv);
 
-    g_test_add_data_func("/net-listener/counters/glib",
-                         GINT_TO_POINTER(TU_MODE_GLIB), test_counters);
-    g_test_add_data_func("/net-listener/counters/aio",
-                         GINT_TO_POINTER(TU_MODE_AIO), test_counters);
+    tu_add_modes("/net-listener/counters", test_counters);
     return g_test_run();
 }

@@ -250,9 +250,7 @@ static void test_gsource_then_aio(void)
 
 int main(int argc, char **argv)
 {
-    g_test_init(&argc, &argv, NULL);
-    module_call_init(MODULE_INIT_QOM);
-    qemu_init_main_loop(&error_abort);
+    tu_init(&argc, &argv);
 
     g_test_add_data_func("/net-listener/deadlock/aio/null-ctx",
                          GINT_TO_POINTER(false), test_aio_completes);

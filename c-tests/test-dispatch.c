@@ -470,24 +470,9 @@ static void test_wait_client_dead_listener(void)
     object_unref(OBJECT(listener));
 }
 
-typedef struct {
-    TuAccepts acc;      /* first: tu_accept_cb's data */
-    TuMode mode;
-} OnceData;
-
-/* Accepts one client, then clears itself (as char-socket does). */
-static void accept_once_cb(QIONetListener *listener, QIOChannelSocket *sioc,
-                           gpointer data)
-{
-    OnceData *od = data;
-
-    tu_accept_cb(listener, sioc, &od->acc);
-    tu_set_cb(listener, od->mode, NULL, NULL);
-}
-
 static void test_clear_inside_callback(gconstpointer opaque)
 {
-    OnceData od = { .mode = GPOINTER_TO_INT(opaque) };
+    TuOnce od = { .mode = GPOINTER_TO_INT(opaque) };
     QIONetListener *listener = tu_new_inet_listener();
     QIOChannelSocket *clients[3];
 
@@ -497,7 +482,7 @@ static void test_clear_inside_callback(gconstpointer opaque)
         clients[i] = tu_connect_listener(listener, 0);
     }
     for (int round = 1; round <= 3; round++) {
-        tu_set_cb(listener, od.mode, accept_once_cb, &od);
+        tu_set_cb(listener, od.mode, tu_accept_once_cb, &od);
         TU_WAIT_UNTIL(tu_accepts_count(&od.acc) == round,
                       tu_iterate(od.mode));
         tu_spin(od.mode, 30);
@@ -525,9 +510,7 @@ static void test_clear_inside_callback(gconstpointer opaque)
 
 int main(int argc, char **argv)
 {
-    g_test_init(&argc, &argv, NULL);
-    module_call_init(MODULE_INIT_QOM);
-    qemu_init_main_loop(&error_abort);
+    tu_init(&argc, &argv);
 
     g_test_add_func("/net-listener/dispatch/default-context",
                     test_default_context);
@@ -542,22 +525,11 @@ int main(int argc, char **argv)
     g_test_add_data_func("/net-listener/dispatch/aio-main/explicit/glib",
                          &aio_main_glib, test_aio_main);
     g_test_add_func("/net-listener/dispatch/aio-iothread", test_aio_iothread);
-    g_test_add_data_func("/net-listener/dispatch/two-listeners/glib",
-                         GINT_TO_POINTER(TU_MODE_GLIB), test_two_listeners);
-    g_test_add_data_func("/net-listener/dispatch/two-listeners/aio",
-                         GINT_TO_POINTER(TU_MODE_AIO), test_two_listeners);
-    g_test_add_data_func("/net-listener/dispatch/clear-stops-accepting/glib",
-                         GINT_TO_POINTER(TU_MODE_GLIB),
-                         test_clear_stops_accepting);
-    g_test_add_data_func("/net-listener/dispatch/clear-stops-accepting/aio",
-                         GINT_TO_POINTER(TU_MODE_AIO),
-                         test_clear_stops_accepting);
-    g_test_add_data_func("/net-listener/dispatch/clear-inside-callback/glib",
-                         GINT_TO_POINTER(TU_MODE_GLIB),
-                         test_clear_inside_callback);
-    g_test_add_data_func("/net-listener/dispatch/clear-inside-callback/aio",
-                         GINT_TO_POINTER(TU_MODE_AIO),
-                         test_clear_inside_callback);
+    tu_add_modes("/net-listener/dispatch/two-listeners", test_two_listeners);
+    tu_add_modes("/net-listener/dispatch/clear-stops-accepting",
+                 test_clear_stops_accepting);
+    tu_add_modes("/net-listener/dispatch/clear-inside-callback",
+                 test_clear_inside_callback);
     g_test_add_data_func("/net-listener/dispatch/replace/glib-glib",
                          replace_glib_glib, test_replace_callback);
     g_test_add_data_func("/net-listener/dispatch/replace/glib-aio",
@@ -575,12 +547,8 @@ int main(int argc, char **argv)
                     test_same_tuple_is_noop);
     g_test_add_func("/net-listener/dispatch/same-aio-tuple-is-noop",
                     test_same_aio_tuple_is_noop);
-    g_test_add_data_func("/net-listener/wait-client/with-async/glib",
-                         GINT_TO_POINTER(TU_MODE_GLIB),
-                         test_wait_client_with_async);
-    g_test_add_data_func("/net-listener/wait-client/with-async/aio",
-                         GINT_TO_POINTER(TU_MODE_AIO),
-                         test_wait_client_with_async);
+    tu_add_modes("/net-listener/wait-client/with-async",
+                 test_wait_client_with_async);
     g_test_add_func("/net-listener/wait-client/dead-listener",
                     test_wait_client_dead_listener);
     return g_test_run();

@@ -159,25 +159,6 @@ static void test_unref_after_clearing_callback(gconstpointer opaque)
     TU_WAIT_UNTIL(tu_count_fds() == fds, iterate_both());
 }
 
-typedef struct {
-    TuAccepts acc;      /* first: tu_accept_cb's data */
-    TuMode mode;
-} OnceData;
-
-/* Accepts one client, then clears itself. */
-static void accept_once_cb(QIONetListener *listener, QIOChannelSocket *sioc,
-                           gpointer data)
-{
-    OnceData *od = data;
-
-    tu_accept_cb(listener, sioc, &od->acc);
-    if (od->mode == TU_MODE_GLIB) {
-        qio_net_listener_set_client_func(listener, NULL, NULL, NULL);
-    } else {
-        qio_net_listener_set_client_aio_func(listener, NULL, NULL, NULL);
-    }
-}
-
 /*
  * As upstream: with a callback set, the watches keep the listener alive
  * after the caller's last unref; it serves until the callback clears
@@ -185,7 +166,7 @@ static void accept_once_cb(QIONetListener *listener, QIOChannelSocket *sioc,
  */
 static void test_serves_after_last_unref(gconstpointer opaque)
 {
-    OnceData od = { .mode = GPOINTER_TO_INT(opaque) };
+    TuOnce od = { .mode = GPOINTER_TO_INT(opaque) };
     QIONetListener *listener;
     QIOChannelSocket *client;
     int fds;
@@ -195,10 +176,10 @@ static void test_serves_after_last_unref(gconstpointer opaque)
     fds = tu_count_fds();
     listener = tu_new_inet_listener();
     if (od.mode == TU_MODE_GLIB) {
-        qio_net_listener_set_client_func(listener, accept_once_cb, &od,
+        qio_net_listener_set_client_func(listener, tu_accept_once_cb, &od,
                                          tu_accepts_notify);
     } else {
-        qio_net_listener_set_client_aio_func(listener, accept_once_cb, &od,
+        qio_net_listener_set_client_aio_func(listener, tu_accept_once_cb, &od,
                                              NULL);
     }
     client = tu_connect_listener(listener, 0);
@@ -321,34 +302,17 @@ static void test_autoptr(void)
 
 int main(int argc, char **argv)
 {
-    g_test_init(&argc, &argv, NULL);
-    module_call_init(MODULE_INIT_QOM);
-    qemu_init_main_loop(&error_abort);
+    tu_init(&argc, &argv);
 
-    g_test_add_data_func("/net-listener/lifecycle/disconnect/glib",
-                         GINT_TO_POINTER(TU_MODE_GLIB), test_disconnect);
-    g_test_add_data_func("/net-listener/lifecycle/disconnect/aio",
-                         GINT_TO_POINTER(TU_MODE_AIO), test_disconnect);
+    tu_add_modes("/net-listener/lifecycle/disconnect", test_disconnect);
     g_test_add_func("/net-listener/lifecycle/unref-closes-fds",
                     test_unref_closes_fds);
-    g_test_add_data_func("/net-listener/lifecycle/unref-after-clear/glib",
-                         GINT_TO_POINTER(TU_MODE_GLIB),
-                         test_unref_after_clearing_callback);
-    g_test_add_data_func("/net-listener/lifecycle/unref-after-clear/aio",
-                         GINT_TO_POINTER(TU_MODE_AIO),
-                         test_unref_after_clearing_callback);
-    g_test_add_data_func("/net-listener/lifecycle/serves-after-unref/glib",
-                         GINT_TO_POINTER(TU_MODE_GLIB),
-                         test_serves_after_last_unref);
-    g_test_add_data_func("/net-listener/lifecycle/serves-after-unref/aio",
-                         GINT_TO_POINTER(TU_MODE_AIO),
-                         test_serves_after_last_unref);
-    g_test_add_data_func("/net-listener/lifecycle/client-reference/glib",
-                         GINT_TO_POINTER(TU_MODE_GLIB),
-                         test_client_reference);
-    g_test_add_data_func("/net-listener/lifecycle/client-reference/aio",
-                         GINT_TO_POINTER(TU_MODE_AIO),
-                         test_client_reference);
+    tu_add_modes("/net-listener/lifecycle/unref-after-clear",
+                 test_unref_after_clearing_callback);
+    tu_add_modes("/net-listener/lifecycle/serves-after-unref",
+                 test_serves_after_last_unref);
+    tu_add_modes("/net-listener/lifecycle/client-reference",
+                 test_client_reference);
     g_test_add_func("/net-listener/lifecycle/listener-refs",
                     test_listener_refs);
     g_test_add_func("/net-listener/lifecycle/autoptr", test_autoptr);

@@ -522,9 +522,7 @@ int main(int argc, char **argv)
     static Params params[ARRAY_SIZE(env_names) * ARRAY_SIZE(act_names)];
     int n = 0;
 
-    g_test_init(&argc, &argv, NULL);
-    module_call_init(MODULE_INIT_QOM);
-    qemu_init_main_loop(&error_abort);
+    tu_init(&argc, &argv);
 
     for (size_t e = 0; e < ARRAY_SIZE(env_names); e++) {
         for (size_t a = 0; a < ARRAY_SIZE(act_names); a++) {

@@ -504,9 +504,7 @@ static void test_bad_fd_pipe(void)
 
 int main(int argc, char **argv)
 {
-    g_test_init(&argc, &argv, NULL);
-    module_call_init(MODULE_INIT_QOM);
-    qemu_init_main_loop(&error_abort);
+    tu_init(&argc, &argv);
 
     g_test_add_func("/net-listener/open/new-is-empty", test_new_is_empty);
     g_test_add_func("/net-listener/open/inet-port0", test_open_inet_port0);

@@ -518,9 +518,7 @@ int main(int argc, char **argv)
 {
     bool has_ipv4, has_ipv6, has_afunix;
 
-    g_test_init(&argc, &argv, NULL);
-    module_call_init(MODULE_INIT_QOM);
-    qemu_init_main_loop(&error_abort);
+    tu_init(&argc, &argv);
     g_assert_cmpint(socket_init(), ==, 0);
 
     if (socket_check_protocol_support(&has_ipv4, &has_ipv6) < 0) {

@@ -1011,9 +1011,7 @@ static void parse_args(int *argc, char **argv)
 int main(int argc, char **argv)
 {
     parse_args(&argc, argv);
-    g_test_init(&argc, &argv, NULL);
-    module_call_init(MODULE_INIT_QOM);
-    qemu_init_main_loop(&error_abort);
+    tu_init(&argc, &argv);
     signal(SIGABRT, on_fatal_signal);
     signal(SIGSEGV, on_fatal_signal);
     signal(SIGBUS, on_fatal_signal);

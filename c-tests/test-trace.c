@@ -138,14 +138,9 @@ int main(int argc, char **argv)
     g_setenv("G_MESSAGES_DEBUG", "qio-net-listener", TRUE);
     events = g_ptr_array_new_with_free_func(g_free);
     g_log_set_writer_func(capture, NULL, NULL);
-    g_test_init(&argc, &argv, NULL);
-    module_call_init(MODULE_INIT_QOM);
-    qemu_init_main_loop(&error_abort);
+    tu_init(&argc, &argv);
 
-    g_test_add_data_func("/trace/glib", GINT_TO_POINTER(TU_MODE_GLIB),
-                         test_trace);
-    g_test_add_data_func("/trace/aio", GINT_TO_POINTER(TU_MODE_AIO),
-                         test_trace);
+    tu_add_modes("/trace", test_trace);
     int ret = g_test_run();
     g_ptr_array_unref(events);
     return ret;

@@ -6,11 +6,19 @@
 #include "qemu/osdep.h"
 #include <poll.h>
 #include "qapi/error.h"
+#include "qemu/module.h"
 #include "qemu/sockets.h"
 #include "qemu/main-loop.h"
 #include "io/channel-socket.h"
 #include "io/net-listener.h"
 #include "test-util.h"
+
+void tu_init(int *argc, char ***argv)
+{
+    g_test_init(argc, argv, NULL);
+    module_call_init(MODULE_INIT_QOM);
+    qemu_init_main_loop(&error_abort);
+}
 
 void tu_nap(void)
 {
@@ -55,6 +63,15 @@ void tu_set_cb(QIONetListener *listener, TuMode mode,
     } else {
         qio_net_listener_set_client_aio_func(listener, func, data, NULL);
     }
+}
+
+void tu_add_modes(const char *path, GTestDataFunc fn)
+{
+    g_autofree char *glib = g_strdup_printf("%s/glib", path);
+    g_autofree char *aio = g_strdup_printf("%s/aio", path);
+
+    g_test_add_data_func(glib, GINT_TO_POINTER(TU_MODE_GLIB), fn);
+    g_test_add_data_func(aio, GINT_TO_POINTER(TU_MODE_AIO), fn);
 }
 
 void tu_iterate(TuMode mode)
@@ -450,4 +467,13 @@ void tu_accepts_notify(gpointer data)
     g_mutex_lock(&acc->lock);
     acc->notified++;
     g_mutex_unlock(&acc->lock);
+}
+
+void tu_accept_once_cb(QIONetListener *listener, QIOChannelSocket *sioc,
+                       gpointer data)
+{
+    TuOnce *once = data;
+
+    tu_accept_cb(listener, sioc, &once->acc);
+    tu_set_cb(listener, once->mode, NULL, NULL);
 }

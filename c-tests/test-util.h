@@ -29,6 +29,12 @@
         g_assert_true(cond);                                            \
     } while (0)
 
+/*
+ * The start of every test program: GLib's test framework, the QOM types
+ * and the main loop (whose AioContext the TU_MODE_AIO cases use).
+ */
+void tu_init(int *argc, char ***argv);
+
 /* One non-blocking round of the default GMainContext (sleeps if idle). */
 void tu_iterate_main(void);
 /* One non-blocking round of @ctx (sleeps if idle); main thread only. */
@@ -54,6 +60,12 @@ typedef enum {
     TU_MODE_GLIB,
     TU_MODE_AIO,
 } TuMode;
+
+/*
+ * Registers @fn twice: as @path/glib with data TU_MODE_GLIB and as
+ * @path/aio with data TU_MODE_AIO.
+ */
+void tu_add_modes(const char *path, GTestDataFunc fn);
 
 /* Sets (or with NULL @func clears) the callback; no notify. */
 void tu_set_cb(QIONetListener *listener, TuMode mode,
@@ -164,5 +176,18 @@ void tu_accept_cb(QIONetListener *listener, QIOChannelSocket *sioc,
                   gpointer data);
 /* A GDestroyNotify counting into a TuAccepts. */
 void tu_accepts_notify(gpointer data);
+
+/* A TuAccepts for a callback that clears itself after one client. */
+typedef struct TuOnce {
+    TuAccepts acc;              /* first: tu_accept_cb's data */
+    TuMode mode;
+} TuOnce;
+
+/*
+ * A QIONetListenerClientFunc recording into a TuOnce (data), then
+ * clearing the listener's callback (as char-socket does).
+ */
+void tu_accept_once_cb(QIONetListener *listener, QIOChannelSocket *sioc,
+                       gpointer data);
 
 #endif
