@@ -202,22 +202,43 @@ pub unsafe extern "C" fn socket_sockaddr_to_address(
     unsafe { ok_or_set(s.to_address().map(AddrBox::into_raw), errp) }.unwrap_or(ptr::null_mut())
 }
 
-pub(crate) fn local_sockaddr(fd: RawFd) -> std::result::Result<SockAddr, c_int> {
+/// getsockname() or getpeername() of `fd`.  Inlined, so each caller
+/// calls its function directly.
+#[inline(always)]
+fn query(
+    fd: RawFd,
+    call: unsafe extern "C" fn(c_int, *mut libc::sockaddr, *mut socklen_t) -> c_int,
+) -> std::result::Result<SockAddr, c_int> {
     let mut s = SockAddr::empty();
     // SAFETY: the storage and length are valid out parameters.
-    if unsafe { libc::getsockname(fd, ptr::addr_of_mut!(s.storage).cast(), &mut s.len) } < 0 {
+    if unsafe { call(fd, ptr::addr_of_mut!(s.storage).cast(), &mut s.len) } < 0 {
         return Err(errno());
     }
     Ok(s)
 }
 
+pub(crate) fn local_sockaddr(fd: RawFd) -> std::result::Result<SockAddr, c_int> {
+    query(fd, libc::getsockname)
+}
+
 pub(crate) fn remote_sockaddr(fd: RawFd) -> std::result::Result<SockAddr, c_int> {
-    let mut s = SockAddr::empty();
-    // SAFETY: the storage and length are valid out parameters.
-    if unsafe { libc::getpeername(fd, ptr::addr_of_mut!(s.storage).cast(), &mut s.len) } < 0 {
-        return Err(errno());
-    }
-    Ok(s)
+    query(fd, libc::getpeername)
+}
+
+/// The C result of socket_local_address()/socket_remote_address().
+///
+/// # Safety
+/// `errp` is a valid `Error **` or NULL.
+unsafe fn address_reply(
+    r: std::result::Result<SockAddr, c_int>,
+    what: &str,
+    errp: *mut *mut sys::Error,
+) -> *mut sys::SocketAddress {
+    let r = r
+        .map_err(|e| ErrorImpl::with_errno(e, format!("Unable to query {what} socket address")))
+        .and_then(|s| s.to_address());
+    // SAFETY: caller's contract.
+    unsafe { ok_or_set(r.map(AddrBox::into_raw), errp) }.unwrap_or(ptr::null_mut())
 }
 
 /// # Safety
@@ -227,11 +248,8 @@ pub unsafe extern "C" fn socket_local_address(
     fd: c_int,
     errp: *mut *mut sys::Error,
 ) -> *mut sys::SocketAddress {
-    let r = local_sockaddr(fd)
-        .map_err(|e| ErrorImpl::with_errno(e, "Unable to query local socket address"))
-        .and_then(|s| s.to_address());
     // SAFETY: caller's contract.
-    unsafe { ok_or_set(r.map(AddrBox::into_raw), errp) }.unwrap_or(ptr::null_mut())
+    unsafe { address_reply(local_sockaddr(fd), "local", errp) }
 }
 
 /// # Safety
@@ -241,11 +259,8 @@ pub unsafe extern "C" fn socket_remote_address(
     fd: c_int,
     errp: *mut *mut sys::Error,
 ) -> *mut sys::SocketAddress {
-    let r = remote_sockaddr(fd)
-        .map_err(|e| ErrorImpl::with_errno(e, "Unable to query remote socket address"))
-        .and_then(|s| s.to_address());
     // SAFETY: caller's contract.
-    unsafe { ok_or_set(r.map(AddrBox::into_raw), errp) }.unwrap_or(ptr::null_mut())
+    unsafe { address_reply(remote_sockaddr(fd), "remote", errp) }
 }
 
 pub(super) fn vsock_sockaddr(a: &sys::VsockSocketAddress) -> Result<(SockAddr, String)> {

@@ -129,10 +129,16 @@ fn store_addr(dst: &mut sys::sockaddr_storage, len: &mut sys::socklen_t, src: &S
     *len = src.len;
 }
 
-fn address_of(
+/// A new SocketAddress for a recorded address, or NULL and an error: the
+/// C result of the get_local/remote_address functions.
+///
+/// # Safety
+/// `errp` is a valid `Error **` or NULL.
+unsafe fn address_of(
     storage: &sys::sockaddr_storage,
     len: sys::socklen_t,
-) -> Result<*mut sys::SocketAddress> {
+    errp: *mut *mut sys::Error,
+) -> *mut sys::SocketAddress {
     let mut s = SockAddr {
         // SAFETY: all-zero is a valid sockaddr_storage.
         storage: unsafe { std::mem::zeroed() },
@@ -146,7 +152,9 @@ fn address_of(
             size_of::<sys::sockaddr_storage>(),
         )
     };
-    s.to_address().map(address::AddrBox::into_raw)
+    let r = s.to_address().map(address::AddrBox::into_raw);
+    // SAFETY: caller's contract.
+    unsafe { ok_or_set(r, errp) }.unwrap_or(ptr::null_mut())
 }
 
 // ---------------------------------------------------------------------------
@@ -256,9 +264,7 @@ pub unsafe extern "C" fn qio_channel_socket_get_local_address(
     errp: *mut *mut sys::Error,
 ) -> *mut sys::SocketAddress {
     // SAFETY: caller's contract.
-    let r = unsafe { address_of(&(*ioc).localAddr, (*ioc).localAddrLen) };
-    // SAFETY: caller's contract.
-    unsafe { ok_or_set(r, errp) }.unwrap_or(ptr::null_mut())
+    unsafe { address_of(&(*ioc).localAddr, (*ioc).localAddrLen, errp) }
 }
 
 /// # Safety
@@ -269,9 +275,7 @@ pub unsafe extern "C" fn qio_channel_socket_get_remote_address(
     errp: *mut *mut sys::Error,
 ) -> *mut sys::SocketAddress {
     // SAFETY: caller's contract.
-    let r = unsafe { address_of(&(*ioc).remoteAddr, (*ioc).remoteAddrLen) };
-    // SAFETY: caller's contract.
-    unsafe { ok_or_set(r, errp) }.unwrap_or(ptr::null_mut())
+    unsafe { address_of(&(*ioc).remoteAddr, (*ioc).remoteAddrLen, errp) }
 }
 
 /// As QEMU's: a new channel for the next client, with its remote and
