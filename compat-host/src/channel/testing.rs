@@ -19,7 +19,12 @@ pub(super) fn check<T>(r: T, err: &mut *mut sys::Error) -> T {
 
 /// A listening channel on 127.0.0.1 and its address.
 pub(super) fn listener() -> (*mut sys::QIOChannelSocket, *mut sys::SocketAddress) {
-    let a = parse_ok("127.0.0.1:0");
+    listener_on("127.0.0.1:0")
+}
+
+/// A listening channel on `addr` (socket_parse() syntax) and its address.
+pub(super) fn listener_on(addr: &str) -> (*mut sys::QIOChannelSocket, *mut sys::SocketAddress) {
+    let a = parse_ok(addr);
     let l = qio_channel_socket_new();
     let mut err = ptr::null_mut();
     // SAFETY: valid channel, address and errp.
