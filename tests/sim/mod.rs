@@ -69,7 +69,9 @@
 //! - threads outside shuttle: without the `shuttle` feature a world is run
 //!   by one thread, so cross-thread races are only explored in
 //!   tests/concurrency.rs, where every world access is a scheduling point
-//!   but a host call is atomic (no interleaving inside one).
+//!   but atomic itself (a host call made of several accesses can be
+//!   interleaved between them; with `begin_coarse`, host accesses are not
+//!   scheduling points at all).
 
 #![allow(dead_code)] // each test binary uses a part of it
 
@@ -81,6 +83,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
+#[allow(unused_imports)] // not every test binary uses both
 pub use qio_net_listener::listener::{Target, ACCEPT_BATCH, BACKOFF_MS};
 use qio_net_listener::{
     host::{ClientCallback, Host, HostError, ReadyHandler, SocketChannel, TimerHandler, WaitLoop},
@@ -170,6 +173,11 @@ pub struct Stats {
     /// the hazard of issue 6, survived thanks to the dispatch's own
     /// reference.
     pub released_in_dispatch: AtomicU64,
+    /// wait_client watched a socket already closed by a concurrent
+    /// disconnect (benign, see check_watchable).
+    pub private_watch_on_closed: AtomicU64,
+    /// Watch dispatches that did nothing (see `dispatch`).
+    pub idle_dispatches: AtomicU64,
 }
 
 pub static STATS: Stats = Stats {
@@ -185,6 +193,8 @@ pub static STATS: Stats = Stats {
     backoff_timers: AtomicU64::new(0),
     wait_loops: AtomicU64::new(0),
     released_in_dispatch: AtomicU64::new(0),
+    private_watch_on_closed: AtomicU64::new(0),
+    idle_dispatches: AtomicU64::new(0),
 };
 
 fn bump(c: &AtomicU64) {
@@ -398,6 +408,9 @@ pub struct World {
     checker: Option<Box<dyn Checker>>,
     tearing_down: bool,
     released_in_dispatch: u64,
+    flags: std::collections::BTreeSet<String>,
+    /// Threads waiting in block_until, with what they wait for.
+    sleepers: Vec<(u64, Pred)>,
 }
 
 fn new_grec(private: bool) -> GRec {
@@ -439,6 +452,8 @@ impl World {
             checker: None,
             tearing_down: false,
             released_in_dispatch: 0,
+            flags: Default::default(),
+            sleepers: Vec::new(),
         }
     }
 
@@ -529,6 +544,16 @@ impl World {
         v
     }
 
+    /// wait_client's watches on any socket (live ones).
+    pub fn private_watch_count(&self) -> usize {
+        self.gctxs
+            .values()
+            .filter(|r| r.private)
+            .flat_map(|r| r.sources.values())
+            .filter(|s| !s.destroyed && matches!(s.kind, SrcKind::Watch { .. }))
+            .count()
+    }
+
     fn private_watches(&self, chan: u64) -> usize {
         self.gctxs
             .values()
@@ -592,6 +617,15 @@ impl World {
 
     pub fn running(&self, reg: u64) -> u32 {
         self.regs.get(&reg).map_or(0, |r| r.running)
+    }
+
+    /// A test's own flag (threads of a shuttle test wait for them).
+    pub fn flag(&self, name: &str) -> bool {
+        self.flags.contains(name)
+    }
+
+    pub fn set_flag(&mut self, name: &str) {
+        self.flags.insert(name.to_owned());
     }
 
     /// How often the host released a handler while a dispatch of it ran.
@@ -877,9 +911,16 @@ impl World {
     /// exist for a moment (the old one is destroyed after the listener
     /// unlocks, see the host contract); a second fd handler in the same
     /// AioContext is caught when it is installed.
+    ///
+    /// The listener never watches a closed socket, except that a
+    /// wait_client racing with a disconnect from another thread may create
+    /// its private watches just after the close (it then returns NULL; in
+    /// QEMU the closed channel's fd is -1, which poll ignores): counted.
     fn check_watchable(&mut self, chan: u64, private: bool) {
         let closed = self.chans.get(&chan).is_none_or(|c| c.closed);
-        if closed {
+        if closed && private {
+            bump(&STATS.private_watch_on_closed);
+        } else if closed {
             self.violation(format!("watching closed socket {chan}"));
         }
         let asyncs = self.async_watches(chan).len();
@@ -1017,12 +1058,15 @@ impl World {
         id
     }
 
-    fn frame_end(&mut self, id: u64) {
+    /// Ends a dispatch; true if it was a watch's and did nothing at all.
+    fn frame_end(&mut self, id: u64) -> bool {
         let Some(pos) = self.frames.iter().position(|f| f.id == id) else {
             self.violation(format!("sim: frame {id} lost"));
-            return;
+            return false;
         };
         let f = self.frames.remove(pos);
+        let idle =
+            matches!(f.kind, FrameKind::Watch { .. }) && f.accepts == 0 && f.fails.is_empty();
         if let Some(r) = self.handlers.get_mut(&f.handler) {
             r.calls -= 1;
         }
@@ -1033,6 +1077,7 @@ impl World {
             accepts: f.accepts,
             fails: f.fails,
         });
+        idle
     }
 
     fn aio_ready(&self, a: ACtx) -> Vec<(u64, u64)> {
@@ -1208,17 +1253,42 @@ impl World {
 // ---------------------------------------------------------------------
 // World access
 
-struct Shared {
-    world: Mutex<World>,
+enum WorldLock {
+    /// The state machine's lock type: with shuttle, every world access
+    /// (host call) is a scheduling point.
+    Fine(Mutex<World>),
+    /// A plain lock (shuttle only): host calls are atomic and the only
+    /// scheduling points are the state machine's own locks and atomics
+    /// (and thread spawn/join/park), so DFS can exhaust small cases.  No
+    /// shuttle operation ever runs while it is held.
     #[cfg(feature = "shuttle")]
-    cond: shuttle::sync::Condvar,
+    Coarse(std::sync::Mutex<World>),
+}
+
+struct Shared {
+    lock: WorldLock,
+    /// Where threads wait for the world to change (shuttle): a condvar,
+    /// which unlike `park` never wakes spuriously, so all threads waiting
+    /// is a deadlock that shuttle reports, and DFS schedules are finite.
+    #[cfg(feature = "shuttle")]
+    gate: (shuttle::sync::Mutex<()>, shuttle::sync::Condvar),
 }
 
 // The world of the test running on this OS thread.  Shuttle runs all of
 // an execution's threads as coroutines on the thread that called
 // shuttle::check_*, so they share it.
 std::thread_local! {
-    static CURRENT: RefCell<Option<Arc<Shared>>> = const { RefCell::new(None) };
+    static CURRENT: RefCell<Slot> = const { RefCell::new(Slot(None)) };
+}
+
+/// A world still installed when its thread exits belongs to a failed run
+/// (with shuttle, dropping it outside an execution would panic): leaked.
+struct Slot(Option<Arc<Shared>>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        std::mem::forget(self.0.take());
+    }
 }
 
 per_thread! {
@@ -1229,7 +1299,7 @@ per_thread! {
 }
 
 fn shared() -> Option<Arc<Shared>> {
-    CURRENT.with(|c| c.borrow().clone())
+    CURRENT.with(|c| c.borrow().0.clone())
 }
 
 #[cfg(feature = "shuttle")]
@@ -1249,20 +1319,41 @@ fn thread_key() -> u64 {
 /// failed test's world is being discarded).  A violation found by `f`
 /// panics once the world is unlocked.
 pub fn try_world<R>(f: impl FnOnce(&mut World) -> R) -> Option<R> {
+    access(true, f)
+}
+
+fn access<R>(wake: bool, f: impl FnOnce(&mut World) -> R) -> Option<R> {
     assert!(
         !IN_WORLD.with(Cell::get),
         "sim bug: world accessed re-entrantly"
     );
     let sh = shared()?;
-    let (r, msg) = {
-        let mut g = sh.world.lock().unwrap_or_else(|e| e.into_inner());
+    let run = |w: &mut World| {
         IN_WORLD.with(|c| c.set(true));
-        let r = f(&mut g);
+        let r = f(w);
         IN_WORLD.with(|c| c.set(false));
-        (r, g.pending_panic.take())
+        // Wake the waiters only when one of them can go on: a scheduling
+        // point only where it matters (keeps DFS small).
+        let notify = wake && !w.sleepers.is_empty() && {
+            let sleepers = std::mem::take(&mut w.sleepers);
+            let any = sleepers.iter().any(|(_, p)| p(w));
+            w.sleepers = sleepers;
+            any
+        };
+        (r, w.pending_panic.take(), notify)
+    };
+    let (r, msg, notify) = match &sh.lock {
+        WorldLock::Fine(m) => run(&mut m.lock().unwrap_or_else(|e| e.into_inner())),
+        #[cfg(feature = "shuttle")]
+        WorldLock::Coarse(m) => run(&mut m.lock().unwrap_or_else(|e| e.into_inner())),
     };
     #[cfg(feature = "shuttle")]
-    sh.cond.notify_all();
+    if notify {
+        let _g = sh.gate.0.lock().unwrap_or_else(|e| e.into_inner());
+        sh.gate.1.notify_all();
+    }
+    #[cfg(not(feature = "shuttle"))]
+    let _ = notify;
     if let Some(m) = msg {
         if !std::thread::panicking() {
             // The first violation wins: the world is discarded anyway.
@@ -1295,25 +1386,40 @@ fn on_drop(f: impl FnOnce() + 'static) {
     }
 }
 
+/// A condition a thread waits for.
+type Pred = Arc<dyn Fn(&mut World) -> bool + Send + Sync>;
+
 /// Waits (shuttle) until `pred` holds; without shuttle nothing else can
 /// change the world, so this is a hang: recorded as a violation.
-fn block_until(what: &str, pred: impl Fn(&mut World) -> bool) {
+pub fn block_until(what: &str, pred: impl Fn(&mut World) -> bool + Send + Sync + 'static) {
     #[cfg(feature = "shuttle")]
     {
         let _ = what;
         let sh = shared().expect("world");
-        let mut g = sh.world.lock().unwrap_or_else(|e| e.into_inner());
+        let pred: Pred = Arc::new(pred);
+        let mut me = None;
         loop {
-            IN_WORLD.with(|c| c.set(true));
-            let ok = pred(&mut g);
-            IN_WORLD.with(|c| c.set(false));
+            // Checked with the gate held: a change made after the check
+            // notifies only once this thread waits (no lost wakeup).
+            let gate = sh.gate.0.lock().unwrap_or_else(|e| e.into_inner());
+            let ok = access(false, |w| {
+                if let Some(id) = me.take() {
+                    w.sleepers.retain(|(s, _)| *s != id);
+                }
+                let ok = pred(w);
+                if !ok {
+                    let id = w.id();
+                    w.sleepers.push((id, pred.clone()));
+                    me = Some(id);
+                }
+                ok
+            })
+            .expect("world");
             if ok {
-                break;
+                return;
             }
-            g = sh.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+            drop(sh.gate.1.wait(gate).unwrap_or_else(|e| e.into_inner()));
         }
-        drop(g);
-        run_deferred();
     }
     #[cfg(not(feature = "shuttle"))]
     world(|w| {
@@ -1328,14 +1434,27 @@ fn block_until(what: &str, pred: impl Fn(&mut World) -> bool) {
 /// A fresh world for one test (or one shuttle execution), installed for
 /// this thread until `finish` or drop.
 pub fn begin() -> SimGuard {
+    install(WorldLock::Fine(Mutex::new(World::new())))
+}
+
+/// A world whose host calls are atomic (see WorldLock::Coarse).
+#[cfg(feature = "shuttle")]
+pub fn begin_coarse() -> SimGuard {
+    install(WorldLock::Coarse(std::sync::Mutex::new(World::new())))
+}
+
+fn install(lock: WorldLock) -> SimGuard {
     IN_WORLD.with(|c| c.set(false));
     DEFERRED.with(|d| d.borrow_mut().clear());
+    // A failed run's world (e.g. a shuttle execution torn down without
+    // unwinding): discard it without running what it holds.
+    std::mem::forget(CURRENT.with(|c| c.borrow_mut().0.take()));
     let sh = Arc::new(Shared {
-        world: Mutex::new(World::new()),
+        lock,
         #[cfg(feature = "shuttle")]
-        cond: shuttle::sync::Condvar::new(),
+        gate: (shuttle::sync::Mutex::new(()), shuttle::sync::Condvar::new()),
     });
-    CURRENT.with(|c| *c.borrow_mut() = Some(sh));
+    CURRENT.with(|c| c.borrow_mut().0 = Some(sh));
     SimGuard { done: false }
 }
 
@@ -1355,7 +1474,7 @@ impl SimGuard {
         let v = world(|w| w.violations.clone());
         assert!(v.is_empty(), "sim: violations: {v:#?}");
         self.done = true;
-        let sh = CURRENT.with(|c| c.borrow_mut().take());
+        let sh = CURRENT.with(|c| c.borrow_mut().0.take());
         drop(sh);
     }
 
@@ -1394,7 +1513,7 @@ impl Drop for SimGuard {
         }
         // A failed test: discard its world without running what it holds
         // (handles dropped later find no world and do nothing).
-        let sh = CURRENT.with(|c| c.borrow_mut().take());
+        let sh = CURRENT.with(|c| c.borrow_mut().0.take());
         std::mem::forget(sh);
         IN_WORLD.with(|c| c.set(false));
         DEFERRED.with(|d| d.borrow_mut().clear());
@@ -1471,6 +1590,20 @@ pub fn new_listener() -> Owner {
         )
     });
     Owner { id, obj: Some(obj) }
+}
+
+/// A new listener with one socket opened on any port: (its reference,
+/// the socket's channel id, the port).
+pub fn listener_with_socket() -> (Owner, u64, u16) {
+    let owner = new_listener();
+    let addr = Addr {
+        port: 0,
+        fail: false,
+    };
+    owner.listener().open(&owner, &[addr], 16).expect("open");
+    let sock = owner.listener().sioc(0).expect("socket").id();
+    let port = world(|w| w.port(sock)).expect("port");
+    (owner, sock, port)
 }
 
 /// A channel listening on `port` (0: any), blocking as QEMU's
@@ -1635,8 +1768,17 @@ pub fn advance(ms: u64) {
 fn dispatch(h: HArc, kind: FrameKind, ctx: Ctx) {
     let fid = world(|w| w.frame_start(&h, kind, ctx));
     (h.f)();
-    world(|w| w.frame_end(fid));
+    let idle = world(|w| w.frame_end(fid));
     drop(h);
+    if idle {
+        // The handler did nothing (a watch whose registration is no longer
+        // current, still ready until the thread that replaced it destroys
+        // the source): the loop busy-waits on it.  An OS scheduler is fair
+        // to the other thread; tell shuttle so (PCT would starve it).
+        bump(&STATS.idle_dispatches);
+        #[cfg(feature = "shuttle")]
+        shuttle::thread::yield_now();
+    }
 }
 
 /// One non-blocking iteration of a GMainContext; true if anything ran.
@@ -1670,9 +1812,9 @@ pub fn iterate_blocking(g: GCtx) -> bool {
         }
         match world(|w| w.next_deadline_glib(g)) {
             Some(t) => advance_to(t),
-            None => block_until("g_main_context_iteration(may_block)", |w| {
+            None => block_until("g_main_context_iteration(may_block)", move |w| {
                 w.glib_has_work(g)
-                    || w.gctx(g).kicked
+                    || w.gctxs.get(&g).is_some_and(|r| r.kicked)
                     || (g == GCtx::DEFAULT && w.aio_has_work(ACtx::MAIN))
             }),
         }
@@ -1738,8 +1880,8 @@ pub fn aio_poll(a: ACtx, blocking: bool) -> bool {
         }
         match world(|w| w.next_deadline_aio(a)) {
             Some(t) => advance_to(t),
-            None => block_until("aio_poll(blocking)", |w| {
-                w.aio_has_work(a) || w.actx(a).kicked
+            None => block_until("aio_poll(blocking)", move |w| {
+                w.aio_has_work(a) || w.actxs.get(&a).is_some_and(|r| r.kicked)
             }),
         }
     }
@@ -2174,8 +2316,10 @@ impl WaitLoop<Sim> for SimLoop {
             });
             match next {
                 Some(t) => advance_to(t),
-                None => block_until("wait_client", |w| {
-                    w.gctx(g).quit || w.glib_has_work(g) || w.next_deadline_glib(g).is_some()
+                None => block_until("wait_client", move |w| {
+                    w.gctxs.get(&g).is_none_or(|r| r.quit)
+                        || w.glib_has_work(g)
+                        || w.next_deadline_glib(g).is_some()
                 }),
             }
         }
