@@ -1,0 +1,590 @@
+//! Model checking of the cross-thread paths with shuttle
+//! (`cargo test --features shuttle --test concurrency`): a dispatch thread
+//! (an IOThread running aio_poll on its AioContext, or a thread iterating
+//! a GMainContext) against clear / replace / disconnect / the last unref /
+//! wait_client from another thread, on the simulated host (tests/sim).
+//! With the feature the state machine's locks and atomics are shuttle's
+//! (src/sync.rs) and so is the simulated world's lock, so shuttle decides
+//! every interleaving.  Each scenario asserts what tests/model.rs does:
+//! notify exactly once and never during a call of its registration,
+//! finalize exactly once (and when expected), no client accepted and
+//! dropped, no handle used after its release, nothing left at the end
+//! (the sim checks the last three on every handle).
+//!
+//! Each scenario runs under shuttle's random scheduler and PCT (depth 3)
+//! with fixed seeds and 1000 iterations each (`QIO_SHUTTLE_ITERS=N`), on
+//! the fine world (every access to the simulated host is a scheduling
+//! point).  The small ones also run under DFS on the coarse world (host
+//! accesses atomic; the scheduling points are the state machine's own
+//! locks and atomics, thread spawn/join and the sim's blocking waits),
+//! where DFS exhausts each "one dispatch against one operation" case in
+//! 1-13 schedules.  `-- --nocapture` prints the counts.
+//!
+//! Measured (2 cores, debug build): 14 scenarios, 28,000 random/PCT
+//! schedules, 20,000 bounded DFS schedules (disconnect vs wait_client, not
+//! exhaustive) and 80 exhaustive ones: 48,080 schedules in about 50 s.
+//! DFS on the fine world exhausts only "one dispatch vs unref" (89,547
+//! schedules via aio_poll, 17,909 via GLib); the other one-dispatch cases
+//! pass 100,000 schedules without finishing (about 100 s each), so CI does
+//! not run that.
+//!
+//! Finding (not a failure, but a busy loop): when one thread replaces or
+//! clears a GSource-dispatched callback while another thread iterates
+//! that GMainContext, the old watch stays attached and ready between the
+//! listener's unlock and the g_source_destroy that follows it; the
+//! iterating thread meanwhile dispatches it again and again (its handler
+//! sees it no longer serves and returns G_SOURCE_CONTINUE).  Under PCT,
+//! which can starve the replacing thread, that never ends (shuttle's
+//! "exceeded max_steps").  The sim therefore yields after a dispatch that
+//! did nothing (an OS scheduler is fair) and counts them.  A stale watch's
+//! dispatch returning G_SOURCE_REMOVE would end it at once (the trait's
+//! `ReadyHandler::ready` would return whether to keep the watch).
+//!
+//! Checked that it fails: notify on replace (instead of when the last
+//! user goes) is caught in three scenarios ("notify of registration 3
+//! while 1 call(s) of it run", the call in the IOThread, the replace in
+//! the main thread); splitting wait_client's start into two critical
+//! sections (the race fixed in 8c73580) is caught as a deadlock, a
+//! wait_client blocked on a listener disconnected in between.
+//!
+//! Why shuttle and not loom: the state machine holds its registration
+//! through `std::sync::Weak` (`Arc::downgrade` in `arm`), and loom's `Arc`
+//! has no `Weak` nor `downgrade` (loom 0.7's `Arc` offers `new`, `pin`,
+//! `try_unwrap`, `from_std`, ...; tokio-rs/loom issue 156, "Missing
+//! std::sync::Weak", is open), so it cannot be swapped in.  And loom
+//! searches every interleaving of every atomic and lock access
+//! exhaustively: even the smallest race here (one aio_poll against one
+//! clear) has more than 100,000 schedules when every host access is a
+//! scheduling point (shuttle's DFS above), so an exhaustive search cannot
+//! be the main tool, whereas shuttle's randomized schedulers scale and its
+//! DFS still exhausts the coarse model.  Shuttle too re-exports std's
+//! `Arc` and `Weak`: reference counts are not scheduling points, which is
+//! why every release in the simulated host goes through its lock.
+
+#![cfg(feature = "shuttle")]
+
+// The library's C ABI refers to the host's symbols: link the compat host.
+extern crate qemucompat as _;
+
+mod sim;
+
+use std::{
+    sync::{Arc as StdArc, Mutex as StdMutex},
+    time::Instant,
+};
+
+use qio_net_listener::host::ClientCallback;
+use shuttle::{
+    scheduler::{DfsScheduler, PctScheduler, RandomScheduler},
+    thread, Config, Runner,
+};
+use sim::*;
+
+const SEED: u64 = 0x5157_4e4c; // fixed: the same schedules on every run
+
+fn iters() -> usize {
+    std::env::var("QIO_SHUTTLE_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+fn config() -> Config {
+    let mut c = Config::new();
+    // Debug builds of the listener and the sim nest deeply (nested polls).
+    c.stack_size = 1 << 20;
+    c
+}
+
+/// Runs `f` under random and PCT (fine world) and, if `dfs` gives a
+/// bound, DFS on the coarse world; prints the number of schedules.
+fn explore(name: &str, f: impl Fn(bool) + Clone + Send + Sync + 'static, dfs: Option<usize>) {
+    let n = iters();
+    let t = Instant::now();
+    let mut line = Vec::new();
+    if std::env::var_os("QIO_SHUTTLE_DFS_ONLY").is_none() {
+        let g = f.clone();
+        let random =
+            Runner::new(RandomScheduler::new_from_seed(SEED, n), config()).run(move || g(false));
+        let g = f.clone();
+        let pct =
+            Runner::new(PctScheduler::new_from_seed(SEED, 3, n), config()).run(move || g(false));
+        line.push(format!("random {random}, pct {pct}"));
+    }
+    if let Some(max) = dfs {
+        let coarse = std::env::var_os("QIO_SHUTTLE_DFS_FINE").is_none();
+        let d = Runner::new(DfsScheduler::new(Some(max), false), config()).run(move || f(coarse));
+        let how = if d < max {
+            "all of them"
+        } else {
+            "bound reached"
+        };
+        let world = if coarse { "coarse" } else { "fine" };
+        line.push(format!("dfs on the {world} world {d} ({how})"));
+    }
+    eprintln!(
+        "{name}: {} schedules; {:.1} s (idle dispatches so far: {})",
+        line.join(", "),
+        t.elapsed().as_secs_f64(),
+        STATS
+            .idle_dispatches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
+/// A listener with one open socket, in a fresh world.
+struct Setup {
+    guard: SimGuard,
+    owner: Owner,
+    lid: u64,
+    sock: u64,
+    port: u16,
+}
+
+fn setup(coarse: bool) -> Setup {
+    let guard = if coarse { begin_coarse() } else { begin() };
+    let (owner, sock, port) = listener_with_socket();
+    let lid = owner.id();
+    Setup {
+        guard,
+        owner,
+        lid,
+        sock,
+        port,
+    }
+}
+
+/// An IOThread: aio_poll(ctx, true) until told to stop, then what is left
+/// (release BHs) without blocking.
+fn io_thread(ctx: ACtx) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        while !world(|w| w.flag("stop")) {
+            aio_poll(ctx, true);
+        }
+        while aio_poll(ctx, false) {}
+    })
+}
+
+/// A thread iterating a GMainContext until told to stop.
+fn glib_thread(ctx: GCtx) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        while !world(|w| w.flag("stop")) {
+            iterate_blocking(ctx);
+        }
+        while iterate(ctx) {}
+    })
+}
+
+fn stop(aio: &[ACtx], glib: &[GCtx]) {
+    world(|w| w.set_flag("stop"));
+    for a in aio {
+        aio_kick(*a);
+    }
+    for g in glib {
+        glib_kick(*g);
+    }
+}
+
+/// A callback that does nothing but may run nested loops on `nest`.
+fn client(nest: Option<ACtx>) -> Client {
+    Client::new(Some(StdArc::new(move |_: &Owner, _: &Channel| {
+        if let Some(ctx) = nest {
+            // AIO_WAIT_WHILE inside the callback: BHs run in here.
+            aio_poll(ctx, false);
+            aio_poll(ctx, false);
+        }
+    })))
+}
+
+fn conns_settled(conns: &[ConnId]) {
+    world(|w| {
+        for c in conns {
+            let s = w.conn_state(*c);
+            assert!(
+                matches!(
+                    s,
+                    ConnState::Delivered(_) | ConnState::Queued(_) | ConnState::Lost
+                ),
+                "client {c} in state {s:?}"
+            );
+        }
+    });
+}
+
+// ---------------------------------------------------------------------
+// Scenarios
+
+/// A dispatch thread (an IOThread whose callback runs nested aio_poll,
+/// or a GMainContext thread) serves while the main thread clears the
+/// callback and drops the last reference.  AioContext: the release BHs run
+/// in the IOThread, possibly inside the nested polls.  GSource: destroyed
+/// from another thread during its dispatch, released when it returns.
+/// Either way finalize happens once, after the last dispatch; notify once.
+fn clear_and_unref(glib: bool, coarse: bool) {
+    let s = setup(coarse);
+    let (io, g) = (aio_context_new(), glib_context_new());
+    let (c, target) = if glib {
+        (client(None), Target::Glib(g))
+    } else {
+        (client(Some(io)), Target::Aio(io))
+    };
+    let reg = c.id();
+    s.owner.listener().set_client(&s.owner, c, target);
+    let conns: Vec<ConnId> = (0..2).filter_map(|_| connect(s.port)).collect();
+    let t = if glib { glib_thread(g) } else { io_thread(io) };
+    s.owner
+        .listener()
+        .set_client(&s.owner, Client::none(), target);
+    drop(s.owner);
+    block_until("finalize", move |w| w.finalized(s.lid) == 1);
+    stop(&[io], &[g]);
+    t.join().unwrap();
+    world(|w| {
+        assert_eq!(w.notified(reg), 1);
+        assert!(w.calls(reg) <= 2);
+    });
+    conns_settled(&conns);
+    s.guard.finish();
+}
+
+/// The same with replace (another registration, same IOThread) and with
+/// disconnect, then the last unref from the main thread.
+fn aio_replace_disconnect_unref(coarse: bool) {
+    let s = setup(coarse);
+    let io = aio_context_new();
+    let c1 = client(Some(io));
+    let (r1, c2) = (c1.id(), client(None));
+    let r2 = c2.id();
+    s.owner.listener().set_client(&s.owner, c1, Target::Aio(io));
+    let conns: Vec<ConnId> = (0..3).filter_map(|_| connect(s.port)).collect();
+    let t = io_thread(io);
+    s.owner.listener().set_client(&s.owner, c2, Target::Aio(io));
+    s.owner.listener().disconnect();
+    drop(s.owner);
+    block_until("finalize", move |w| w.finalized(s.lid) == 1);
+    stop(&[io], &[]);
+    t.join().unwrap();
+    world(|w| {
+        assert_eq!((w.notified(r1), w.notified(r2)), (1, 1));
+        assert_eq!(w.calls(r1) + w.calls(r2), {
+            let delivered = conns
+                .iter()
+                .filter(|c| matches!(w.conn_state(**c), ConnState::Delivered(_)))
+                .count();
+            delivered as u64
+        });
+    });
+    conns_settled(&conns);
+    s.guard.finish();
+}
+
+/// The last unref from the main thread while the IOThread serves: the
+/// listener keeps serving (its watches hold it) until the callback clears
+/// itself on its second client, inside the IOThread; then it is finalized
+/// there, after that dispatch.
+fn aio_unref_then_self_clear(coarse: bool) {
+    let s = setup(coarse);
+    let io = aio_context_new();
+    let seen = StdArc::new(StdMutex::new(0u32));
+    let c = {
+        let seen = seen.clone();
+        Client::new(Some(StdArc::new(move |o: &Owner, _: &Channel| {
+            let n = {
+                let mut n = seen.lock().unwrap();
+                *n += 1;
+                *n
+            };
+            if n == 2 {
+                o.listener().set_client(o, Client::none(), Target::Aio(io));
+                aio_poll(io, false);
+            }
+        })))
+    };
+    let reg = c.id();
+    s.owner.listener().set_client(&s.owner, c, Target::Aio(io));
+    let conns: Vec<ConnId> = (0..2).filter_map(|_| connect(s.port)).collect();
+    let t = io_thread(io);
+    drop(s.owner);
+    block_until("finalize", move |w| w.finalized(s.lid) == 1);
+    stop(&[io], &[]);
+    t.join().unwrap();
+    world(|w| {
+        assert_eq!(w.notified(reg), 1);
+        assert_eq!(w.calls(reg), 2, "both clients served after the unref");
+    });
+    conns_settled(&conns);
+    s.guard.finish();
+}
+
+/// Replace across contexts: from an IOThread's AioContext to a GMainContext
+/// thread, while both run.
+fn replace_across_contexts(coarse: bool) {
+    let s = setup(coarse);
+    let (io, g) = (aio_context_new(), glib_context_new());
+    let c1 = client(Some(io));
+    let (r1, c2) = (c1.id(), client(None));
+    let r2 = c2.id();
+    s.owner.listener().set_client(&s.owner, c1, Target::Aio(io));
+    let conns: Vec<ConnId> = (0..3).filter_map(|_| connect(s.port)).collect();
+    let (ta, tg) = (io_thread(io), glib_thread(g));
+    s.owner.listener().set_client(&s.owner, c2, Target::Glib(g));
+    // Every client is served by one registration or the other.
+    let all = conns.clone();
+    block_until("all served", move |w| {
+        all.iter()
+            .all(|c| matches!(w.conn_state(*c), ConnState::Delivered(_)))
+    });
+    drop(s.owner);
+    stop(&[io], &[g]);
+    ta.join().unwrap();
+    tg.join().unwrap();
+    world(|w| {
+        // r1's notify ran once r2 replaced it and its dispatch ended.
+        assert_eq!(w.notified(r1), 1);
+        assert_eq!(
+            w.notified(r2),
+            0,
+            "r2 still serves: the watches hold the listener"
+        );
+    });
+    let mut guard = s.guard;
+    guard.teardown();
+    world(|w| assert_eq!(w.notified(r2), 1));
+    guard.finish();
+}
+
+/// wait_client in the main thread while the IOThread serves the same
+/// socket: the async watches are suspended, wait_client gets exactly one
+/// client, every other one goes to the callback or stays queued, none is
+/// accepted and dropped.  A client thread connects until wait_client has
+/// its client (one connected after the suspension always reaches it).
+fn wait_client_vs_aio_dispatch(coarse: bool) {
+    let s = setup(coarse);
+    let io = aio_context_new();
+    let c = client(None);
+    let reg = c.id();
+    s.owner.listener().set_client(&s.owner, c, Target::Aio(io));
+    let (port, sock) = (s.port, s.sock);
+    let first = connect(port).expect("connect");
+    let t = io_thread(io);
+    let clients = thread::spawn(move || {
+        let mut conns = Vec::new();
+        loop {
+            // Connect once wait_client has suspended the async watches
+            // (its own are there) and nothing is queued: the IOThread can
+            // then take at most one more (a batch between its check and
+            // its accept), so this ends.
+            block_until("connector", move |w| {
+                w.flag("got") || (w.private_watch_count() > 0 && w.queue(sock).is_empty())
+            });
+            if world(|w| w.flag("got")) {
+                return conns;
+            }
+            conns.extend(connect(port));
+        }
+    });
+    let got = s.owner.listener().wait_client(&s.owner).expect("a client");
+    let conn = claim(&got);
+    drop(got);
+    world(|w| w.set_flag("got"));
+    let mut conns = clients.join().unwrap();
+    conns.push(first);
+    assert!(
+        conns.contains(&conn),
+        "wait_client returned a client never connected"
+    );
+    drop(s.owner);
+    stop(&[io], &[]);
+    t.join().unwrap();
+    world(|w| assert_eq!(w.notified(reg), 0));
+    let mut guard = s.guard;
+    guard.teardown();
+    world(|w| assert_eq!(w.notified(reg), 1));
+    conns_settled(&conns);
+    guard.finish();
+}
+
+/// wait_client blocked in the main thread (nothing connects) while
+/// another thread disconnects: it returns NULL, whichever comes first.
+fn disconnect_vs_wait_client(coarse: bool) {
+    let s = setup(coarse);
+    let o2 = s.owner.clone();
+    let t = thread::spawn(move || {
+        o2.listener().disconnect();
+        drop(o2);
+    });
+    assert!(s.owner.listener().wait_client(&s.owner).is_none());
+    t.join().unwrap();
+    assert!(!s.owner.listener().is_connected());
+    drop(s.owner);
+    world(|w| assert_eq!(w.finalized(s.lid), 1));
+    s.guard.finish();
+}
+
+/// What the main thread does against one dispatch.
+#[derive(Clone, Copy, Debug)]
+enum MainOp {
+    ClearUnref,
+    Replace,
+    DisconnectUnref,
+    Unref,
+}
+
+/// The smallest races: one dispatch (a single non-blocking aio_poll of an
+/// IOThread's context whose callback runs nested aio_poll, or a single
+/// iteration of a GMainContext) in one thread, one operation in the main
+/// thread; one client queued.  Afterwards the contexts run what is left.
+fn one_dispatch_vs(op: MainOp, glib: bool, coarse: bool) {
+    let s = setup(coarse);
+    let (io, g) = (aio_context_new(), glib_context_new());
+    let (c1, target) = if glib {
+        (client(None), Target::Glib(g))
+    } else {
+        (client(Some(io)), Target::Aio(io))
+    };
+    let (r1, c2) = (c1.id(), client(None));
+    let r2 = c2.id();
+    s.owner.listener().set_client(&s.owner, c1, target);
+    let conns: Vec<ConnId> = connect(s.port).into_iter().collect();
+    let t = thread::spawn(move || {
+        if glib {
+            iterate(g);
+        } else {
+            aio_poll(io, false);
+        }
+    });
+    {
+        let l = s.owner.listener();
+        match op {
+            MainOp::ClearUnref => l.set_client(&s.owner, Client::none(), target),
+            MainOp::Replace => l.set_client(&s.owner, c2, target),
+            MainOp::DisconnectUnref => l.disconnect(),
+            MainOp::Unref => {}
+        }
+    }
+    // After a replace the test keeps its reference until the checks.
+    let kept = match op {
+        MainOp::Replace => Some(s.owner),
+        _ => {
+            drop(s.owner);
+            None
+        }
+    };
+    t.join().unwrap();
+    while aio_poll(io, false) | iterate(g) {}
+    world(|w| {
+        assert_eq!(w.notified(r1), u32::from(!matches!(op, MainOp::Unref)));
+        assert_eq!(w.notified(r2), 0);
+        let finalized = w.finalized(s.lid);
+        match op {
+            MainOp::ClearUnref | MainOp::DisconnectUnref => assert_eq!(finalized, 1),
+            // The watches hold it: still serving.
+            MainOp::Unref | MainOp::Replace => assert_eq!(finalized, 0),
+        }
+        assert!(w.calls(r1) <= 1);
+    });
+    drop(kept);
+    let mut guard = s.guard;
+    guard.teardown();
+    world(|w| {
+        assert_eq!(w.notified(r1), 1);
+        assert_eq!(w.finalized(s.lid), 1);
+        let delivered = u64::from(matches!(w.conn_state(conns[0]), ConnState::Delivered(_)));
+        assert_eq!(w.calls(r1) + w.calls(r2), delivered);
+    });
+    conns_settled(&conns);
+    guard.finish();
+}
+
+// ---------------------------------------------------------------------
+
+#[test]
+fn shuttle_aio_clear_and_unref() {
+    explore(
+        "aio: dispatch vs clear + last unref",
+        |c| clear_and_unref(false, c),
+        None,
+    );
+}
+
+#[test]
+fn shuttle_aio_replace_disconnect_unref() {
+    explore(
+        "aio: dispatch vs replace + disconnect + last unref",
+        aio_replace_disconnect_unref,
+        None,
+    );
+}
+
+#[test]
+fn shuttle_aio_unref_then_self_clear() {
+    explore(
+        "aio: last unref vs dispatch that clears itself",
+        aio_unref_then_self_clear,
+        None,
+    );
+}
+
+#[test]
+fn shuttle_glib_clear_and_unref() {
+    explore(
+        "glib: dispatch vs clear + last unref",
+        |c| clear_and_unref(true, c),
+        None,
+    );
+}
+
+#[test]
+fn shuttle_replace_across_contexts() {
+    explore(
+        "aio -> glib: replace while both dispatch",
+        replace_across_contexts,
+        None,
+    );
+}
+
+#[test]
+fn shuttle_wait_client_vs_aio_dispatch() {
+    explore(
+        "wait_client vs aio dispatch",
+        wait_client_vs_aio_dispatch,
+        None,
+    );
+}
+
+#[test]
+fn shuttle_disconnect_vs_wait_client() {
+    explore(
+        "disconnect vs wait_client",
+        disconnect_vs_wait_client,
+        Some(20_000),
+    );
+    eprintln!(
+        "  (wait_client watched a socket just closed by the disconnect in {} schedules)",
+        STATS
+            .private_watch_on_closed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn shuttle_one_dispatch_vs_one_operation() {
+    for glib in [false, true] {
+        for op in [
+            MainOp::ClearUnref,
+            MainOp::Replace,
+            MainOp::DisconnectUnref,
+            MainOp::Unref,
+        ] {
+            let name = format!(
+                "one {} vs {op:?}",
+                if glib {
+                    "GLib iteration"
+                } else {
+                    "aio_poll (nested inside)"
+                }
+            );
+            explore(&name, move |c| one_dispatch_vs(op, glib, c), Some(100_000));
+        }
+    }
+}
