@@ -1,7 +1,8 @@
 #!/bin/sh
-# Every check CI runs: formatting, clippy, the Rust tests (including the
-# stale-header check), the C harness under meson, and the C harness again
-# under valgrind and under ASan/UBSan.  Exits non-zero on the first failure.
+# Every check CI runs: formatting, clippy, the Rust tests (the stale-header
+# check, the simulated host's model-based sequences, shuttle), the C harness
+# under meson, the packaging check, and the C harness again under valgrind
+# and under ASan/UBSan.  Exits non-zero on the first failure.
 set -eu
 cd "$(dirname "$0")/.."
 [ -x "$HOME/.cargo/bin/cargo" ] && PATH="$HOME/.cargo/bin:$PATH"
@@ -11,8 +12,11 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test"
+cargo clippy --workspace --all-targets --locked --features shuttle -- -D warnings
+echo "== cargo test (incl. the simulated host's model-based sequences)"
 cargo test --workspace --locked
+echo "== shuttle: the cross-thread paths model-checked on the simulated host"
+cargo test --locked --features shuttle --test concurrency
 
 echo "== meson test"
 [ -d build ] || meson setup build
