@@ -254,20 +254,36 @@ impl<H: Host> ReadyHandler<H> for WaitHandler<H> {
         if slot.is_some() || self.0.backoff.load(SeqCst) {
             return;
         }
-        let client = match channel.accept() {
-            Some(client) => Some(client),
-            // As in accept_batch: a client still queued after a failed
-            // accept is either a race (retry) or a shortage of fds.
-            None if channel.pending() => channel.accept(),
-            None => return,
-        };
-        match client {
-            Some(client) => *slot = Some(client),
-            // Out of fds or memory: the private loop would spin on the
-            // readable socket; pause instead (see run_wait).
-            None => self.0.backoff.store(true, SeqCst),
+        match accept_first(channel) {
+            Accepted::Client(client) => *slot = Some(client),
+            Accepted::Empty => return,
+            // The private loop would spin on the readable socket; pause
+            // instead (see run_wait).
+            Accepted::Shortage => self.0.backoff.store(true, SeqCst),
         }
         self.0.main_loop.quit();
+    }
+}
+
+/// What the first accept of a wake-up gave.
+enum Accepted<C> {
+    Client(C),
+    /// Nothing queued (the client went away first).
+    Empty,
+    /// Out of file descriptors or memory, the client still queued.
+    Shortage,
+}
+
+/// The first accept of a wake-up.  Only after a failure is the socket
+/// polled (keeping that syscall off the usual path): a client still queued
+/// is either one that arrived just now (retried once) or a shortage.
+fn accept_first<C: SocketChannel>(channel: &C) -> Accepted<C> {
+    match channel.accept() {
+        Some(client) => Accepted::Client(client),
+        None if !channel.pending() => Accepted::Empty,
+        None => channel
+            .accept()
+            .map_or(Accepted::Shortage, Accepted::Client),
     }
 }
 
@@ -537,8 +553,7 @@ impl<H: Host> Listener<H> {
     /// thread) stops the batch without accepting a client only to drop it:
     /// the rest stay queued in the kernel for whoever serves them next.
     fn accept_batch(&self, handler: &AcceptHandler<H>, channel: &H::Channel) {
-        let mut accepted = 0;
-        self.accept_some(handler, channel, &mut accepted);
+        let accepted = self.accept_some(handler, channel);
         let c = &self.counters;
         Counters::bump(&c.wakeups);
         c.accepted.fetch_add(accepted as u64, Relaxed);
@@ -546,47 +561,45 @@ impl<H: Host> Listener<H> {
         H::trace(self, Trace::Batch { accepted });
     }
 
-    fn accept_some(&self, handler: &AcceptHandler<H>, channel: &H::Channel, accepted: &mut usize) {
+    /// The batch itself; returns how many clients it handed out.
+    fn accept_some(&self, handler: &AcceptHandler<H>, channel: &H::Channel) -> usize {
         // A strong reference for the whole batch: its notify cannot run
         // before the last callback of the batch returns.
         let Some(reg) = handler.registration.upgrade() else {
-            return;
+            return 0;
         };
         for i in 0..ACCEPT_BATCH {
             if !self.serving(handler) {
-                return;
+                return i;
             }
-            // After one client, look before accepting again: a failed
-            // accept costs QEMU a channel object made and finalized for
-            // nothing, a poll much less (and a burst goes on unpolled).
-            if i == 1 && (!handler.batch || !channel.pending()) {
-                return;
-            }
-            let client = match channel.accept() {
-                Some(client) => client,
-                // Usually the queue is just empty and the batch is done.
-                // Only when the first accept of a wake-up fails is the
-                // socket polled (keeping that syscall off the usual path):
-                // a shortage that starts mid-batch shows up there on the
-                // next wake-up.
-                None if i > 0 => return,
-                None if !channel.pending() => {
-                    Counters::bump(&self.counters.accept_errors_other);
-                    return;
-                }
-                // Failed with a client still queued: one that arrived just
-                // now, or a shortage of fds or memory.  Try once more.
-                None => match channel.accept() {
-                    Some(client) => client,
-                    None => {
+            let client = if i == 0 {
+                match accept_first(channel) {
+                    Accepted::Client(client) => client,
+                    Accepted::Empty => {
+                        Counters::bump(&self.counters.accept_errors_other);
+                        return 0;
+                    }
+                    Accepted::Shortage => {
                         Counters::bump(&self.counters.accept_errors_resource);
                         drop(reg);
                         self.back_off(handler, channel);
-                        return;
+                        return 0;
                     }
-                },
+                }
+            } else {
+                // After one client, look before accepting again: a failed
+                // accept costs QEMU a channel object made and finalized
+                // for nothing, a poll much less (and a burst goes on
+                // unpolled).  A shortage that starts mid-batch shows up at
+                // the next wake-up's first accept.
+                if i == 1 && (!handler.batch || !channel.pending()) {
+                    return i;
+                }
+                match channel.accept() {
+                    Some(client) => client,
+                    None => return i,
+                }
             };
-            *accepted += 1;
             H::trace(
                 self,
                 Trace::Callback {
@@ -599,6 +612,7 @@ impl<H: Host> Listener<H> {
         // `reg` drops here: if the callback was replaced meanwhile, this was
         // the last user and its notify runs now, after it (the check at the
         // top of the loop ends the batch right after such a callback).
+        ACCEPT_BATCH
     }
 
     /// Blocks until one client connects and returns it; None at once on a
