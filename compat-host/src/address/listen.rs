@@ -397,6 +397,11 @@ mod tests {
 
     #[test]
     fn fd_listen() {
+        // Checks that an fd is closed: another test thread could reuse its
+        // number meanwhile.
+        if !isolated("address::listen::tests::fd_listen") {
+            return;
+        }
         // SAFETY: a fresh socket we hand over to listen().
         unsafe {
             let s = new_socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
