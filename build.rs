@@ -36,6 +36,7 @@ const HOST_FUNCTIONS: &[&str] = &[
     "qio_channel_socket_get_local_address",
     "qio_channel_set_name",
     "qio_channel_close",
+    "qio_channel_shutdown",
     "qio_channel_set_blocking",
     "qio_channel_create_watch",
     "qio_channel_add_watch_source",

@@ -159,8 +159,13 @@ unsafe fn internal_error<R>(what: &str, errp: *mut *mut Error, default: R) -> R 
 }
 
 /// Borrows the caller's reference to `l` for the duration of a call.
-fn borrowed(l: *mut QIONetListener) -> Option<ManuallyDrop<Owner>> {
-    Owner::borrow_c(l)
+///
+/// # Safety
+/// `l` is NULL or a live listener the caller holds a reference on, as the
+/// header requires of every listener argument.
+unsafe fn borrowed(l: *mut QIONetListener) -> Option<ManuallyDrop<Owner>> {
+    // SAFETY: per the contract.
+    unsafe { Owner::borrow_c(l) }
 }
 
 /// qio_net_listener_new:
@@ -192,7 +197,9 @@ pub unsafe extern "C" fn qio_net_listener_set_name(
     name: *const c_char,
 ) {
     guard("qio_net_listener_set_name", (), || {
-        if let Some(l) = borrowed(listener) {
+        // SAFETY: the listener argument is NULL or a listener the caller
+        // holds a reference on (the header's rule for arguments).
+        if let Some(l) = unsafe { borrowed(listener) } {
             // SAFETY: name is NULL or a valid C string (caller contract).
             l.listener().set_name(unsafe { host::opt_cstr(name) });
         }
@@ -221,7 +228,9 @@ pub unsafe extern "C" fn qio_net_listener_open_sync(
     errp: *mut *mut Error,
 ) -> c_int {
     let rc = guard("qio_net_listener_open_sync", None, || {
-        let Some(l) = borrowed(listener).filter(|_| !addr.is_null()) else {
+        // SAFETY: the listener argument is NULL or a listener the caller
+        // holds a reference on (the header's rule for arguments).
+        let Some(l) = unsafe { borrowed(listener) }.filter(|_| !addr.is_null()) else {
             // SAFETY: errp follows the Error convention (caller contract).
             unsafe {
                 host::set_error(errp, "qio_net_listener_open_sync: NULL listener or address")
@@ -270,7 +279,9 @@ pub unsafe extern "C" fn qio_net_listener_add(
     guard("qio_net_listener_add", (), || {
         // SAFETY: sioc is NULL or a live channel (caller contract).
         let channel = unsafe { Channel::from_borrowed(sioc) };
-        if let (Some(l), Some(channel)) = (borrowed(listener), channel) {
+        // SAFETY: the listener argument is NULL or a listener the caller
+        // holds a reference on (the header's rule for arguments).
+        if let (Some(l), Some(channel)) = (unsafe { borrowed(listener) }, channel) {
             l.listener().add(&l, channel);
         }
     })
@@ -307,7 +318,9 @@ pub unsafe extern "C" fn qio_net_listener_set_client_func_full(
     context: *mut GMainContext,
 ) {
     guard("qio_net_listener_set_client_func_full", (), || {
-        if let Some(l) = borrowed(listener) {
+        // SAFETY: the listener argument is NULL or a listener the caller
+        // holds a reference on (the header's rule for arguments).
+        if let Some(l) = unsafe { borrowed(listener) } {
             let spec = ClientSpec { func, data, notify };
             l.listener()
                 .set_client(&l, spec, Target::Glib(GlibContext(context)));
@@ -358,7 +371,11 @@ pub unsafe extern "C" fn qio_net_listener_set_client_aio_func(
     context: *mut AioContext,
 ) {
     guard("qio_net_listener_set_client_aio_func", (), || {
-        let Some(l) = borrowed(listener) else { return };
+        // SAFETY: the listener argument is NULL or a listener the caller
+        // holds a reference on (the header's rule for arguments).
+        let Some(l) = (unsafe { borrowed(listener) }) else {
+            return;
+        };
         let spec = ClientSpec {
             func,
             data,
@@ -394,7 +411,9 @@ pub unsafe extern "C" fn qio_net_listener_wait_client(
     listener: *mut QIONetListener,
 ) -> *mut QIOChannelSocket {
     guard("qio_net_listener_wait_client", ptr::null_mut(), || {
-        borrowed(listener)
+        // SAFETY: the listener argument is NULL or a listener the caller
+        // holds a reference on (the header's rule for arguments).
+        unsafe { borrowed(listener) }
             .and_then(|l| l.listener().wait_client(&l))
             .map_or(ptr::null_mut(), Channel::into_raw)
     })
@@ -410,7 +429,9 @@ pub unsafe extern "C" fn qio_net_listener_wait_client(
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_disconnect(listener: *mut QIONetListener) {
     guard("qio_net_listener_disconnect", (), || {
-        if let Some(l) = borrowed(listener) {
+        // SAFETY: the listener argument is NULL or a listener the caller
+        // holds a reference on (the header's rule for arguments).
+        if let Some(l) = unsafe { borrowed(listener) } {
             l.listener().disconnect();
         }
     })
@@ -426,7 +447,9 @@ pub unsafe extern "C" fn qio_net_listener_disconnect(listener: *mut QIONetListen
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_is_connected(listener: *mut QIONetListener) -> bool {
     guard("qio_net_listener_is_connected", false, || {
-        borrowed(listener).is_some_and(|l| l.listener().is_connected())
+        // SAFETY: the listener argument is NULL or a listener the caller
+        // holds a reference on (the header's rule for arguments).
+        unsafe { borrowed(listener) }.is_some_and(|l| l.listener().is_connected())
     })
 }
 
@@ -438,7 +461,9 @@ pub unsafe extern "C" fn qio_net_listener_is_connected(listener: *mut QIONetList
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_nsioc(listener: *mut QIONetListener) -> usize {
     guard("qio_net_listener_nsioc", 0, || {
-        borrowed(listener).map_or(0, |l| l.listener().nsioc())
+        // SAFETY: the listener argument is NULL or a listener the caller
+        // holds a reference on (the header's rule for arguments).
+        unsafe { borrowed(listener) }.map_or(0, |l| l.listener().nsioc())
     })
 }
 
@@ -454,7 +479,9 @@ pub unsafe extern "C" fn qio_net_listener_sioc(
     n: usize,
 ) -> *mut QIOChannelSocket {
     guard("qio_net_listener_sioc", ptr::null_mut(), || {
-        borrowed(listener)
+        // SAFETY: the listener argument is NULL or a listener the caller
+        // holds a reference on (the header's rule for arguments).
+        unsafe { borrowed(listener) }
             .and_then(|l| l.listener().sioc(n))
             .map_or(ptr::null_mut(), |c| c.as_ptr())
     })
@@ -475,7 +502,9 @@ pub unsafe extern "C" fn qio_net_listener_get_local_address(
     errp: *mut *mut Error,
 ) -> *mut SocketAddress {
     let r = guard("qio_net_listener_get_local_address", None, || {
-        match borrowed(listener).and_then(|l| l.listener().sioc(n)) {
+        // SAFETY: the listener argument is NULL or a listener the caller
+        // holds a reference on (the header's rule for arguments).
+        match unsafe { borrowed(listener) }.and_then(|l| l.listener().sioc(n)) {
             // SAFETY: errp follows the Error convention (caller contract).
             Some(c) => Some(unsafe { c.local_address(errp) }),
             None => {

@@ -25,6 +25,32 @@
 //!   cannot be finalized while a dispatch runs; finalize happens when the
 //!   last dispatch's handler goes.
 //!
+//! # Disconnect is final: the rule
+//!
+//! **Once `disconnect()` (or finalize) returns, no accept, poll or other
+//! use of the listener's fds runs or can start in any thread, and no fd
+//! number is released while a use of it may still be in flight.**
+//! Otherwise a dispatch in another thread, between its "still serving?"
+//! check and its `accept()`, would accept on whatever socket the kernel
+//! gave the freed number next, and hand a client of another service to
+//! our callback.  It holds by construction:
+//! - every use of a listening fd by the listener (the accepts and the
+//!   "client still queued?" poll of an accept watch's dispatch or of
+//!   wait_client's private watch) happens inside that socket's
+//!   [`FdGate`], which refuses new uses once it is closing;
+//! - `disconnect()` closes the gates first (no use starts after that),
+//!   wakes what could block (a blocking socket's accept by `shutdown()`),
+//!   destroys every watch of the fds (the async ones and wait_client's
+//!   private ones, whichever thread runs them), waits for the uses in
+//!   flight to end, and only then closes the channels, so the port is
+//!   free when it returns.  A use is one or two system calls and runs no
+//!   user code, so the wait is short and cannot deadlock: a callback that
+//!   disconnects, a nested loop inside it and wait_client's loop are all
+//!   outside any use;
+//! - the hosts' own polls of a watch's fd end with the watch: dropping it
+//!   stops its dispatch, and a poll already under way is discarded (see
+//!   the host contract in [`crate::host`]).
+//!
 //! # Other rules that keep every sequence of calls balanced
 //! - All state is behind one mutex; user code (the client callback, the
 //!   user's notify) and anything that may drop the last reference to the
@@ -56,15 +82,55 @@ use std::{
 };
 
 use crate::{
-    host::{
-        ClientCallback, Host, HostError, ReadyHandler, SocketChannel, TimerHandler, Trace, WaitLoop,
-    },
+    host::{ClientCallback, Host, HostError, ReadyHandler, SocketChannel, TimerHandler, WaitLoop},
     sync::{
-        AtomicBool,
+        AtomicBool, AtomicUsize, Condvar,
         Ordering::SeqCst,
         {Arc, Mutex, MutexGuard, Weak},
     },
 };
+
+/// What the state machine needs of a host beyond the primitives of
+/// [`Host`]: the way from an owner reference to the listener, and its
+/// trace output.
+pub trait ListenerHost: Host {
+    /// The listener behind a reference.
+    fn listener(owner: &Self::Owner) -> &Listener<Self>;
+    /// Emits a trace event (QEMU's trace backends, or GLib logging).
+    fn trace(_listener: &Listener<Self>, _event: Trace<'_, Self>) {}
+}
+
+/// A trace event of the listener: QEMU 10.2's `io/trace-events` (watch,
+/// unwatch, callback; same arguments and firing points as upstream's
+/// net-listener.c) and ours where we do more.
+pub enum Trace<'a, H: Host> {
+    /// Watches armed for `client` (upstream's `qio_net_listener_watch`);
+    /// `by` names the caller as upstream does ("add", "set_client_func",
+    /// "wait_client"), or "backoff-end".
+    Watch {
+        client: &'a H::Client,
+        target: Target<H>,
+        by: &'static CStr,
+    },
+    /// Watches removed (`qio_net_listener_unwatch`): "set_client_func",
+    /// "wait_client", "disconnect".
+    Unwatch {
+        client: &'a H::Client,
+        target: Target<H>,
+        by: &'static CStr,
+    },
+    /// A client handed to the callback (`qio_net_listener_callback`).
+    Callback {
+        client: &'a H::Client,
+        target: Target<H>,
+    },
+    /// Ours: one wake-up ended having accepted `accepted` clients.
+    Batch { accepted: usize },
+    /// Ours: accept failed with clients queued; the socket pauses.
+    Backoff { ms: u32 },
+    /// Ours: the host released an accept watch's handler.
+    Release,
+}
 
 /// Where client callbacks are dispatched.
 pub enum Target<H: Host> {
@@ -125,6 +191,87 @@ struct Socket<H: Host> {
     backoff: Option<(u64, H::Timer)>,
     /// set_nonblocking succeeded: batch accept is safe.
     nonblocking: bool,
+    /// The fd's uses in flight (see the disconnect rule).
+    gate: Arc<FdGate>,
+}
+
+/// The uses of one listening socket's fd that are in flight, and the end
+/// of them: every use of the fd by the listener happens inside the gate
+/// ([`FdGate::enter`]), and `disconnect()` closes the fd only once the
+/// gate is closed and empty ([`FdGate::close_and_wait`]).  Entering and
+/// leaving cost one atomic add each; the mutex and condition variable are
+/// only touched while a disconnect waits.
+pub struct FdGate {
+    /// `CLOSING` bit, plus `USE` for each use in flight.
+    state: AtomicUsize,
+    idle: Mutex<()>,
+    idle_cv: Condvar,
+}
+
+const CLOSING: usize = 1;
+const USE: usize = 2;
+
+/// One use of a listening fd in flight; leaves the gate when dropped.
+#[must_use]
+pub struct FdUse<'a>(&'a FdGate);
+
+impl FdGate {
+    pub fn new() -> Self {
+        FdGate {
+            state: AtomicUsize::new(0),
+            idle: Mutex::new(()),
+            idle_cv: Condvar::new(),
+        }
+    }
+
+    /// Starts a use of the fd, or None once the socket is closing.
+    pub fn enter(&self) -> Option<FdUse<'_>> {
+        let prev = self.state.fetch_add(USE, SeqCst);
+        let use_ = FdUse(self);
+        (prev & CLOSING == 0).then_some(use_)
+    }
+
+    /// Runs `f`, one use of the fd, unless the socket is closing.
+    pub fn with<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let _use = self.enter()?;
+        Some(f())
+    }
+
+    /// Refuses new uses from now on; returns whether uses are in flight.
+    pub fn close(&self) -> bool {
+        self.state.fetch_or(CLOSING, SeqCst) != 0
+    }
+
+    /// Waits until no use is in flight any more (after `close`).
+    pub fn wait_idle(&self) {
+        let mut idle = lock(&self.idle);
+        while self.state.load(SeqCst) != CLOSING {
+            idle = self.idle_cv.wait(idle).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state.load(SeqCst) & CLOSING != 0
+    }
+}
+
+impl Default for FdGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for FdUse<'_> {
+    fn drop(&mut self) {
+        let gate = self.0;
+        // The last use of a closing gate wakes the disconnect that waits
+        // for it; it checks the state under the same mutex, so the wake-up
+        // cannot fall between its check and its wait.
+        if gate.state.fetch_sub(USE, SeqCst) == CLOSING | USE {
+            let _idle = lock(&gate.idle);
+            gate.idle_cv.notify_all();
+        }
+    }
 }
 
 /// What `disarm` took out of the state, to drop after unlocking.
@@ -137,12 +284,14 @@ struct Disarmed<H: Host> {
 /// A `wait_client` in progress.
 struct Waiter<H: Host> {
     main_loop: H::WaitLoop,
+    /// The private watches, while the loop waits for a client.
+    watches: Mutex<Vec<H::SourceWatch>>,
     client: Mutex<Option<H::Channel>>,
     /// Accept failed with a client still queued: pause, then retry.
     backoff: AtomicBool,
 }
 
-struct State<H: Host> {
+struct State<H: ListenerHost> {
     name: Option<CString>,
     sockets: Vec<Socket<H>>,
     connected: bool,
@@ -152,7 +301,7 @@ struct State<H: Host> {
     last_backoff_id: u64,
 }
 
-pub struct Listener<H: Host> {
+pub struct Listener<H: ListenerHost> {
     state: Mutex<State<H>>,
     /// Moves (under the lock) whenever what the armed watches serve
     /// changes: the registration, or a disconnect.  A dispatch checks it,
@@ -161,6 +310,9 @@ pub struct Listener<H: Host> {
     /// How many wait_client calls run (`State::waiters.len()`, kept under
     /// the lock): the async watches are suspended meanwhile.
     waiting: crate::sync::AtomicU64,
+    /// Held for the whole of a disconnect (never with `state`, never
+    /// while waiting for anything but fd uses and wait_client loops).
+    disconnecting: Mutex<()>,
     counters: Counters,
 }
 
@@ -199,7 +351,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The handler behind every async watch: it serves the registration it
 /// was created for, and only while that registration is current.  It owns
 /// the listener reference that the dispatch uses (see the module doc).
-struct AcceptHandler<H: Host> {
+struct AcceptHandler<H: ListenerHost> {
     owner: H::Owner,
     registration: Weak<Registration<H>>,
     /// The listener's `epoch` when this watch was armed: the watch serves
@@ -208,18 +360,22 @@ struct AcceptHandler<H: Host> {
     /// The socket could be made non-blocking: else one accept per wake-up
     /// (a second one could block the whole event loop).
     batch: bool,
+    /// The socket's fd uses (see the disconnect rule).
+    gate: Arc<FdGate>,
 }
 
-impl<H: Host> Drop for AcceptHandler<H> {
+impl<H: ListenerHost> Drop for AcceptHandler<H> {
     /// The host released the watch (after its last dispatch).
     fn drop(&mut self) {
         H::trace(H::listener(&self.owner), Trace::Release);
     }
 }
 
-impl<H: Host> ReadyHandler<H> for AcceptHandler<H> {
-    fn ready(&self, channel: &H::Channel) {
-        H::listener(&self.owner).accept_batch(self, channel);
+impl<H: ListenerHost> ReadyHandler<H> for AcceptHandler<H> {
+    fn ready(&self, channel: &H::Channel) -> bool {
+        let listener = H::listener(&self.owner);
+        listener.accept_batch(self, channel);
+        listener.serving(self)
     }
 }
 
@@ -233,35 +389,42 @@ pub const ACCEPT_BATCH: usize = 32;
 pub const BACKOFF_MS: u32 = 100;
 
 /// The timer of a back-off: re-arms the socket's watch.
-struct BackoffHandler<H: Host> {
+struct BackoffHandler<H: ListenerHost> {
     owner: H::Owner,
     id: u64,
 }
 
-impl<H: Host> TimerHandler for BackoffHandler<H> {
+impl<H: ListenerHost> TimerHandler for BackoffHandler<H> {
     fn fire(&self) {
         H::listener(&self.owner).end_backoff(&self.owner, self.id);
     }
 }
 
-/// The handler of the private watches of wait_client.
-struct WaitHandler<H: Host>(Arc<Waiter<H>>);
+/// The handler of the private watches of wait_client, one per socket.
+struct WaitHandler<H: Host> {
+    waiter: Arc<Waiter<H>>,
+    gate: Arc<FdGate>,
+}
 
-impl<H: Host> ReadyHandler<H> for WaitHandler<H> {
-    fn ready(&self, channel: &H::Channel) {
-        let mut slot = lock(&self.0.client);
+impl<H: ListenerHost> ReadyHandler<H> for WaitHandler<H> {
+    fn ready(&self, channel: &H::Channel) -> bool {
+        let waiter = &self.waiter;
+        let mut slot = lock(&waiter.client);
         // Exactly one client: once we have it, others stay in the backlog.
-        if slot.is_some() || self.0.backoff.load(SeqCst) {
-            return;
+        if slot.is_some() || waiter.backoff.load(SeqCst) {
+            return true;
         }
-        match accept_first(channel) {
-            Accepted::Client(client) => *slot = Some(client),
-            Accepted::Empty => return,
+        // No client is accepted once a disconnect has begun.
+        match self.gate.with(|| accept_first(channel)) {
+            Some(Accepted::Client(client)) => *slot = Some(client),
+            Some(Accepted::Empty) => return true,
+            None => {}
             // The private loop would spin on the readable socket; pause
             // instead (see run_wait).
-            Accepted::Shortage => self.0.backoff.store(true, SeqCst),
+            Some(Accepted::Shortage) => waiter.backoff.store(true, SeqCst),
         }
-        self.0.main_loop.quit();
+        waiter.main_loop.quit();
+        true
     }
 }
 
@@ -287,16 +450,23 @@ fn accept_first<C: SocketChannel>(channel: &C) -> Accepted<C> {
     }
 }
 
+impl<H: Host> Waiter<H> {
+    /// The private watches, to drop (destroy) after unlocking.
+    fn take_watches(&self) -> Vec<H::SourceWatch> {
+        std::mem::take(&mut *lock(&self.watches))
+    }
+}
+
 /// Ends a wait_client back-off: the private loop runs again.
 struct WaitBackoffHandler<H: Host>(Arc<Waiter<H>>);
 
-impl<H: Host> TimerHandler for WaitBackoffHandler<H> {
+impl<H: ListenerHost> TimerHandler for WaitBackoffHandler<H> {
     fn fire(&self) {
         self.0.main_loop.quit();
     }
 }
 
-impl<H: Host> Listener<H> {
+impl<H: ListenerHost> Listener<H> {
     pub fn new() -> Self {
         Listener {
             state: Mutex::new(State {
@@ -309,6 +479,7 @@ impl<H: Host> Listener<H> {
             }),
             epoch: crate::sync::AtomicU64::new(0),
             waiting: crate::sync::AtomicU64::new(0),
+            disconnecting: Mutex::new(()),
             counters: Counters::default(),
         }
     }
@@ -346,6 +517,7 @@ impl<H: Host> Listener<H> {
                 registration: registration.clone(),
                 epoch: self.epoch.load(SeqCst),
                 batch: s.nonblocking,
+                gate: s.gate.clone(),
             };
             s.watch = Some(match target {
                 Target::Glib(ctx) => Watch::Source(H::watch_source(&s.channel, ctx, handler)),
@@ -514,6 +686,7 @@ impl<H: Host> Listener<H> {
             watch: None,
             backoff: None,
             nonblocking,
+            gate: Arc::new(FdGate::new()),
         });
         st.connected = true;
         self.arm(&mut st, owner, c"add");
@@ -572,14 +745,19 @@ impl<H: Host> Listener<H> {
             if !self.serving(handler) {
                 return i;
             }
+            // Each accept (and poll) is a use of the fd: none starts once
+            // a disconnect has begun, and the disconnect waits for this one
+            // to end before it closes the fd.
+            let gate = &handler.gate;
             let client = if i == 0 {
-                match accept_first(channel) {
-                    Accepted::Client(client) => client,
-                    Accepted::Empty => {
+                match gate.with(|| accept_first(channel)) {
+                    Some(Accepted::Client(client)) => client,
+                    None => return 0,
+                    Some(Accepted::Empty) => {
                         Counters::bump(&self.counters.accept_errors_other);
                         return 0;
                     }
-                    Accepted::Shortage => {
+                    Some(Accepted::Shortage) => {
                         Counters::bump(&self.counters.accept_errors_resource);
                         drop(reg);
                         self.back_off(handler, channel);
@@ -592,10 +770,13 @@ impl<H: Host> Listener<H> {
                 // for nothing, a poll much less (and a burst goes on
                 // unpolled).  A shortage that starts mid-batch shows up at
                 // the next wake-up's first accept.
-                if i == 1 && (!handler.batch || !channel.pending()) {
-                    return i;
-                }
-                match channel.accept() {
+                let next = gate.with(|| {
+                    if i == 1 && (!handler.batch || !channel.pending()) {
+                        return None;
+                    }
+                    channel.accept()
+                });
+                match next.flatten() {
                     Some(client) => client,
                     None => return i,
                 }
@@ -620,29 +801,30 @@ impl<H: Host> Listener<H> {
     pub fn wait_client(&self, owner: &H::Owner) -> Option<H::Channel> {
         let waiter = Arc::new(Waiter::<H> {
             main_loop: H::WaitLoop::new(),
+            watches: Mutex::new(Vec::new()),
             client: Mutex::new(None),
             backoff: AtomicBool::new(false),
         });
-        let (channels, suspended) = {
+        let (sockets, suspended) = {
             let mut st = lock(&self.state);
-            let channels: Vec<H::Channel> = st
+            let sockets: Vec<(H::Channel, Arc<FdGate>)> = st
                 .sockets
                 .iter()
                 .filter(|s| !s.closed)
-                .map(|s| s.channel.clone())
+                .map(|s| (s.channel.clone(), s.gate.clone()))
                 .collect();
             // A dead listener would block forever in QEMU; return at once.
-            if !st.connected || channels.is_empty() {
+            if !st.connected || sockets.is_empty() {
                 return None;
             }
             let suspended = self.disarm(&mut st, c"wait_client");
             st.waiters.push(waiter.clone());
             self.waiting.store(st.waiters.len() as u64, SeqCst);
-            (channels, suspended)
+            (sockets, suspended)
         };
         drop(suspended);
 
-        self.run_wait(&waiter, &channels);
+        self.run_wait(&waiter, &sockets);
 
         {
             let mut st = lock(&self.state);
@@ -661,15 +843,33 @@ impl<H: Host> Listener<H> {
     /// the listener is disconnected, pausing BACKOFF_MS (watches removed,
     /// a timer in the same private context) whenever accept fails with a
     /// client still queued instead of spinning on the readable socket.
-    fn run_wait(&self, waiter: &Arc<Waiter<H>>, channels: &[H::Channel]) {
+    ///
+    /// The private watches poll the fds: a disconnect destroys them itself
+    /// (from whichever thread) before it closes the fds, rather than wait
+    /// for this thread to do it.
+    fn run_wait(&self, waiter: &Arc<Waiter<H>>, sockets: &[(H::Channel, Arc<FdGate>)]) {
         let ctx = waiter.main_loop.context();
         loop {
-            let watches: Vec<H::SourceWatch> = channels
-                .iter()
-                .map(|c| H::watch_source(c, ctx, WaitHandler(waiter.clone())))
-                .collect();
+            {
+                let mut watches = lock(&waiter.watches);
+                // Watches are only made while no disconnect has begun, and
+                // under the lock with which a disconnect takes them.
+                if sockets.iter().any(|(_, gate)| gate.is_closing()) {
+                    return;
+                }
+                *watches = sockets
+                    .iter()
+                    .map(|(c, gate)| {
+                        let handler = WaitHandler {
+                            waiter: waiter.clone(),
+                            gate: gate.clone(),
+                        };
+                        H::watch_source(c, ctx, handler)
+                    })
+                    .collect();
+            }
             waiter.main_loop.run();
-            drop(watches);
+            drop(waiter.take_watches());
             if !waiter.backoff.swap(false, SeqCst) || !self.is_connected() {
                 return;
             }
@@ -685,8 +885,13 @@ impl<H: Host> Listener<H> {
         }
     }
 
+    /// Removes every watch and closes every socket; synchronous: when it
+    /// returns no use of the fds runs any more and the ports are free (see
+    /// the disconnect rule).  Concurrent calls are serialized, so that
+    /// each returns only once the sockets are closed.
     pub fn disconnect(&self) {
-        let (watches, channels, waiters) = {
+        let _serialized = lock(&self.disconnecting);
+        let (watches, sockets, waiters) = {
             let mut st = lock(&self.state);
             if !st.connected {
                 return;
@@ -694,24 +899,39 @@ impl<H: Host> Listener<H> {
             st.connected = false;
             let watches = self.disarm(&mut st, c"disconnect");
             self.new_epoch();
-            let channels: Vec<H::Channel> = st
+            let sockets: Vec<(H::Channel, Arc<FdGate>, bool)> = st
                 .sockets
                 .iter_mut()
                 .filter(|s| !s.closed)
                 .map(|s| {
                     s.closed = true;
-                    s.channel.clone()
+                    (s.channel.clone(), s.gate.clone(), s.nonblocking)
                 })
                 .collect();
-            (watches, channels, st.waiters.clone())
+            (watches, sockets, st.waiters.clone())
         };
-        // Watches go before their fds are closed (fd numbers get reused).
+        // No dispatch of a watch starts after this.
         drop(watches);
-        for c in &channels {
-            c.close();
+        // No use of the fds starts after this.  One in flight ends by
+        // itself, as an accept on a non-blocking socket or a poll does;
+        // an accept on a socket left blocking may wait for a client, so
+        // shut such a socket down to wake it (only then: a socket handed
+        // in by socket activation may be shared, and shutdown acts on the
+        // socket, not on our fd).  wait_client's private watches go now,
+        // from this thread, and its loop is told to stop.
+        for (channel, gate, nonblocking) in &sockets {
+            if gate.close() && !nonblocking {
+                channel.shutdown();
+            }
         }
         for w in &waiters {
+            drop(w.take_watches());
             w.main_loop.quit();
+        }
+        // Only then may the numbers be released.
+        for (channel, gate, _) in &sockets {
+            gate.wait_idle();
+            channel.close();
         }
     }
 
@@ -734,13 +954,13 @@ impl<H: Host> Listener<H> {
     }
 }
 
-impl<H: Host> Default for Listener<H> {
+impl<H: ListenerHost> Default for Listener<H> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<H: Host> Drop for Listener<H> {
+impl<H: ListenerHost> Drop for Listener<H> {
     /// Finalize: watches hold references, so none is left by now; close
     /// what is still open, then notify for the last registration.
     fn drop(&mut self) {

@@ -6,12 +6,12 @@
 
 #[cfg(feature = "shuttle")]
 pub use shuttle::sync::{
-    atomic::{AtomicBool, AtomicU64, Ordering},
-    Mutex, MutexGuard,
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    Condvar, Mutex, MutexGuard,
 };
 #[cfg(not(feature = "shuttle"))]
 pub use std::sync::{
-    atomic::{AtomicBool, AtomicU64, Ordering},
-    Mutex, MutexGuard,
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    Condvar, Mutex, MutexGuard,
 };
 pub use std::sync::{Arc, Weak};

@@ -30,48 +30,27 @@
 //! - **The handler owns what it uses**: every handler holds strong
 //!   references (the listener [`Host::Owner`], the registration, the
 //!   channel) so that "alive during dispatch" covers all of them.
+//! - **A destroyed watch's fd is not the host's to use.**  Once dropping a
+//!   watch has returned, the host neither dispatches it nor acts on what a
+//!   poll of its fd that was already under way reports (GLib and QEMU's
+//!   AioContext discard such results when their poll set changed), so the
+//!   listener may close the fd and the kernel may reuse its number.
+//!
+//! This module knows nothing of the listener: the state machine
+//! (`crate::listener`) adds what it needs of a host on top of [`Host`].
 
 pub mod qemu;
 
 use std::{ffi::CStr, fmt::Debug};
 
-use crate::listener::{Listener, Target};
-
-/// A trace event of the listener: QEMU 10.2's `io/trace-events` (watch,
-/// unwatch, callback; same arguments and firing points as upstream's
-/// net-listener.c) and ours where we do more.
-pub enum Trace<'a, H: Host> {
-    /// Watches armed for `client` (upstream's `qio_net_listener_watch`);
-    /// `by` names the caller as upstream does ("add", "set_client_func",
-    /// "wait_client"), or "backoff-end".
-    Watch {
-        client: &'a H::Client,
-        target: Target<H>,
-        by: &'static CStr,
-    },
-    /// Watches removed (`qio_net_listener_unwatch`): "set_client_func",
-    /// "wait_client", "disconnect".
-    Unwatch {
-        client: &'a H::Client,
-        target: Target<H>,
-        by: &'static CStr,
-    },
-    /// A client handed to the callback (`qio_net_listener_callback`).
-    Callback {
-        client: &'a H::Client,
-        target: Target<H>,
-    },
-    /// Ours: one wake-up ended having accepted `accepted` clients.
-    Batch { accepted: usize },
-    /// Ours: accept failed with clients queued; the socket pauses.
-    Backoff { ms: u32 },
-    /// Ours: the host released an accept watch's handler.
-    Release,
-}
-
 /// What a watch calls when its listening socket is readable.
 pub trait ReadyHandler<H: Host>: Send + Sync + 'static {
-    fn ready(&self, channel: &H::Channel);
+    /// Returns whether the watch still serves.  A GSource watch that no
+    /// longer does removes itself at once (`G_SOURCE_REMOVE`) rather than
+    /// stay ready, and dispatched in vain, until whoever replaced it gets
+    /// to destroy it; an AioContext watch ignores it (its handler is
+    /// removed under the listener's lock).
+    fn ready(&self, channel: &H::Channel) -> bool;
 }
 
 /// What a one-shot timer calls when it expires.
@@ -90,6 +69,9 @@ pub trait SocketChannel: Clone + Send + Sync + 'static {
     /// shortage of fds or memory (client still queued) from an empty queue.
     fn pending(&self) -> bool;
     fn close(&self);
+    /// Shuts the socket down (`shutdown(2)`, both directions) without
+    /// releasing its fd: an `accept()` blocked on it returns.
+    fn shutdown(&self);
     fn set_name(&self, name: &CStr);
     /// Makes accept() return at once when nothing is pending.
     fn set_nonblocking(&self) -> bool;
@@ -129,7 +111,8 @@ pub trait WaitLoop<H: Host>: Send + Sync + 'static {
 /// The host API of the listener.
 pub trait Host: Sized + 'static {
     type Channel: SocketChannel;
-    /// A strong reference to the listener object (a QOM reference).
+    /// A strong reference to the listener object (a QOM reference); see
+    /// `crate::listener::ListenerHost` for the way to the listener.
     type Owner: Clone + Send + Sync + 'static;
     type Client: ClientCallback<Self>;
     /// A GMainContext (the host's "default" value included).
@@ -147,8 +130,6 @@ pub trait Host: Sized + 'static {
     /// A resolved socket address to listen on.
     type Address;
 
-    /// The listener behind a reference.
-    fn listener(owner: &Self::Owner) -> &Listener<Self>;
     /// A new, unconnected socket channel.
     fn new_channel() -> Self::Channel;
     /// Listens on `addr`; a failure goes to `err` if given.
@@ -177,6 +158,4 @@ pub trait Host: Sized + 'static {
     fn timer_aio<T: TimerHandler>(ctx: Self::AioCtx, ms: u32, handler: T) -> Self::Timer;
     /// Reports an internal problem (QEMU's `error_report`).
     fn report(msg: &str);
-    /// Emits a trace event (QEMU's trace backends, or GLib logging).
-    fn trace(_listener: &Listener<Self>, _event: Trace<'_, Self>) {}
 }

@@ -87,7 +87,7 @@ use std::{
 pub use qio_net_listener::listener::{Target, ACCEPT_BATCH, BACKOFF_MS};
 use qio_net_listener::{
     host::{ClientCallback, Host, HostError, ReadyHandler, SocketChannel, TimerHandler, WaitLoop},
-    listener::Listener,
+    listener::{Listener, ListenerHost},
     sync::{Arc, Mutex, Weak},
 };
 
@@ -1983,6 +1983,12 @@ impl SocketChannel for Channel {
         world(|w| w.close(self.id));
     }
 
+    fn shutdown(&self) {
+        world(|w| {
+            w.chan(self.id, "shutdown");
+        });
+    }
+
     fn set_name(&self, name: &CStr) {
         world(|w| {
             if let Some(c) = w.chan(self.id, "set_name") {
@@ -2049,10 +2055,22 @@ impl Drop for Owner {
             return;
         };
         on_drop(move || {
-            let last = try_world(|w| w.owner_unref(id)).unwrap_or(false);
-            if !last {
+            // A reference that is not the last lets go of the object under
+            // the world's lock, together with its count: otherwise the last
+            // one, dropped meanwhile in another thread, would find the
+            // object still held here.
+            let mut obj = Some(obj);
+            let last = try_world(|w| {
+                let last = w.owner_unref(id);
+                if !last {
+                    obj = None;
+                }
+                last
+            })
+            .unwrap_or(false);
+            let Some(obj) = obj.filter(|_| last) else {
                 return;
-            }
+            };
             if Arc::strong_count(&obj) != 1 {
                 try_world(|w| {
                     w.violation(format!(
@@ -2364,6 +2382,12 @@ impl HostError for SimError {
     }
 }
 
+impl ListenerHost for Sim {
+    fn listener(owner: &Owner) -> &Listener<Sim> {
+        owner.listener()
+    }
+}
+
 impl Host for Sim {
     type Channel = Channel;
     type Owner = Owner;
@@ -2376,10 +2400,6 @@ impl Host for Sim {
     type WaitLoop = SimLoop;
     type Error = SimError;
     type Address = Addr;
-
-    fn listener(owner: &Owner) -> &Listener<Sim> {
-        owner.listener()
-    }
 
     fn new_channel() -> Channel {
         Channel {
@@ -2405,7 +2425,9 @@ impl Host for Sim {
         handler: R,
     ) -> SourceWatch {
         let ch = channel.clone();
-        let f: Box<dyn Fn() + Send + Sync> = Box::new(move || handler.ready(&ch));
+        let f: Box<dyn Fn() + Send + Sync> = Box::new(move || {
+            handler.ready(&ch);
+        });
         let chan = channel.id;
         let sid = world(|w| {
             let private = w.gctx(ctx).private;
@@ -2418,7 +2440,9 @@ impl Host for Sim {
 
     fn watch_aio<R: ReadyHandler<Self>>(channel: &Channel, ctx: ACtx, handler: R) -> AioWatch {
         let ch = channel.clone();
-        let f: Box<dyn Fn() + Send + Sync> = Box::new(move || handler.ready(&ch));
+        let f: Box<dyn Fn() + Send + Sync> = Box::new(move || {
+            handler.ready(&ch);
+        });
         let chan = channel.id;
         let watch = world(|w| {
             w.check_watchable(chan, false);

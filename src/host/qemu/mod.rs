@@ -28,8 +28,8 @@ pub use object::{ClientSpec, Owner, QIONetListener, QIONetListenerClientFunc};
 pub use watch::{AioWatch, OneShotTimer, PrivateLoop, SourceWatch};
 
 use crate::{
-    host::{Host, HostError, ReadyHandler, SocketChannel, TimerHandler, Trace},
-    listener::{Listener, Target},
+    host::{Host, HostError, ReadyHandler, SocketChannel, TimerHandler},
+    listener::{Listener, ListenerHost, Target, Trace},
 };
 
 // What the listener assumes about the host's types beyond what the
@@ -57,10 +57,6 @@ impl Host for QemuHost {
     type WaitLoop = PrivateLoop;
     type Error = LocalError;
     type Address = Address;
-
-    fn listener(owner: &Owner) -> &Listener<QemuHost> {
-        owner.listener()
-    }
 
     fn new_channel() -> Channel {
         // SAFETY: qio_channel_socket_new never fails and returns a new
@@ -100,6 +96,12 @@ impl Host for QemuHost {
 
     fn report(msg: &str) {
         report(msg)
+    }
+}
+
+impl ListenerHost for QemuHost {
+    fn listener(owner: &Owner) -> &Listener<QemuHost> {
+        owner.listener()
     }
 
     fn trace(listener: &Listener<QemuHost>, event: Trace<'_, QemuHost>) {
@@ -154,16 +156,24 @@ pub unsafe trait QomType {}
 // SAFETY: QOM instance structs from the host's headers, Object first.
 unsafe impl QomType for QIOChannelSocket {}
 
+// SAFETY: the channel functions the listener calls on a shared channel
+// (accept, poll of its fd, close, shutdown, set_blocking, watches) are
+// called from any thread by QEMU itself; the one field read from Rust,
+// `fd`, is read only inside the socket's fd gate, where no close runs
+// (crate::listener, the disconnect rule).
+unsafe impl Sync for QIOChannelSocket {}
+
 /// A strong reference to a QOM object (`object_ref`/`object_unref`), as
 /// QEMU's Rust `Owned<T>`.  Not `Copy`: each handle releases its reference
 /// once.
 pub struct ObjectRef<T: QomType>(NonNull<T>, PhantomData<T>);
 
-// SAFETY: QOM reference counts are atomic; the types that are referenced
-// (channels, listeners) are used from any thread by QEMU's own API.
-unsafe impl<T: QomType> Send for ObjectRef<T> {}
-// SAFETY: as above; &ObjectRef only exposes thread-safe operations.
-unsafe impl<T: QomType> Sync for ObjectRef<T> {}
+// SAFETY: QOM reference counts are atomic, and only objects that may be
+// shared across threads (Sync) may be referenced from any thread, as in
+// QEMU's own Owned<T>.
+unsafe impl<T: QomType + Sync> Send for ObjectRef<T> {}
+// SAFETY: as above; &ObjectRef gives only &T-level access.
+unsafe impl<T: QomType + Sync> Sync for ObjectRef<T> {}
 
 impl<T: QomType> ObjectRef<T> {
     /// Takes over a new reference (e.g. a constructor's result).
@@ -420,6 +430,13 @@ impl SocketChannel for Channel {
     fn close(&self) {
         // SAFETY: the channel is live; NULL errp discards any error.
         unsafe { sys::qio_channel_close(self.ioc(), ptr::null_mut()) };
+    }
+
+    fn shutdown(&self) {
+        // SAFETY: the channel is live; NULL errp discards any error.
+        unsafe {
+            sys::qio_channel_shutdown(self.ioc(), sys::QIO_CHANNEL_SHUTDOWN_BOTH, ptr::null_mut())
+        };
     }
 
     fn accept(&self) -> Option<Channel> {

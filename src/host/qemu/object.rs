@@ -2,18 +2,34 @@
 //! of the C world: references to the instance ([`Owner`]) and the user's
 //! (func, data, notify) triple ([`ClientSpec`]).
 
-use std::ptr::{self, NonNull};
+use std::{
+    cell::UnsafeCell,
+    marker::PhantomPinned,
+    mem::{ManuallyDrop, MaybeUninit},
+    ptr::{self, NonNull},
+};
 
 use super::{
     gpointer, Channel, GDestroyNotify, Object, ObjectRef, QIOChannelSocket, QemuHost, QomType,
 };
 use crate::{host::ClientCallback, listener::Listener};
 
+/// A C struct that C code mutates behind Rust's back (QEMU's Rust
+/// `Opaque<T>`): Rust never makes a reference to its contents and never
+/// assumes it initialized or unmoved; C reaches it through the pointer to
+/// the containing instance.
+#[repr(transparent)]
+pub struct Opaque<T> {
+    _value: UnsafeCell<MaybeUninit<T>>,
+    _pin: PhantomPinned,
+}
+
 /// The QOM instance: QEMU's `Object` header followed by the Rust state.
-/// C code only ever sees pointers to it.
+/// C code only ever sees pointers to it.  QOM owns the header (reference
+/// count, properties, class pointer) and changes it from C at any time.
 #[repr(C)]
 pub struct QIONetListener {
-    pub(crate) parent: Object,
+    pub(crate) parent: Opaque<Object>,
     pub(crate) listener: Listener<QemuHost>,
 }
 
@@ -22,6 +38,12 @@ const _: () = assert!(std::mem::offset_of!(QIONetListener, parent) == 0);
 
 // SAFETY: repr(C) with the Object header first (asserted above).
 unsafe impl QomType for QIONetListener {}
+
+// SAFETY: shared across threads, the instance is only used through QOM's
+// atomic reference count and the Rust state, which is Sync; the header's
+// other fields are QOM's own (set up at creation, read by QOM calls that
+// QEMU makes from any thread, e.g. object_unref).
+unsafe impl Sync for QIONetListener {}
 
 /// QIONetListenerClientFunc:
 /// @listener: the network listener object
@@ -53,11 +75,17 @@ impl ObjectRef<QIONetListener> {
 
     /// Borrows the caller's reference to `l` for the duration of a call
     /// (never released: ManuallyDrop).
-    pub fn borrow_c(l: *mut QIONetListener) -> Option<std::mem::ManuallyDrop<Owner>> {
-        // SAFETY: from_new only wraps the pointer; ManuallyDrop keeps it
-        // from releasing the caller's reference.
-        NonNull::new(l)
-            .map(|p| std::mem::ManuallyDrop::new(unsafe { Owner::from_new(p.as_ptr()) }.unwrap()))
+    ///
+    /// # Safety
+    /// `l` is NULL or a live listener on which the caller holds a
+    /// reference for as long as the result is used (what QEMU's API asks
+    /// of every `qio_net_listener_*` caller).
+    pub unsafe fn borrow_c(l: *mut QIONetListener) -> Option<ManuallyDrop<Owner>> {
+        let l = NonNull::new(l)?;
+        // SAFETY: per the contract the pointer is a live, referenced
+        // listener; from_new only wraps it, and ManuallyDrop keeps the
+        // handle from releasing the caller's reference.
+        unsafe { Owner::from_new(l.as_ptr()) }.map(ManuallyDrop::new)
     }
 }
 

@@ -37,11 +37,13 @@ struct WatchData<R> {
     channel: Channel,
 }
 
-fn run_handler<R: ReadyHandler<QemuHost>>(data: &WatchData<R>) {
+/// Runs the handler; returns whether the watch still serves.
+fn run_handler<R: ReadyHandler<QemuHost>>(data: &WatchData<R>) -> bool {
     // Nothing may unwind into the C event loop.
-    if catch_unwind(AssertUnwindSafe(|| data.handler.ready(&data.channel))).is_err() {
+    catch_unwind(AssertUnwindSafe(|| data.handler.ready(&data.channel))).unwrap_or_else(|_| {
         report("internal error in the accept handler; continuing");
-    }
+        true
+    })
 }
 
 /// GSource callback (QIOChannelFunc).
@@ -53,8 +55,12 @@ unsafe extern "C" fn source_ready<R: ReadyHandler<QemuHost>>(
     // SAFETY: opaque is the WatchData<R> we registered; GLib holds it for
     // this dispatch and frees it (free_box) only after the source is
     // destroyed and no dispatch of it is running.
-    run_handler(unsafe { &*(opaque as *const WatchData<R>) });
-    1 // G_SOURCE_CONTINUE
+    let serving = run_handler(unsafe { &*(opaque as *const WatchData<R>) });
+    // A watch that no longer serves (replaced, cleared or disconnected by
+    // another thread, which destroys it after unlocking) goes now instead
+    // of staying ready meanwhile: G_SOURCE_REMOVE.  Whoever holds its
+    // SourceWatch still destroys and unrefs it, which GLib allows.
+    serving.into()
 }
 
 /// Takes a dispatch's own count of an `Arc` registered with a C callback.
@@ -79,6 +85,8 @@ unsafe extern "C" fn aio_ready<R: ReadyHandler<QemuHost>>(opaque: *mut c_void) {
     // SAFETY: opaque is the registered Arc<WatchData<R>> of a handler that
     // is dispatching now, so its release BH has not run (dispatch_ref).
     let data = unsafe { dispatch_ref::<WatchData<R>>(opaque) };
+    // Whether it still serves does not matter: a watch that no longer does
+    // had its handler removed under the listener's lock.
     run_handler(&data);
     // `data` drops here: if the watch was released during the callback,
     // this is the last count and frees the data (and may finalize the
