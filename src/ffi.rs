@@ -423,9 +423,13 @@ pub unsafe extern "C" fn qio_net_listener_wait_client(
 /// @listener: the network listener object
 ///
 /// Disconnect the listener, removing all I/O callback watches and closing
-/// the socket channels.  A wait_client in progress returns %NULL.  The
-/// registration stays (its notify runs at finalize or when it is
-/// replaced).  Idempotent.
+/// the socket channels.  Synchronous, from any thread: when it returns no
+/// accept or poll of the sockets runs any more in any thread (one in
+/// flight is waited for) and the ports are free.  A wait_client in
+/// progress returns %NULL (or the client it accepted before the
+/// disconnect began).  The registration stays (its notify runs at
+/// finalize or when it is replaced).  Idempotent; concurrent calls each
+/// return once the sockets are closed.
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_disconnect(listener: *mut QIONetListener) {
     guard("qio_net_listener_disconnect", (), || {

@@ -27,6 +27,14 @@
  * listener, as in QEMU: it is finalized once the callback is cleared or
  * the listener disconnected and the last reference is gone.  A
  * registration's notify runs exactly once, never while its callback runs.
+ *
+ * Disconnect is final: once qio_net_listener_disconnect() (or finalize)
+ * returns, no accept or poll of the listener's sockets runs or can start
+ * in any thread, and their fds are closed, so the ports are free and a
+ * socket opened next (which may get the same fd number) is never touched
+ * by the listener.  It waits for an accept another thread has in flight
+ * (a system call or two; it runs no callback), so it is safe from any
+ * thread, from inside the client callback and from nested loops.
  */
 
 #ifndef QIO_NET_LISTENER_H
@@ -203,9 +211,13 @@ QIOChannelSocket *qio_net_listener_wait_client(QIONetListener *listener);
  * @listener: the network listener object
  *
  * Disconnect the listener, removing all I/O callback watches and closing
- * the socket channels.  A wait_client in progress returns %NULL.  The
- * registration stays (its notify runs at finalize or when it is
- * replaced).  Idempotent.
+ * the socket channels.  Synchronous, from any thread: when it returns no
+ * accept or poll of the sockets runs any more in any thread (one in
+ * flight is waited for) and the ports are free.  A wait_client in
+ * progress returns %NULL (or the client it accepted before the
+ * disconnect began).  The registration stays (its notify runs at
+ * finalize or when it is replaced).  Idempotent; concurrent calls each
+ * return once the sockets are closed.
  */
 void qio_net_listener_disconnect(QIONetListener *listener);
 
