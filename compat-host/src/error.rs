@@ -2,8 +2,7 @@
 //!
 //! An `Error` is a boxed [`ErrorImpl`]; C only ever sees the pointer.  The
 //! variadic setters live in `varargs.c`, which formats the message and
-//! hands it to [`compat_error_set`] / [`compat_error_prepend`] /
-//! [`compat_report`] here.  Rust code in this crate builds a [`QError`]
+//! hands it to [`compat_error_set`] / [`compat_report`] here.  Rust code in this crate builds a [`QError`]
 //! and stores it with [`QError::propagate`], so every module follows the
 //! same "set `*errp` only if it is NULL" rule.
 
@@ -23,7 +22,6 @@ pub struct ErrorImpl {
     src: String,
     line: u32,
     func: Option<String>,
-    class: sys::ErrorClass,
 }
 
 /// A Rust-side error on its way to an `Error **`.
@@ -73,7 +71,6 @@ impl ErrorImpl {
             src: loc.file().to_owned(),
             line: loc.line(),
             func: None,
-            class: sys::ErrorClass_ERROR_CLASS_GENERIC_ERROR,
         })
     }
 
@@ -239,35 +236,12 @@ pub unsafe extern "C" fn compat_error_set(
         line: line.max(0) as u32,
         // SAFETY: as above.
         func: unsafe { cstr(func) }.map(|s| s.into_owned()),
-        class: sys::ErrorClass_ERROR_CLASS_GENERIC_ERROR,
     });
     // SAFETY: errp validity is the caller's contract.
     unsafe { handle(errp, err) };
 }
 
-/// Called by `error_prepend()` in `varargs.c`.
-///
-/// # Safety
-/// `errp` is NULL or a valid `Error *const *`; `prefix` a `g_malloc`ed
-/// NUL-terminated string that we take over.
-#[no_mangle]
-pub unsafe extern "C" fn compat_error_prepend(errp: *const *mut sys::Error, prefix: *mut c_char) {
-    // SAFETY: prefix is a NUL-terminated g_malloc'ed string we own.
-    let p = unsafe { CStr::from_ptr(prefix) }.to_bytes().to_vec();
-    // SAFETY: we own prefix and are done with it.
-    unsafe { sys::g_free(prefix.cast()) };
-    // SAFETY: errp is NULL or valid (caller's contract).
-    if errp.is_null() || unsafe { (*errp).is_null() } {
-        return;
-    }
-    // SAFETY: *errp is a live Error * owned by the caller, not shared.
-    let err = unsafe { &mut *(*errp).cast::<ErrorImpl>() };
-    let mut v = p;
-    v.extend_from_slice(err.msg.as_bytes());
-    err.msg = to_cstring(String::from_utf8_lossy(&v).into_owned());
-}
-
-/// Called by `error_report()`/`warn_report()`/`info_report()`.
+/// Called by `error_report()`.
 ///
 /// # Safety
 /// `level` is a NUL-terminated string; `msg` a `g_malloc`ed NUL-terminated
@@ -315,11 +289,7 @@ macro_rules! export_variadic {
 
 export_variadic! {
     error_setg_internal => compat_impl_error_setg_internal,
-    error_setg_errno_internal => compat_impl_error_setg_errno_internal,
-    error_prepend => compat_impl_error_prepend,
     error_report => compat_impl_error_report,
-    warn_report => compat_impl_warn_report,
-    info_report => compat_impl_info_report,
 }
 
 /// # Safety
@@ -328,14 +298,6 @@ export_variadic! {
 pub unsafe extern "C" fn error_get_pretty(err: *const sys::Error) -> *const c_char {
     // SAFETY: caller's contract.
     unsafe { borrow(err) }.msg.as_ptr()
-}
-
-/// # Safety
-/// `err` is a live `Error *`.
-#[no_mangle]
-pub unsafe extern "C" fn error_get_class(err: *const sys::Error) -> sys::ErrorClass {
-    // SAFETY: caller's contract.
-    unsafe { borrow(err) }.class
 }
 
 /// Moves `local_err` into `*dst_errp`: aborts/exits for `&error_abort` /
@@ -365,48 +327,11 @@ pub unsafe extern "C" fn error_propagate(
 }
 
 /// # Safety
-/// `err` is a live `Error *`.
-#[no_mangle]
-pub unsafe extern "C" fn error_copy(err: *const sys::Error) -> *mut sys::Error {
-    // SAFETY: caller's contract.
-    let e = unsafe { borrow(err) };
-    Box::new(ErrorImpl {
-        msg: e.msg.clone(),
-        src: e.src.clone(),
-        line: e.line,
-        func: e.func.clone(),
-        class: e.class,
-    })
-    .into_raw()
-}
-
-/// # Safety
 /// `err` is NULL or a live `Error *` not used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn error_free(err: *mut sys::Error) {
     // SAFETY: caller's contract.
     drop(unsafe { from_raw(err) });
-}
-
-/// Frees `*errp` and clears it; aborts if there is no error.
-///
-/// # Safety
-/// `errp` is a valid `Error **`.
-#[no_mangle]
-pub unsafe extern "C" fn error_free_or_abort(errp: *mut *mut sys::Error) {
-    // SAFETY: errp is valid when non-NULL (caller's contract).
-    if errp.is_null() || unsafe { (*errp).is_null() } {
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "error_free_or_abort: expected an error, there is none"
-        );
-        std::process::abort();
-    }
-    // SAFETY: as above; the error is ours to free now.
-    unsafe {
-        error_free(*errp);
-        *errp = ptr::null_mut();
-    }
 }
 
 /// # Safety
@@ -457,38 +382,6 @@ mod tests {
                 42 as c_int,
                 c"thing".as_ptr(),
             );
-        }
-        assert!(!err.is_null());
-        assert_eq!(pretty(err), "bad 42 thing");
-        // SAFETY: err is live.
-        let class = unsafe { error_get_class(err) };
-        assert_eq!(class, sys::ErrorClass_ERROR_CLASS_GENERIC_ERROR);
-        // SAFETY: err is live; the format takes no arguments.
-        unsafe { sys::error_prepend(&err, c"ctx: ".as_ptr()) };
-        assert_eq!(pretty(err), "ctx: bad 42 thing");
-        // SAFETY: err is live; copy is independent.
-        let copy = unsafe { error_copy(err) };
-        // SAFETY: both live, each freed once.
-        unsafe { error_free_or_abort(&mut err) };
-        assert!(err.is_null());
-        assert_eq!(pretty(copy), "ctx: bad 42 thing");
-        // SAFETY: copy is live.
-        unsafe { error_free(copy) };
-    }
-
-    #[test]
-    fn errno_suffix_and_null_errp() {
-        let mut err: *mut sys::Error = ptr::null_mut();
-        // SAFETY: valid errp and format.
-        unsafe {
-            sys::error_setg_errno_internal(
-                &mut err,
-                c"f.c".as_ptr(),
-                1,
-                c"fn".as_ptr(),
-                libc::EADDRINUSE,
-                c"Failed".as_ptr(),
-            );
             // A NULL errp drops the error.
             sys::error_setg_internal(
                 ptr::null_mut(),
@@ -498,15 +391,13 @@ mod tests {
                 c"x".as_ptr(),
             );
         }
-        assert_eq!(pretty(err), "Failed: Address already in use");
-        // SAFETY: err is live.
-        unsafe { error_free(err) };
-        // SAFETY: NULL is allowed.
-        unsafe { error_free(ptr::null_mut()) };
-        // Prepending to no error is a no-op.
-        let none: *mut sys::Error = ptr::null_mut();
-        // SAFETY: valid pointer to a NULL error.
-        unsafe { sys::error_prepend(&none, c"p".as_ptr()) };
+        assert!(!err.is_null());
+        assert_eq!(pretty(err), "bad 42 thing");
+        // SAFETY: err is live, freed once; NULL is allowed.
+        unsafe {
+            error_free(err);
+            error_free(ptr::null_mut());
+        }
     }
 
     #[test]

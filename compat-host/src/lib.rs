@@ -14,12 +14,12 @@ pub mod sys;
 mod util;
 
 pub mod error;
-pub mod property;
-pub mod qom;
-pub mod visitor;
+mod property;
+mod qom;
+mod visitor;
 
-pub mod address;
-pub mod channel;
+mod address;
+mod channel;
 
-pub mod aio;
-pub mod main_loop;
+mod aio;
+mod main_loop;

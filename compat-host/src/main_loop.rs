@@ -69,51 +69,8 @@ pub unsafe extern "C" fn qemu_init_main_loop(errp: *mut *mut sys::Error) -> i32 
 }
 
 #[no_mangle]
-pub extern "C" fn main_loop_wait(nonblocking: i32) {
-    // SAFETY: NULL is GLib's default context, always valid.
-    unsafe { sys::g_main_context_iteration(ptr::null_mut(), (nonblocking == 0) as sys::gboolean) };
-}
-
-#[no_mangle]
 pub extern "C" fn qemu_get_aio_context() -> *mut sys::AioContext {
     main_context()
-}
-
-#[no_mangle]
-pub extern "C" fn qemu_notify_event() {
-    let ctx = main_context();
-    if !ctx.is_null() {
-        // SAFETY: the main context lives forever.  This also wakes the
-        // default GMainContext, which polls the context's epoll fd.
-        unsafe { aio::aio_notify(ctx) };
-    }
-    // SAFETY: NULL is GLib's default context.
-    unsafe { sys::g_main_context_wakeup(ptr::null_mut()) };
-}
-
-#[no_mangle]
-pub extern "C" fn qemu_in_main_thread() -> bool {
-    in_main_thread()
-}
-
-unsafe extern "C" fn noop_bh(_opaque: *mut c_void) {}
-
-/// Wakes a main-thread `AIO_WAIT_WHILE`: a BH, even a no-op, makes its
-/// blocking `aio_poll` return so the loop re-evaluates its condition.
-#[no_mangle]
-pub extern "C" fn aio_wait_kick() {
-    let ctx = main_context();
-    if !ctx.is_null() {
-        // SAFETY: the main context lives forever; the BH needs no opaque.
-        unsafe {
-            aio_bh_schedule_oneshot_full(
-                ctx,
-                Some(noop_bh),
-                ptr::null_mut(),
-                c"aio_wait_kick".as_ptr(),
-            )
-        };
-    }
 }
 
 /// An IOThread (C sees an opaque pointer to this).
@@ -252,14 +209,14 @@ mod tests {
         // SAFETY: as above; a second call is a no-op.
         assert_eq!(unsafe { qemu_init_main_loop(ptr::null_mut()) }, 0);
         assert_eq!(qemu_get_aio_context(), main);
-        assert!(qemu_in_main_thread());
+        assert!(in_main_thread());
         assert_eq!(qemu_get_current_aio_context(), main);
         // SAFETY: the main context lives forever.
         assert!(unsafe { in_aio_context_home_thread(main) });
         let other = SendPtr(main, ptr::null());
         thread::spawn(move || {
             let _other = other;
-            assert!(!qemu_in_main_thread());
+            assert!(!in_main_thread());
             assert!(qemu_get_current_aio_context().is_null());
         })
         .join()
@@ -294,7 +251,7 @@ mod tests {
             };
         });
         while ran.load(Ordering::SeqCst) == 0 {
-            main_loop_wait(0);
+            iterate_default_context();
             assert!(start.elapsed() < Duration::from_secs(5));
         }
         t.join().unwrap();
@@ -316,31 +273,21 @@ mod tests {
         }
         assert_eq!(nix::unistd::write(&w, b"x"), Ok(1));
         while reads.load(Ordering::SeqCst) == 0 {
-            main_loop_wait(0);
+            iterate_default_context();
             assert!(start.elapsed() < Duration::from_secs(5));
         }
         // SAFETY: as above.
         unsafe { aio_set_fd_handler(main, r.as_raw_fd(), None, None, None, None, ptr::null_mut()) };
 
-        // aio_wait_kick wakes a main-thread AIO_WAIT_WHILE.
-        let done = Arc::new(AtomicBool::new(false));
-        let d = done.clone();
-        let t = thread::spawn(move || {
-            thread::sleep(Duration::from_millis(30));
-            d.store(true, Ordering::SeqCst);
-            aio_wait_kick();
-        });
-        while !done.load(Ordering::SeqCst) {
-            // SAFETY: main thread polling the main context.
-            unsafe { aio_poll(main, true) };
-            assert!(start.elapsed() < Duration::from_secs(5));
-        }
-        t.join().unwrap();
-        qemu_notify_event();
-        main_loop_wait(1);
         // SAFETY: our timer.
         unsafe { timer_free(watchdog) };
         assert_eq!(never.load(Ordering::SeqCst), 0);
+    }
+
+    /// One blocking iteration of GLib's default context.
+    fn iterate_default_context() {
+        // SAFETY: the default context may be iterated by any thread.
+        unsafe { glib_sys::g_main_context_iteration(ptr::null_mut(), 1) };
     }
 
     fn qemu_clock_ms() -> i64 {
@@ -352,7 +299,7 @@ mod tests {
         // SAFETY: `opaque` is the test's AtomicUsize; ctx is the
         // IOThread's live context.
         unsafe {
-            let ok = in_aio_context_home_thread(ctx) && !qemu_in_main_thread();
+            let ok = in_aio_context_home_thread(ctx) && !in_main_thread();
             (*(opaque as *const AtomicUsize))
                 .store(if ok { ctx as usize } else { 1 }, Ordering::SeqCst);
         }

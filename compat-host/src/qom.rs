@@ -558,25 +558,9 @@ pub unsafe extern "C" fn object_unref(obj: *mut c_void) {
 /// # Safety
 /// `obj` is a live object.
 #[no_mangle]
-pub unsafe extern "C" fn object_get_class(obj: *mut sys::Object) -> *mut sys::ObjectClass {
-    // SAFETY: caller's contract.
-    unsafe { (*obj).class }
-}
-
-/// # Safety
-/// `obj` is a live object.
-#[no_mangle]
 pub unsafe extern "C" fn object_get_typename(obj: *const sys::Object) -> *const c_char {
     // SAFETY: caller's contract.
     unsafe { class_type((*obj).class) }.name.as_ptr()
-}
-
-/// # Safety
-/// `klass` is a live class.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_get_name(klass: *mut sys::ObjectClass) -> *const c_char {
-    // SAFETY: caller's contract.
-    unsafe { class_type(klass) }.name.as_ptr()
 }
 
 /// The class `klass` and those of its parent types, most derived first.
@@ -594,35 +578,8 @@ pub(crate) unsafe fn class_chain(
 }
 
 /// # Safety
-/// `klass` is a live class.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_get_parent(
-    klass: *mut sys::ObjectClass,
-) -> *mut sys::ObjectClass {
-    // SAFETY: caller's contract.
-    unsafe { class_type(klass) }
-        .parent()
-        .map_or(ptr::null_mut(), |p| p.class())
-}
-
-/// # Safety
-/// `typename` is NULL or a NUL-terminated string.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_by_name(typename: *const c_char) -> *mut sys::ObjectClass {
-    if typename.is_null() {
-        return ptr::null_mut();
-    }
-    // SAFETY: caller's contract.
-    match lookup(unsafe { CStr::from_ptr(typename) }) {
-        Some(t) => t.class(),
-        None => ptr::null_mut(),
-    }
-}
-
-/// # Safety
 /// `klass` is NULL or a live class; `typename` NULL or NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_dynamic_cast(
+pub(crate) unsafe fn object_class_dynamic_cast(
     klass: *mut sys::ObjectClass,
     typename: *const c_char,
 ) -> *mut sys::ObjectClass {
@@ -635,25 +592,6 @@ pub unsafe extern "C" fn object_class_dynamic_cast(
         Some(target) if t.is_a(target) => klass,
         _ => ptr::null_mut(),
     }
-}
-
-/// # Safety
-/// As [`object_class_dynamic_cast`]; `file`/`func` NULL or NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_dynamic_cast_assert(
-    klass: *mut sys::ObjectClass,
-    typename: *const c_char,
-    file: *const c_char,
-    line: c_int,
-    func: *const c_char,
-) -> *mut sys::ObjectClass {
-    // SAFETY: caller's contract.
-    let ret = unsafe { object_class_dynamic_cast(klass, typename) };
-    if ret.is_null() && !klass.is_null() {
-        // SAFETY: caller's contract.
-        unsafe { cast_failure(klass.cast(), typename, file, line, func) };
-    }
-    ret
 }
 
 /// # Safety
@@ -743,6 +681,11 @@ mod tests {
     }
 
     static LOG: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+    /// QEMU's `object_class_by_name()`.
+    fn class_by_name(name: &CStr) -> *mut sys::ObjectClass {
+        lookup(name).map_or(ptr::null_mut(), |t| t.class())
+    }
     static MODULE_RUNS: AtomicUsize = AtomicUsize::new(0);
 
     fn log(s: &'static str) {
@@ -859,17 +802,12 @@ mod tests {
                 CStr::from_ptr(object_get_typename(o)).to_str().unwrap(),
                 "test-derived"
             );
-            let k = object_get_class(o).cast::<BaseClass>();
+            let k = (*o).class.cast::<BaseClass>();
             assert_eq!((*k).tag, 11, "parent class copied, then class_init");
             assert_eq!((*k).base_inits, 1, "base's class_base_init ran for derived");
-            let bk = object_class_by_name(c"test-base".as_ptr()).cast::<BaseClass>();
+            let bk = class_by_name(c"test-base").cast::<BaseClass>();
             assert_eq!((*bk).tag, 1);
-            assert_eq!(
-                CStr::from_ptr(object_class_get_name(bk.cast()))
-                    .to_str()
-                    .unwrap(),
-                "test-base"
-            );
+            assert_eq!(class_type(bk.cast()).name_str(), "test-base");
 
             assert_eq!(object_dynamic_cast(o, c"object".as_ptr()), o);
             assert_eq!(object_dynamic_cast(o, c"test-base".as_ptr()), o);
@@ -918,19 +856,16 @@ mod tests {
 
     #[test]
     fn builtin_types() {
-        // SAFETY: plain lookups.
-        unsafe {
-            for name in [
-                c"object",
-                c"interface",
-                c"qio-channel",
-                c"qio-channel-socket",
-                c"qio-dns-resolver",
-            ] {
-                assert!(!object_class_by_name(name.as_ptr()).is_null(), "{name:?}");
-            }
-            assert!(object_class_by_name(c"nope".as_ptr()).is_null());
+        for name in [
+            c"object",
+            c"interface",
+            c"qio-channel",
+            c"qio-channel-socket",
+            c"qio-dns-resolver",
+        ] {
+            assert!(!class_by_name(name).is_null(), "{name:?}");
         }
+        assert!(class_by_name(c"nope").is_null());
     }
 
     #[test]

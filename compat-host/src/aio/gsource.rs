@@ -79,8 +79,7 @@ pub(crate) fn context_new() -> io::Result<*mut sys::AioContext> {
 
 /// # Safety
 /// `errp` is NULL or a valid `Error **` (QEMU's conventions).
-#[no_mangle]
-pub unsafe extern "C" fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::AioContext {
+pub(crate) unsafe fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::AioContext {
     match context_new() {
         Ok(ctx) => ctx,
         Err(e) => {
@@ -102,25 +101,15 @@ pub unsafe extern "C" fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys
 }
 
 /// # Safety
-/// `ctx` is a live context.
-#[no_mangle]
-pub unsafe extern "C" fn aio_context_ref(ctx: *mut sys::AioContext) {
-    // SAFETY: a live context is a live GSource.
-    unsafe { sys::g_source_ref(ctx.cast()) };
-}
-
-/// # Safety
 /// `ctx` is a live context and the caller owns the reference it drops.
-#[no_mangle]
-pub unsafe extern "C" fn aio_context_unref(ctx: *mut sys::AioContext) {
+pub(crate) unsafe fn aio_context_unref(ctx: *mut sys::AioContext) {
     // SAFETY: as above.
     unsafe { sys::g_source_unref(ctx.cast()) };
 }
 
 /// # Safety
 /// `ctx` is a live context (its owner may be any thread).
-#[no_mangle]
-pub unsafe extern "C" fn aio_get_g_source(ctx: *mut sys::AioContext) -> *mut sys::GSource {
+pub(crate) unsafe fn aio_get_g_source(ctx: *mut sys::AioContext) -> *mut sys::GSource {
     // SAFETY: as above.
     unsafe { sys::g_source_ref(ctx.cast()) }
 }
@@ -151,7 +140,7 @@ mod tests {
             );
             timer_mod(
                 ts,
-                qemu_clock_get_us(sys::QEMUClockType_QEMU_CLOCK_REALTIME) + 10_000,
+                qemu_clock_get_ns(sys::QEMUClockType_QEMU_CLOCK_REALTIME) / 1000 + 10_000,
             );
             while p.calls.load(SeqCst) == 0 {
                 sys::g_main_context_iteration(gctx, 1);

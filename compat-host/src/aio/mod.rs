@@ -81,18 +81,17 @@ use nix::sys::{epoll::Epoll, eventfd::EventFd};
 use crate::sys;
 
 pub(crate) use self::gsource::context_new;
-use self::{bh::Job, poll::Handler};
-pub use self::{
-    bh::{
-        aio_bh_new_full, aio_bh_schedule_oneshot_full, qemu_bh_cancel, qemu_bh_delete,
-        qemu_bh_schedule, Bh,
-    },
-    gsource::{aio_context_new, aio_context_ref, aio_context_unref, aio_get_g_source},
-    poll::{aio_notify, aio_poll, aio_set_fd_handler},
-    timer::{
-        aio_timer_new, qemu_clock_get_ms, qemu_clock_get_ns, qemu_clock_get_us, timer_del,
-        timer_free, timer_mod, timer_pending, Timer,
-    },
+use self::poll::Handler;
+pub(crate) use self::{
+    bh::aio_bh_schedule_oneshot_full,
+    gsource::{aio_context_new, aio_context_unref, aio_get_g_source},
+    poll::aio_poll,
+    timer::Timer,
+};
+#[cfg(test)]
+pub(crate) use self::{
+    poll::aio_set_fd_handler,
+    timer::{aio_timer_new, qemu_clock_get_ms, qemu_clock_get_ns, timer_free, timer_mod},
 };
 
 /// What C's `AioContext *` points at: the GSource GLib allocated, then our
@@ -164,7 +163,7 @@ struct State {
     handlers: HashMap<RawFd, Handler, BuildHasherDefault<FdHasher>>,
     /// Scheduled BHs in FIFO order, each with its sequence number so that
     /// a pass runs only what was scheduled before it started.
-    bhs: VecDeque<(u64, Job)>,
+    bhs: VecDeque<(u64, Callback)>,
     bh_seq: u64,
     /// Armed timers by (monotonic deadline, arming sequence number).
     timers: BTreeMap<(i64, u64), Arc<Timer>>,

@@ -226,14 +226,6 @@ impl Inner {
 }
 
 /// # Safety
-/// `ctx` is a live context.
-#[no_mangle]
-pub unsafe extern "C" fn aio_notify(ctx: *mut sys::AioContext) {
-    // SAFETY: per the contract.
-    unsafe { inner_ref(ctx) }.notify();
-}
-
-/// # Safety
 /// `ctx` is a live context; the caller is its home thread (another
 /// thread running it is waited for).
 #[no_mangle]

@@ -12,10 +12,7 @@ use crate::{
     error::error_propagate,
     qom::object_get_typename,
     sys,
-    visitor::{
-        visit_type_bool, visit_type_str, visit_type_uint16, visit_type_uint32, visit_type_uint64,
-        visit_type_uint8,
-    },
+    visitor::{visit_type_bool, visit_type_str, visit_type_uint64, visit_type_uint8},
 };
 
 /// A value type of the function-backed helpers (string and bool): how it
@@ -235,8 +232,7 @@ pub unsafe extern "C" fn object_property_add_str(
 /// # Safety
 /// `klass` is a live class, `name` NUL-terminated, the functions valid for
 /// the life of the process.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_property_add_str(
+pub(crate) unsafe fn object_class_property_add_str(
     klass: *mut sys::ObjectClass,
     name: *const c_char,
     get: Option<StrGetter>,
@@ -273,26 +269,6 @@ pub unsafe extern "C" fn object_property_add_bool(
     }
 }
 
-/// # Safety
-/// As [`object_class_property_add_str`].
-#[no_mangle]
-pub unsafe extern "C" fn object_class_property_add_bool(
-    klass: *mut sys::ObjectClass,
-    name: *const c_char,
-    get: Option<BoolGetter>,
-    set: Option<BoolSetter>,
-) -> *mut sys::ObjectProperty {
-    // SAFETY: caller's contract.
-    unsafe {
-        add_fn(
-            Owner::Class(live(klass, "object_class_property_add_bool")),
-            name,
-            get,
-            set,
-        )
-    }
-}
-
 /// An unsigned integer type that a `*_ptr` property can be backed by.
 trait PtrInt: Copy {
     const TYPE: &'static CStr;
@@ -315,8 +291,6 @@ macro_rules! ptr_int {
 
 ptr_int! {
     u8 => c"uint8", visit_type_uint8;
-    u16 => c"uint16", visit_type_uint16;
-    u32 => c"uint32", visit_type_uint32;
     u64 => c"uint64", visit_type_uint64;
 }
 
@@ -389,30 +363,7 @@ macro_rules! ptr_fns {
 
 ptr_fns! {
     object_property_add_uint8_ptr: u8;
-    object_property_add_uint16_ptr: u16;
-    object_property_add_uint32_ptr: u32;
     object_property_add_uint64_ptr: u64;
-}
-
-/// # Safety
-/// `klass` is a live class, `name` NUL-terminated, `v` valid (and
-/// writable with OBJ_PROP_FLAG_WRITE) for the life of the process.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_property_add_uint64_ptr(
-    klass: *mut sys::ObjectClass,
-    name: *const c_char,
-    v: *const u64,
-    flags: sys::ObjectPropertyFlags,
-) -> *mut sys::ObjectProperty {
-    // SAFETY: caller's contract.
-    unsafe {
-        add_ptr(
-            Owner::Class(live(klass, "object_class_property_add_uint64_ptr")),
-            name,
-            v,
-            flags,
-        )
-    }
 }
 
 unsafe extern "C" fn object_get_type(obj: *mut sys::Object, _errp: Errp) -> *mut c_char {

@@ -38,11 +38,11 @@ use crate::{
 mod access;
 mod helpers;
 #[cfg(test)]
+use self::{access::*, helpers::*};
+#[cfg(test)]
 mod tests;
 
-pub use access::*;
 pub(crate) use helpers::object_class_init;
-pub use helpers::*;
 
 type Errp = *mut *mut sys::Error;
 
@@ -258,37 +258,6 @@ pub unsafe extern "C" fn object_property_find_err(
     p
 }
 
-/// # Safety
-/// `klass` is a live class; `name` NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_property_find(
-    klass: *mut sys::ObjectClass,
-    name: *const c_char,
-) -> *mut sys::ObjectProperty {
-    let klass = live(klass, "object_class_property_find");
-    // SAFETY: caller's contract.
-    unsafe { class_find(klass, name_arg(name, "object_class_property_find")) }
-}
-
-/// # Safety
-/// As [`object_class_property_find`]; `errp` NULL or a valid `Error **`.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_property_find_err(
-    klass: *mut sys::ObjectClass,
-    name: *const c_char,
-    errp: Errp,
-) -> *mut sys::ObjectProperty {
-    // SAFETY: caller's contract.
-    let p = unsafe { object_class_property_find(klass, name) };
-    if p.is_null() {
-        // SAFETY: name is valid (checked by the call above).
-        let n = unsafe { CStr::from_ptr(name) }.to_string_lossy();
-        // SAFETY: caller's contract.
-        unsafe { ErrorImpl::new(format!("Property '.{n}' not found")).propagate(errp) };
-    }
-    p
-}
-
 // ---------------------------------------------------------------------------
 // Adding and deleting
 
@@ -396,8 +365,7 @@ pub unsafe extern "C" fn object_property_add(
 /// # Safety
 /// `klass` is a live class; the strings NULL or NUL-terminated; the
 /// accessors and `opaque` valid for the life of the process.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_property_add(
+pub(crate) unsafe fn object_class_property_add(
     klass: *mut sys::ObjectClass,
     name: *const c_char,
     type_: *const c_char,
