@@ -1,10 +1,12 @@
 //! QEMU's `Error` conventions (qapi/error.h, qemu/error-report.h).
 //!
 //! An `Error` is a boxed [`ErrorImpl`]; C only ever sees the pointer.  The
-//! variadic setters live in `varargs.c`, which formats the message and
-//! hands it to [`compat_error_set`] / [`compat_report`] here.  Rust code in this crate builds a [`QError`]
-//! and stores it with [`QError::propagate`], so every module follows the
-//! same "set `*errp` only if it is NULL" rule.
+//! variadic functions (`error_setg_internal`, `error_report`) are C, in
+//! `varargs.c`, which formats the message and hands it to the
+//! non-variadic [`compat_error_set`] / [`compat_report`] here.  Rust code
+//! in this crate builds a [`QError`] and stores it with
+//! [`QError::propagate`], so every module follows the same "set `*errp`
+//! only if it is NULL" rule.
 
 use std::{
     ffi::{c_char, c_int, CStr, CString},
@@ -253,43 +255,6 @@ pub unsafe extern "C" fn compat_report(level: *const c_char, msg: *mut c_char) {
     print_line(level.as_deref(), text.as_deref().unwrap_or(""));
     // SAFETY: we own msg and are done with it.
     unsafe { sys::g_free(msg.cast()) };
-}
-
-/// Exports the variadic functions of `varargs.c` under QEMU's names.
-///
-/// A cdylib built by rustc exports only Rust items (its version script
-/// hides every C symbol), and stable Rust cannot define C-variadic
-/// functions.  So each name is a naked Rust function that tail-jumps to
-/// the C definition: no register or stack slot is touched, so the
-/// variadic arguments (and %al on x86-64) arrive as the caller passed
-/// them.
-macro_rules! export_variadic {
-    ($($name:ident => $imp:ident),* $(,)?) => {
-        extern "C" {
-            $(fn $imp();)*
-        }
-        $(
-            /// QEMU's variadic function of this name (see `varargs.c`).
-            ///
-            /// # Safety
-            /// Called from C with the arguments the C prototype in
-            /// `include/compat` declares; Rust code calls the `sys`
-            /// declaration, never this item.
-            #[unsafe(naked)]
-            #[no_mangle]
-            pub unsafe extern "C" fn $name() {
-                #[cfg(target_arch = "x86_64")]
-                core::arch::naked_asm!("jmp {}", sym $imp);
-                #[cfg(target_arch = "aarch64")]
-                core::arch::naked_asm!("b {}", sym $imp);
-            }
-        )*
-    };
-}
-
-export_variadic! {
-    error_setg_internal => compat_impl_error_setg_internal,
-    error_report => compat_impl_error_report,
 }
 
 /// # Safety

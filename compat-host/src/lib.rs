@@ -23,3 +23,33 @@ mod channel;
 
 mod aio;
 mod main_loop;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The C headers declare exactly what the library exports
+    /// (`libqemucompat.map`, which `scripts/check-compat-exports.sh`
+    /// checks against the library and its users): a declaration without
+    /// an export would compile in a C program and fail at link time.
+    #[test]
+    fn headers_declare_exactly_the_exports() {
+        let bindings = include_str!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+        let declared: BTreeSet<&str> = bindings
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim_start();
+                l.strip_prefix("pub fn ")
+                    .or_else(|| l.strip_prefix("pub static mut "))
+            })
+            .map(|rest| rest.split(['(', ':']).next().unwrap_or_default())
+            .collect();
+        let map = include_str!("../libqemucompat.map");
+        let exported: BTreeSet<&str> = map
+            .lines()
+            .filter_map(|l| l.trim().strip_suffix(';'))
+            .filter(|name| name.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()))
+            .collect();
+        assert_eq!(declared, exported);
+    }
+}

@@ -1,11 +1,12 @@
 /*
- * The variadic functions of the compat host's C API.  Stable Rust cannot
- * define C variadic functions, so these format the message with GLib and
- * hand the finished string to the Rust side.
+ * The variadic functions of the compat host's C API, in C so that they
+ * work on every architecture: each formats its message with GLib and
+ * hands the finished string to the non-variadic Rust core in error.rs
+ * (compat_error_set, compat_report), which takes it over.
  *
- * They are defined under "compat_impl_" names: a cdylib built by rustc
- * exports only Rust items, so error.rs exports QEMU's names as naked
- * functions that tail-jump here (all argument registers intact).
+ * They carry QEMU's names: the static library meson links into
+ * libqemucompat.so (version script compat-host/libqemucompat.map) exports
+ * them like the Rust functions, and the Rust tests link them directly.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -18,13 +19,7 @@ void compat_error_set(Error **errp, const char *src, int line,
                       const char *func, char *msg);
 void compat_report(const char *level, char *msg);
 
-void compat_impl_error_setg_internal(Error **errp,
-                                     const char *src, int line,
-                                     const char *func, const char *fmt, ...)
-    G_GNUC_PRINTF(5, 6);
-void compat_impl_error_report(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-
-void compat_impl_error_setg_internal(Error **errp,
+void error_setg_internal(Error **errp,
                          const char *src, int line, const char *func,
                          const char *fmt, ...)
 {
@@ -37,7 +32,7 @@ void compat_impl_error_setg_internal(Error **errp,
     compat_error_set(errp, src, line, func, msg);
 }
 
-void compat_impl_error_report(const char *fmt, ...)
+void error_report(const char *fmt, ...)
 {
     va_list ap;
 
