@@ -74,10 +74,7 @@ mod tests {
     use std::{os::fd::AsRawFd, ptr, sync::atomic::Ordering::SeqCst, thread, time::Duration};
 
     use super::*;
-    use crate::{
-        aio::{testing::*, *},
-        main_loop::{iothread_get_aio_context, iothread_join, iothread_new},
-    };
+    use crate::aio::{testing::*, *};
 
     unsafe extern "C" fn slow_handler(o: *mut c_void) {
         // SAFETY: the test's Probe outlives the handler and the BH.
@@ -93,9 +90,8 @@ mod tests {
     /// the in-progress call of that handler returned.
     #[test]
     fn aio_bh_after_removal_waits_for_running_handler() {
-        let it = iothread_new();
-        // SAFETY: `it` is live until joined below.
-        let ctx = unsafe { iothread_get_aio_context(it) };
+        let it = PollThread::spawn().unwrap();
+        let ctx = it.ctx();
         let p = Probe::default();
         // SAFETY: live ctx; `p` outlives the handler, the BH and the join.
         let (a, b) = unsafe { watched_pair(ctx, slow_handler, &p) };
@@ -109,8 +105,7 @@ mod tests {
         wait_for(|| p.observed.load(SeqCst) != 0);
         assert_eq!(p.observed.load(SeqCst), 2, "BH ran while the handler ran");
         assert_eq!(p.calls.load(SeqCst), 1);
-        // SAFETY: joined once.
-        unsafe { iothread_join(it) };
+        it.join();
     }
 
     struct SendPtr(*mut sys::AioContext, *const Probe);
