@@ -14,7 +14,6 @@ pub mod sys;
 mod util;
 
 pub mod error;
-mod property;
 mod qom;
 mod visitor;
 

@@ -29,7 +29,6 @@ use self::resolver::{qio_dns_resolver_get_instance, qio_dns_resolver_lookup_sync
 pub(crate) use self::{
     connect::connect,
     listen::listen,
-    resolver::type_infos,
     sockaddr::{local_sockaddr, remote_sockaddr, SockAddr},
 };
 

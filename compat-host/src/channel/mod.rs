@@ -34,7 +34,7 @@ use std::{ffi::c_char, mem::size_of, ptr};
 
 use crate::{
     error::{ErrorImpl, QError},
-    qom::type_info,
+    qom::{type_info, type_init},
     sys,
 };
 
@@ -86,11 +86,14 @@ const SOCKET_INFO: sys::TypeInfo = sys::TypeInfo {
     )
 };
 
-/// The QOM types this module implements, registered by the type registry
-/// itself.
-pub(crate) fn type_infos() -> Vec<sys::TypeInfo> {
-    vec![CHANNEL_INFO, SOCKET_INFO]
+unsafe extern "C" fn register_types() {
+    // SAFETY: constant TypeInfos with static strings and callbacks.
+    unsafe {
+        sys::type_register_static(&CHANNEL_INFO);
+        sys::type_register_static(&SOCKET_INFO);
+    }
 }
+type_init!(register_types);
 
 /// The socket channel behind `ioc`, or an error for other channel types.
 ///

@@ -10,7 +10,7 @@ use std::{
 use super::{live, object_class_property_add, object_property_add, Errp};
 use crate::{
     error::error_propagate,
-    qom::object_get_typename,
+    qom::types::object_get_typename,
     sys,
     visitor::{visit_type_bool, visit_type_str, visit_type_uint64, visit_type_uint8},
 };

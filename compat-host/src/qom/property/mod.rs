@@ -30,7 +30,7 @@ use std::{
 
 use crate::{
     error::{error_abort, ErrorImpl},
-    qom::{class_chain, object_get_typename},
+    qom::types::{class_chain, object_get_typename},
     sys,
     util::cstr,
 };

@@ -12,7 +12,10 @@ use std::{
 
 use super::*;
 use crate::{
-    qom::{object_new, object_ref, object_unref, type_register_static},
+    qom::{
+        object::{object_new, object_ref, object_unref},
+        types::type_register_static,
+    },
     util::{
         g_strdup,
         testing::{in_child, run_child},
@@ -430,7 +433,7 @@ fn add_duplicate_aborts() {
         }
         return;
     }
-    let out = run_child("property::tests::add_duplicate_aborts");
+    let out = run_child("qom::property::tests::add_duplicate_aborts");
     assert_eq!(out.status.signal(), Some(libc::SIGABRT));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -448,7 +451,7 @@ fn del_of_missing_property_aborts() {
         unsafe { object_property_del(o, c"nope".as_ptr()) };
         return;
     }
-    let out = run_child("property::tests::del_of_missing_property_aborts");
+    let out = run_child("qom::property::tests::del_of_missing_property_aborts");
     assert_eq!(out.status.signal(), Some(libc::SIGABRT));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("has no property 'nope'"), "{err}");
