@@ -127,11 +127,7 @@ mod tests {
             };
         });
         // SAFETY: live ctx, polled from its home thread.
-        unsafe {
-            while p.calls.load(SeqCst) == 0 {
-                aio_poll(ctx, true);
-            }
-        }
+        unsafe { poll_until(ctx, || p.calls.load(SeqCst) == 1) };
         t.join().unwrap();
         // SAFETY: our reference.
         unsafe { aio_context_unref(ctx) };

@@ -356,9 +356,7 @@ mod tests {
         // AIO_WAIT_WHILE: a nested blocking poll until the BH ran.
         unsafe {
             aio_bh_schedule_oneshot_full(ctx, Some(observe_bh), o, ptr::null());
-            while p.observed.load(SeqCst) == 0 {
-                aio_poll(ctx, true);
-            }
+            poll_until(ctx, || p.observed.load(SeqCst) != 0);
         }
         p.finished.store(true, SeqCst);
     }

@@ -244,9 +244,7 @@ mod tests {
             assert!(pending(timers[3]));
             timer_del(timers[3]);
             assert!(!pending(timers[3]));
-            while order.seen.lock().unwrap().len() < 3 {
-                aio_poll(ctx, true);
-            }
+            poll_until(ctx, || order.seen.lock().unwrap().len() == 3);
             assert!(!pending(timers[0]));
             // A HOST-clock timer in the past fires at once.
             let host = aio_timer_new(
