@@ -5,7 +5,7 @@
 //! `varargs.c`, which formats the message and hands it to the
 //! non-variadic [`compat_error_set`] / [`compat_report`] here.  Rust code
 //! in this crate builds a [`QError`] and stores it with
-//! [`QError::propagate`], so every module follows the same "set `*errp`
+//! [`ErrorImpl::propagate`], so every module follows the same "set `*errp`
 //! only if it is NULL" rule.
 
 use std::{
