@@ -20,12 +20,10 @@ use super::{
 };
 use crate::{sys, util::cstr};
 
-/// QEMU's TYPE_OBJECT, the root of every type; its class carries the
-/// `type` property.
+/// QEMU's TYPE_OBJECT, the root of every type.
 const OBJECT_INFO: sys::TypeInfo = sys::TypeInfo {
     abstract_: true,
     class_size: size_of::<sys::ObjectClass>(),
-    class_init: Some(property::object_class_init),
     ..type_info(c"object", None, size_of::<sys::Object>())
 };
 
@@ -199,7 +197,7 @@ pub unsafe extern "C" fn object_unref(obj: *mut c_void) {
     // As QEMU's object_finalize(): properties go first, so their release
     // functions see the object before any instance_finalize.
     // SAFETY: as above.
-    unsafe { property::finalize(obj, true) };
+    unsafe { property::finalize(obj) };
     for ty in t.ancestry() {
         if let Some(fin) = ty.info.instance_finalize {
             // SAFETY: registered C callback on an instance of its type.
@@ -208,7 +206,7 @@ pub unsafe extern "C" fn object_unref(obj: *mut c_void) {
     }
     // Properties added by a finalizer would otherwise leak.
     // SAFETY: as above.
-    unsafe { property::finalize(obj, false) };
+    unsafe { property::finalize(obj) };
     // SAFETY: as above.
     if let Some(free) = unsafe { (*obj).free } {
         // SAFETY: `free` matches how object_new allocated obj.

@@ -357,17 +357,3 @@ pub unsafe extern "C" fn object_get_typename(obj: *const sys::Object) -> *const 
     // SAFETY: caller's contract.
     unsafe { class_type((*obj).class) }.name.as_ptr()
 }
-
-/// The class `klass` and those of its parent types, most derived first.
-/// `klass` may be a class whose class_init is running (its parents'
-/// classes are complete by then).
-///
-/// # Safety
-/// `klass` is a live class.
-pub(crate) unsafe fn class_chain(
-    klass: *mut sys::ObjectClass,
-) -> impl Iterator<Item = *mut sys::ObjectClass> {
-    // SAFETY: caller's contract.
-    let parents = unsafe { class_type(klass) }.ancestry().skip(1);
-    std::iter::once(klass).chain(parents.map(|t| t.class()))
-}

@@ -2,6 +2,7 @@
 
 use std::{
     cell::Cell as Shared,
+    ffi::CString,
     mem::size_of,
     os::unix::process::ExitStatusExt,
     sync::{
@@ -46,26 +47,6 @@ unsafe fn note(o: *mut sys::Object, what: String) {
     }
 }
 
-unsafe extern "C" fn note_class_release(o: *mut sys::Object, _n: *const c_char, _p: *mut c_void) {
-    // SAFETY: o is a TestObj (or subtype) being finalized.
-    unsafe { note(o, "class release".into()) };
-}
-
-unsafe extern "C" fn sub_class_init(k: *mut sys::ObjectClass, _d: *const c_void) {
-    // SAFETY: k is the class being initialised.
-    unsafe {
-        object_class_property_add(
-            k,
-            c"class-released".as_ptr(),
-            c"uint64".as_ptr(),
-            None,
-            None,
-            Some(note_class_release),
-            ptr::null_mut(),
-        );
-    }
-}
-
 static LATE_RELEASES: AtomicUsize = AtomicUsize::new(0);
 
 unsafe extern "C" fn count_late_release(_o: *mut sys::Object, _n: *const c_char, _p: *mut c_void) {
@@ -101,7 +82,6 @@ fn setup() {
         let sub = sys::TypeInfo {
             name: c"test-prop-sub".as_ptr(),
             parent: c"test-prop-obj".as_ptr(),
-            class_init: Some(sub_class_init),
             ..Default::default()
         };
         let late = sys::TypeInfo {
@@ -354,7 +334,7 @@ fn release_may_change_properties() {
 }
 
 #[test]
-fn duplicates_and_array_names() {
+fn duplicates_and_the_type_property() {
     let log = Mutex::new(Vec::new());
     let o = new_obj(c"test-prop-obj", &log);
     let mut err: *mut sys::Error = ptr::null_mut();
@@ -381,18 +361,12 @@ fn duplicates_and_array_names() {
     );
     assert!(
         add(c"type", &mut err).is_null(),
-        "the class property 'type' exists"
+        "every object has the property 'type'"
     );
     assert_eq!(
         take_err(&mut err),
         "attempt to add duplicate property 'type' to object (type 'test-prop-obj')"
     );
-    for i in 0..3 {
-        let p = add(c"slot[*]", &mut err);
-        // SAFETY: a live property.
-        let name = unsafe { CStr::from_ptr((*p).name) };
-        assert_eq!(name.to_str().unwrap(), format!("slot[{i}]"));
-    }
     // SAFETY: o is live.
     unsafe {
         let s = object_property_get_str(o, c"type".as_ptr(), &mut err);
@@ -701,34 +675,23 @@ fn getter_results() {
 }
 
 #[test]
-fn class_properties() {
+fn type_property_of_a_subtype() {
     let log = Mutex::new(Vec::new());
     let mut err: *mut sys::Error = ptr::null_mut();
     let o = new_obj(c"test-prop-sub", &log);
-    let o2 = new_obj(c"test-prop-sub", &log);
-    // SAFETY: (whole test) live objects and classes.
+    // SAFETY: o is live until the unref.
     unsafe {
-        let p = object_property_find(o, c"class-released".as_ptr());
-        assert!(!p.is_null());
-        assert_eq!(object_property_find(o2, c"class-released".as_ptr()), p);
-        // Inherited from TYPE_OBJECT through two levels.
         let t = object_property_get_str(o, c"type".as_ptr(), &mut err);
         assert_eq!(CStr::from_ptr(t), c"test-prop-sub");
         sys::g_free(t.cast());
-
-        object_unref(o.cast());
         assert_eq!(
-            *log.lock().unwrap(),
-            ["class release", "finalize"],
-            "a class property's release runs for each object, before finalize"
+            CStr::from_ptr(object_property_get_type(o, c"type".as_ptr(), &mut err)),
+            c"string"
         );
-        object_unref(o2.cast());
+        object_unref(o.cast());
     }
     assert!(err.is_null());
-    assert_eq!(
-        *log.lock().unwrap(),
-        ["class release", "finalize", "class release", "finalize"]
-    );
+    assert_eq!(*log.lock().unwrap(), ["finalize"]);
 }
 
 #[test]
@@ -787,9 +750,5 @@ fn property_added_by_a_finalizer_is_released() {
     // SAFETY: o is live; this is its last reference.
     unsafe { object_unref(o.cast()) };
     assert_eq!(LATE_RELEASES.load(SeqCst), 1);
-    assert_eq!(
-        *log.lock().unwrap(),
-        ["class release", "finalize"],
-        "class properties are released once, not again after the finalizers"
-    );
+    assert_eq!(*log.lock().unwrap(), ["finalize"]);
 }
