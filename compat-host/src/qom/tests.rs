@@ -252,3 +252,31 @@ fn cast_assert_failure_aborts() {
         "{err}"
     );
 }
+
+#[test]
+fn interfaces_are_refused() {
+    if in_child() {
+        let interfaces = [
+            sys::InterfaceInfo {
+                type_: c"some-interface".as_ptr(),
+            },
+            sys::InterfaceInfo { type_: ptr::null() },
+        ];
+        let info = sys::TypeInfo {
+            name: c"test-with-interface".as_ptr(),
+            parent: c"object".as_ptr(),
+            interfaces: interfaces.as_ptr(),
+            ..Default::default()
+        };
+        // SAFETY: a valid TypeInfo; registering it aborts.
+        unsafe { type_register_static(&info) };
+        return;
+    }
+    let out = run_child("qom::tests::interfaces_are_refused");
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("type 'test-with-interface': interfaces are not supported"),
+        "{err}"
+    );
+}

@@ -388,32 +388,48 @@ fn duplicates_and_the_type_property() {
 
 #[test]
 fn add_duplicate_aborts() {
+    adding_aborts(
+        "qom::property::tests::add_duplicate_aborts",
+        &[c"d", c"d"],
+        "attempt to add duplicate property 'd' to object (type 'test-prop-obj')",
+    );
+}
+
+#[test]
+fn array_names_abort() {
+    adding_aborts(
+        "qom::property::tests::array_names_abort",
+        &[c"slot[*]"],
+        "property 'slot[*]': array properties are not supported",
+    );
+}
+
+/// In a child process (test `name`), adds properties `names` to an object
+/// with object_property_add(), which must abort saying `expected`.
+fn adding_aborts(name: &str, names: &[&CStr], expected: &str) {
     if in_child() {
         let log = Mutex::new(Vec::new());
         let o = new_obj(c"test-prop-obj", &log);
-        // SAFETY: o is live; the second add aborts.
-        unsafe {
-            for _ in 0..2 {
+        for n in names {
+            // SAFETY: o is live; a property without callbacks.
+            unsafe {
                 object_property_add(
                     o,
-                    c"d".as_ptr(),
+                    n.as_ptr(),
                     ptr::null(),
                     None,
                     None,
                     None,
                     ptr::null_mut(),
-                );
-            }
+                )
+            };
         }
         return;
     }
-    let out = run_child("qom::property::tests::add_duplicate_aborts");
+    let out = run_child(name);
     assert_eq!(out.status.signal(), Some(libc::SIGABRT));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("attempt to add duplicate property 'd' to object (type 'test-prop-obj')"),
-        "{err}"
-    );
+    assert!(err.contains(expected), "{err}");
 }
 
 #[test]
