@@ -321,10 +321,8 @@ pub unsafe extern "C" fn warn_report_err(err: *mut sys::Error) {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::process::ExitStatusExt;
-
     use super::*;
-    use crate::util::testing::{in_child, run_child};
+    use crate::util::testing::{abort_message, in_child, run_child};
 
     fn pretty(e: *mut sys::Error) -> String {
         // SAFETY: e is a live error from this module.
@@ -412,9 +410,7 @@ mod tests {
             }
             return;
         }
-        let out = run_child("error::tests::error_abort_in_child");
-        assert_eq!(out.status.signal(), Some(libc::SIGABRT));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = abort_message("error::tests::error_abort_in_child");
         assert!(
             err.contains("Unexpected error in myfunc() at src.c:12:\nboom"),
             "{err}"
@@ -445,7 +441,6 @@ mod tests {
             }
             return;
         }
-        let out = run_child("error::tests::error_set_twice_aborts");
-        assert_eq!(out.status.signal(), Some(libc::SIGABRT));
+        abort_message("error::tests::error_set_twice_aborts");
     }
 }

@@ -217,14 +217,14 @@ unsafe fn visit_int<T: VisitInt>(
 }
 
 macro_rules! visit_fns {
-    ($($name:ident: $t:ty;)*) => {$(
+    ($($(#[$attr:meta])* $vis:vis $name:ident: $t:ty;)*) => {$(
         /// QEMU's function of this name (see `qapi/visitor.h`).
         ///
         /// # Safety
         /// `v` is the visitor an accessor was given, `name` NULL or
         /// NUL-terminated, `obj` valid, `errp` NULL or a valid `Error **`.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(
+        $(#[$attr])*
+        $vis unsafe extern "C" fn $name(
             v: *mut sys::Visitor,
             name: *const c_char,
             obj: *mut $t,
@@ -237,22 +237,12 @@ macro_rules! visit_fns {
 }
 
 visit_fns! {
-    visit_type_uint64: u64;
-    visit_type_int64: i64;
-}
-
-/// QEMU's `visit_type_uint8()`, for `object_property_add_uint8_ptr()`.
-///
-/// # Safety
-/// As the integer visits.
-pub(crate) unsafe fn visit_type_uint8(
-    v: *mut sys::Visitor,
-    name: *const c_char,
-    obj: *mut u8,
-    errp: *mut *mut sys::Error,
-) -> bool {
-    // SAFETY: caller's contract.
-    unsafe { visit_int(v, name, obj, errp) }
+    #[no_mangle]
+    pub visit_type_uint64: u64;
+    #[no_mangle]
+    pub visit_type_int64: i64;
+    // Not exported: only object_property_add_uint8_ptr() uses it.
+    pub(crate) visit_type_uint8: u8;
 }
 
 /// # Safety

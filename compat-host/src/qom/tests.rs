@@ -3,7 +3,6 @@
 use std::{
     ffi::{c_void, CStr},
     mem::size_of,
-    os::unix::process::ExitStatusExt,
     ptr,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -23,7 +22,7 @@ use super::{
 };
 use crate::{
     sys,
-    util::testing::{in_child, run_child},
+    util::testing::{abort_message, in_child},
 };
 
 #[repr(C)]
@@ -243,9 +242,7 @@ fn cast_assert_failure_aborts() {
         }
         return;
     }
-    let out = run_child("qom::tests::cast_assert_failure_aborts");
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = abort_message("qom::tests::cast_assert_failure_aborts");
     assert!(err.contains("f.c:3:fn: Object 0x"), "{err}");
     assert!(
         err.contains("is not an instance of type qio-channel"),
@@ -272,9 +269,7 @@ fn interfaces_are_refused() {
         unsafe { type_register_static(&info) };
         return;
     }
-    let out = run_child("qom::tests::interfaces_are_refused");
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = abort_message("qom::tests::interfaces_are_refused");
     assert!(
         err.contains("type 'test-with-interface': interfaces are not supported"),
         "{err}"

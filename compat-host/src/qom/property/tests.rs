@@ -4,7 +4,6 @@ use std::{
     cell::Cell as Shared,
     ffi::CString,
     mem::size_of,
-    os::unix::process::ExitStatusExt,
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
         Once,
@@ -19,7 +18,7 @@ use crate::{
     },
     util::{
         g_strdup,
-        testing::{in_child, run_child},
+        testing::{abort_message, in_child},
     },
     visitor::{visit_type_int64, visit_type_uint64},
 };
@@ -426,9 +425,7 @@ fn adding_aborts(name: &str, names: &[&CStr], expected: &str) {
         }
         return;
     }
-    let out = run_child(name);
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = abort_message(name);
     assert!(err.contains(expected), "{err}");
 }
 
@@ -441,9 +438,7 @@ fn del_of_missing_property_aborts() {
         unsafe { object_property_del(o, c"nope".as_ptr()) };
         return;
     }
-    let out = run_child("qom::property::tests::del_of_missing_property_aborts");
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = abort_message("qom::property::tests::del_of_missing_property_aborts");
     assert!(err.contains("has no property 'nope'"), "{err}");
 }
 
