@@ -389,10 +389,9 @@ static SocketAddress *inet_address(const char *host, const char *port)
 
 /*
  * A port above 65535: getaddrinfo() takes "99999" modulo 65536, so a
- * resolver that hands it on listens on port 34463.  The compat host
- * rejects it in socket_parse() and, for an address built by hand, in the
- * resolver.  QEMU's resolver hands it on (upstream listens on the wrapped
- * port too), so inside QEMU the case is skipped.
+ * resolver that hands it on listens on port 34463 (QEMU's does, and so
+ * does upstream's listener).  Ours rejects it before resolving, so the
+ * case holds on the compat host and inside QEMU alike.
  */
 static void test_bad_port_out_of_range(void)
 {

@@ -1,7 +1,8 @@
 //! Generates the compat host's view of its own C headers, so that every
 //! struct it shares with C (Object, TypeInfo, SocketAddress, QIOChannelSocket)
-//! has exactly the layout the C compiler gives it, and compiles the small C
-//! shim for the variadic functions that stable Rust cannot define.
+//! has exactly the layout the C compiler gives it, and compiles the
+//! variadic functions (`varargs.c`), which Rust cannot define, into the
+//! crate's archive.
 
 use std::{env, path::PathBuf};
 
@@ -50,8 +51,6 @@ fn main() {
         cc.include(p);
     }
     cc.compile("compat_varargs");
-    // Distributors' file names: libqemucompat.so.0.1.0, SONAME .so.0.
-    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libqemucompat.so.0");
     println!("cargo:rerun-if-changed=src/varargs.c");
     println!("cargo:rerun-if-changed=wrapper.h");
     println!("cargo:rerun-if-changed=../include/compat");

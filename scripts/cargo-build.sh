@@ -16,7 +16,7 @@ if [ "$mode" = qemu ]; then
     libs="libqio_net_listener.a"
 else
     packages="-p qio-net-listener -p qemu-compat-host"
-    libs="libqio_net_listener.a libqemucompat.so"
+    libs="libqio_net_listener.a libqemucompat.a"
 fi
 # shellcheck disable=SC2086
 "$cargo" build --quiet --locked --manifest-path "$src/Cargo.toml" \
@@ -27,6 +27,3 @@ for f in $libs; do
         cp "$target/$profile/$f" "$out/$f.tmp" && mv "$out/$f.tmp" "$out/$f"
     fi
 done
-# The compat host's SONAME is libqemucompat.so.0 (compat-host/build.rs):
-# what programs linked against it look for at run time.
-[ "$mode" = qemu ] || ln -sf libqemucompat.so "$out/libqemucompat.so.0"

@@ -71,15 +71,22 @@ unsafe extern "C" fn register_types() {
     REGISTERED.call_once(|| unsafe { host::type_register_static(&TYPE_INFO.0) });
 }
 
-unsafe extern "C" fn register_at_load() {
+extern "C" fn register_at_load() {
     host::register_qom_init(register_types);
 }
 
-/// QEMU's `type_init()`: a load-time constructor registering the type for
-/// `module_call_init(MODULE_INIT_QOM)`.
+/// QEMU's `type_init()`, as QEMU's own Rust does it (`module_init!`): a
+/// load-time constructor registering the type for
+/// `module_call_init(MODULE_INIT_QOM)`, in the section where the target's
+/// loader finds constructors.
 #[used]
-#[link_section = ".init_array"]
-static REGISTER_AT_LOAD: unsafe extern "C" fn() = register_at_load;
+#[cfg_attr(
+    not(any(target_vendor = "apple", target_os = "windows")),
+    link_section = ".init_array"
+)]
+#[cfg_attr(target_vendor = "apple", link_section = "__DATA,__mod_init_func")]
+#[cfg_attr(target_os = "windows", link_section = ".CRT$XCU")]
+static REGISTER_AT_LOAD: extern "C" fn() = register_at_load;
 
 /// The listener's counters, read-only QOM properties of type "uint64"
 /// (beyond QEMU's API: `object_property_get_uint(OBJECT(l), "accepted",

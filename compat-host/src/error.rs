@@ -1,11 +1,12 @@
 //! QEMU's `Error` conventions (qapi/error.h, qemu/error-report.h).
 //!
 //! An `Error` is a boxed [`ErrorImpl`]; C only ever sees the pointer.  The
-//! variadic setters live in `varargs.c`, which formats the message and
-//! hands it to [`compat_error_set`] / [`compat_error_prepend`] /
-//! [`compat_report`] here.  Rust code in this crate builds a [`QError`]
-//! and stores it with [`QError::propagate`], so every module follows the
-//! same "set `*errp` only if it is NULL" rule.
+//! variadic functions (`error_setg_internal`, `error_report`) are C, in
+//! `varargs.c`, which formats the message and hands it to the
+//! non-variadic [`compat_error_set`] / [`compat_report`] here.  Rust code
+//! in this crate builds a [`QError`] and stores it with
+//! [`ErrorImpl::propagate`], so every module follows the same "set `*errp`
+//! only if it is NULL" rule.
 
 use std::{
     ffi::{c_char, c_int, CStr, CString},
@@ -23,7 +24,6 @@ pub struct ErrorImpl {
     src: String,
     line: u32,
     func: Option<String>,
-    class: sys::ErrorClass,
 }
 
 /// A Rust-side error on its way to an `Error **`.
@@ -73,7 +73,6 @@ impl ErrorImpl {
             src: loc.file().to_owned(),
             line: loc.line(),
             func: None,
-            class: sys::ErrorClass_ERROR_CLASS_GENERIC_ERROR,
         })
     }
 
@@ -239,35 +238,12 @@ pub unsafe extern "C" fn compat_error_set(
         line: line.max(0) as u32,
         // SAFETY: as above.
         func: unsafe { cstr(func) }.map(|s| s.into_owned()),
-        class: sys::ErrorClass_ERROR_CLASS_GENERIC_ERROR,
     });
     // SAFETY: errp validity is the caller's contract.
     unsafe { handle(errp, err) };
 }
 
-/// Called by `error_prepend()` in `varargs.c`.
-///
-/// # Safety
-/// `errp` is NULL or a valid `Error *const *`; `prefix` a `g_malloc`ed
-/// NUL-terminated string that we take over.
-#[no_mangle]
-pub unsafe extern "C" fn compat_error_prepend(errp: *const *mut sys::Error, prefix: *mut c_char) {
-    // SAFETY: prefix is a NUL-terminated g_malloc'ed string we own.
-    let p = unsafe { CStr::from_ptr(prefix) }.to_bytes().to_vec();
-    // SAFETY: we own prefix and are done with it.
-    unsafe { sys::g_free(prefix.cast()) };
-    // SAFETY: errp is NULL or valid (caller's contract).
-    if errp.is_null() || unsafe { (*errp).is_null() } {
-        return;
-    }
-    // SAFETY: *errp is a live Error * owned by the caller, not shared.
-    let err = unsafe { &mut *(*errp).cast::<ErrorImpl>() };
-    let mut v = p;
-    v.extend_from_slice(err.msg.as_bytes());
-    err.msg = to_cstring(String::from_utf8_lossy(&v).into_owned());
-}
-
-/// Called by `error_report()`/`warn_report()`/`info_report()`.
+/// Called by `error_report()`.
 ///
 /// # Safety
 /// `level` is a NUL-terminated string; `msg` a `g_malloc`ed NUL-terminated
@@ -281,61 +257,12 @@ pub unsafe extern "C" fn compat_report(level: *const c_char, msg: *mut c_char) {
     unsafe { sys::g_free(msg.cast()) };
 }
 
-/// Exports the variadic functions of `varargs.c` under QEMU's names.
-///
-/// A cdylib built by rustc exports only Rust items (its version script
-/// hides every C symbol), and stable Rust cannot define C-variadic
-/// functions.  So each name is a naked Rust function that tail-jumps to
-/// the C definition: no register or stack slot is touched, so the
-/// variadic arguments (and %al on x86-64) arrive as the caller passed
-/// them.
-macro_rules! export_variadic {
-    ($($name:ident => $imp:ident),* $(,)?) => {
-        extern "C" {
-            $(fn $imp();)*
-        }
-        $(
-            /// QEMU's variadic function of this name (see `varargs.c`).
-            ///
-            /// # Safety
-            /// Called from C with the arguments the C prototype in
-            /// `include/compat` declares; Rust code calls the `sys`
-            /// declaration, never this item.
-            #[unsafe(naked)]
-            #[no_mangle]
-            pub unsafe extern "C" fn $name() {
-                #[cfg(target_arch = "x86_64")]
-                core::arch::naked_asm!("jmp {}", sym $imp);
-                #[cfg(target_arch = "aarch64")]
-                core::arch::naked_asm!("b {}", sym $imp);
-            }
-        )*
-    };
-}
-
-export_variadic! {
-    error_setg_internal => compat_impl_error_setg_internal,
-    error_setg_errno_internal => compat_impl_error_setg_errno_internal,
-    error_prepend => compat_impl_error_prepend,
-    error_report => compat_impl_error_report,
-    warn_report => compat_impl_warn_report,
-    info_report => compat_impl_info_report,
-}
-
 /// # Safety
 /// `err` is a live `Error *`.
 #[no_mangle]
 pub unsafe extern "C" fn error_get_pretty(err: *const sys::Error) -> *const c_char {
     // SAFETY: caller's contract.
     unsafe { borrow(err) }.msg.as_ptr()
-}
-
-/// # Safety
-/// `err` is a live `Error *`.
-#[no_mangle]
-pub unsafe extern "C" fn error_get_class(err: *const sys::Error) -> sys::ErrorClass {
-    // SAFETY: caller's contract.
-    unsafe { borrow(err) }.class
 }
 
 /// Moves `local_err` into `*dst_errp`: aborts/exits for `&error_abort` /
@@ -365,48 +292,11 @@ pub unsafe extern "C" fn error_propagate(
 }
 
 /// # Safety
-/// `err` is a live `Error *`.
-#[no_mangle]
-pub unsafe extern "C" fn error_copy(err: *const sys::Error) -> *mut sys::Error {
-    // SAFETY: caller's contract.
-    let e = unsafe { borrow(err) };
-    Box::new(ErrorImpl {
-        msg: e.msg.clone(),
-        src: e.src.clone(),
-        line: e.line,
-        func: e.func.clone(),
-        class: e.class,
-    })
-    .into_raw()
-}
-
-/// # Safety
 /// `err` is NULL or a live `Error *` not used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn error_free(err: *mut sys::Error) {
     // SAFETY: caller's contract.
     drop(unsafe { from_raw(err) });
-}
-
-/// Frees `*errp` and clears it; aborts if there is no error.
-///
-/// # Safety
-/// `errp` is a valid `Error **`.
-#[no_mangle]
-pub unsafe extern "C" fn error_free_or_abort(errp: *mut *mut sys::Error) {
-    // SAFETY: errp is valid when non-NULL (caller's contract).
-    if errp.is_null() || unsafe { (*errp).is_null() } {
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "error_free_or_abort: expected an error, there is none"
-        );
-        std::process::abort();
-    }
-    // SAFETY: as above; the error is ours to free now.
-    unsafe {
-        error_free(*errp);
-        *errp = ptr::null_mut();
-    }
 }
 
 /// # Safety
@@ -431,10 +321,8 @@ pub unsafe extern "C" fn warn_report_err(err: *mut sys::Error) {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::process::ExitStatusExt;
-
     use super::*;
-    use crate::util::testing::{in_child, run_child};
+    use crate::util::testing::{abort_message, in_child, run_child};
 
     fn pretty(e: *mut sys::Error) -> String {
         // SAFETY: e is a live error from this module.
@@ -457,38 +345,6 @@ mod tests {
                 42 as c_int,
                 c"thing".as_ptr(),
             );
-        }
-        assert!(!err.is_null());
-        assert_eq!(pretty(err), "bad 42 thing");
-        // SAFETY: err is live.
-        let class = unsafe { error_get_class(err) };
-        assert_eq!(class, sys::ErrorClass_ERROR_CLASS_GENERIC_ERROR);
-        // SAFETY: err is live; the format takes no arguments.
-        unsafe { sys::error_prepend(&err, c"ctx: ".as_ptr()) };
-        assert_eq!(pretty(err), "ctx: bad 42 thing");
-        // SAFETY: err is live; copy is independent.
-        let copy = unsafe { error_copy(err) };
-        // SAFETY: both live, each freed once.
-        unsafe { error_free_or_abort(&mut err) };
-        assert!(err.is_null());
-        assert_eq!(pretty(copy), "ctx: bad 42 thing");
-        // SAFETY: copy is live.
-        unsafe { error_free(copy) };
-    }
-
-    #[test]
-    fn errno_suffix_and_null_errp() {
-        let mut err: *mut sys::Error = ptr::null_mut();
-        // SAFETY: valid errp and format.
-        unsafe {
-            sys::error_setg_errno_internal(
-                &mut err,
-                c"f.c".as_ptr(),
-                1,
-                c"fn".as_ptr(),
-                libc::EADDRINUSE,
-                c"Failed".as_ptr(),
-            );
             // A NULL errp drops the error.
             sys::error_setg_internal(
                 ptr::null_mut(),
@@ -498,15 +354,13 @@ mod tests {
                 c"x".as_ptr(),
             );
         }
-        assert_eq!(pretty(err), "Failed: Address already in use");
-        // SAFETY: err is live.
-        unsafe { error_free(err) };
-        // SAFETY: NULL is allowed.
-        unsafe { error_free(ptr::null_mut()) };
-        // Prepending to no error is a no-op.
-        let none: *mut sys::Error = ptr::null_mut();
-        // SAFETY: valid pointer to a NULL error.
-        unsafe { sys::error_prepend(&none, c"p".as_ptr()) };
+        assert!(!err.is_null());
+        assert_eq!(pretty(err), "bad 42 thing");
+        // SAFETY: err is live, freed once; NULL is allowed.
+        unsafe {
+            error_free(err);
+            error_free(ptr::null_mut());
+        }
     }
 
     #[test]
@@ -556,9 +410,7 @@ mod tests {
             }
             return;
         }
-        let out = run_child("error::tests::error_abort_in_child");
-        assert_eq!(out.status.signal(), Some(libc::SIGABRT));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = abort_message("error::tests::error_abort_in_child");
         assert!(
             err.contains("Unexpected error in myfunc() at src.c:12:\nboom"),
             "{err}"
@@ -589,7 +441,6 @@ mod tests {
             }
             return;
         }
-        let out = run_child("error::tests::error_set_twice_aborts");
-        assert_eq!(out.status.signal(), Some(libc::SIGABRT));
+        abort_message("error::tests::error_set_twice_aborts");
     }
 }

@@ -1,46 +1,23 @@
-//! QEMU's main loop (`qemu/main-loop.h`), `aio_wait_kick`
-//! (`qemu/aio-wait.h`) and the IOThread helper of QEMU's unit tests
-//! (`iothread.h`).
+//! QEMU's main loop (`qemu/main-loop.h`) and the IOThread helper of
+//! QEMU's unit tests (`iothread.h`), on top of the AioContext (`aio`).
 //!
 //! `qemu_init_main_loop()` makes the calling thread the main thread and
 //! creates the main AioContext, whose GSource it attaches to GLib's default
-//! `GMainContext`: iterating that context (`main_loop_wait`,
-//! `g_main_loop_run`) also runs the AioContext, while `AIO_WAIT_WHILE` in
+//! `GMainContext`: iterating that context (`g_main_loop_run`) also runs the AioContext, while `AIO_WAIT_WHILE` in
 //! the main thread runs only the AioContext, as in QEMU.  Before
 //! `qemu_init_main_loop()`, `qemu_get_aio_context()` is NULL (as the header
 //! promises): programs and tests call it first, once, from the thread they
 //! want as main thread.
 
-use std::{
-    ffi::c_void,
-    ptr,
-    sync::{
-        atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering},
-        mpsc, Arc, Mutex,
-    },
-    thread::JoinHandle,
-};
+use std::{ptr, sync::Mutex};
 
 use crate::{
-    aio::{self, aio_bh_schedule_oneshot_full, aio_context_unref, aio_poll},
+    aio::{self, main_context, PollThread},
     sys,
 };
 
-/// The main AioContext (one reference kept forever), NULL before init.
-static MAIN_CTX: AtomicPtr<sys::AioContext> = AtomicPtr::new(ptr::null_mut());
-/// [`aio::thread_id`] of the main thread, 0 before init.
-static MAIN_THREAD: AtomicU64 = AtomicU64::new(0);
 /// Serializes initialization.
 static INIT: Mutex<()> = Mutex::new(());
-
-pub(crate) fn main_context() -> *mut sys::AioContext {
-    MAIN_CTX.load(Ordering::Acquire)
-}
-
-pub(crate) fn in_main_thread() -> bool {
-    let main = MAIN_THREAD.load(Ordering::Acquire);
-    main != 0 && main == aio::thread_id()
-}
 
 /// # Safety
 /// `errp` is NULL or a valid `Error **` (QEMU's conventions).
@@ -56,22 +33,15 @@ pub unsafe extern "C" fn qemu_init_main_loop(errp: *mut *mut sys::Error) -> i32 
         return -1;
     }
     // SAFETY: `ctx` is live; GLib's default context takes its own
-    // reference on attach, so ours can be dropped; `ctx` itself keeps the
-    // reference from aio_context_new forever (in MAIN_CTX).
+    // reference on attach, so ours can be dropped.
     unsafe {
         let source = aio::aio_get_g_source(ctx);
         sys::g_source_attach(source, ptr::null_mut());
         sys::g_source_unref(source);
     }
-    MAIN_THREAD.store(aio::thread_id(), Ordering::Release);
-    MAIN_CTX.store(ctx, Ordering::Release);
+    // ctx keeps the reference from aio_context_new forever.
+    aio::set_main_context(ctx);
     0
-}
-
-#[no_mangle]
-pub extern "C" fn main_loop_wait(nonblocking: i32) {
-    // SAFETY: NULL is GLib's default context, always valid.
-    unsafe { sys::g_main_context_iteration(ptr::null_mut(), (nonblocking == 0) as sys::gboolean) };
 }
 
 #[no_mangle]
@@ -79,132 +49,31 @@ pub extern "C" fn qemu_get_aio_context() -> *mut sys::AioContext {
     main_context()
 }
 
-#[no_mangle]
-pub extern "C" fn qemu_notify_event() {
-    let ctx = main_context();
-    if !ctx.is_null() {
-        // SAFETY: the main context lives forever.  This also wakes the
-        // default GMainContext, which polls the context's epoll fd.
-        unsafe { aio::aio_notify(ctx) };
-    }
-    // SAFETY: NULL is GLib's default context.
-    unsafe { sys::g_main_context_wakeup(ptr::null_mut()) };
-}
-
-#[no_mangle]
-pub extern "C" fn qemu_in_main_thread() -> bool {
-    in_main_thread()
-}
-
-unsafe extern "C" fn noop_bh(_opaque: *mut c_void) {}
-
-/// Wakes a main-thread `AIO_WAIT_WHILE`: a BH, even a no-op, makes its
-/// blocking `aio_poll` return so the loop re-evaluates its condition.
-#[no_mangle]
-pub extern "C" fn aio_wait_kick() {
-    let ctx = main_context();
-    if !ctx.is_null() {
-        // SAFETY: the main context lives forever; the BH needs no opaque.
-        unsafe {
-            aio_bh_schedule_oneshot_full(
-                ctx,
-                Some(noop_bh),
-                ptr::null_mut(),
-                c"aio_wait_kick".as_ptr(),
-            )
-        };
-    }
-}
-
-/// An IOThread (C sees an opaque pointer to this).
-pub struct IOThread {
-    ctx: *mut sys::AioContext,
-    stopping: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// Carries the new context's pointer out of the IOThread.
-struct SendCtx(*mut sys::AioContext);
-// SAFETY: an AioContext may be used from any thread (aio.rs keeps its
-// state under locks); only aio_poll is restricted, and we do not call it.
-unsafe impl Send for SendCtx {}
-
-unsafe extern "C" fn iothread_stop_bh(opaque: *mut c_void) {
-    // SAFETY: `opaque` is the IOThread's `stopping` flag, alive until the
-    // thread that runs this BH was joined.
-    unsafe { (*(opaque as *const AtomicBool)).store(true, Ordering::Release) };
-}
-
-fn abort_with(msg: &str) -> ! {
-    eprintln!("iothread_new: {msg}");
-    std::process::abort();
-}
-
 /// Like QEMU's test helper (which uses `&error_abort`), aborts if the
-/// thread or its context cannot be created.
+/// thread or its context cannot be created.  C sees an opaque pointer to
+/// a boxed [`PollThread`].
 #[no_mangle]
 pub extern "C" fn iothread_new() -> *mut sys::IOThread {
-    let stopping = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel();
-    let flag = stopping.clone();
-    let thread = std::thread::Builder::new()
-        .name("iothread".into())
-        .spawn(move || {
-            let ctx = match aio::context_new() {
-                Ok(ctx) => ctx,
-                Err(e) => abort_with(&format!("cannot create AioContext: {e}")),
-            };
-            aio::set_current_context(ctx);
-            let _ = tx.send(SendCtx(ctx));
-            while !flag.load(Ordering::Acquire) {
-                // SAFETY: the IOThread holds a reference until it was
-                // joined, and this is the context's home thread.
-                unsafe { aio_poll(ctx, true) };
-            }
-            aio::set_current_context(ptr::null_mut());
-        })
-        .unwrap_or_else(|e| abort_with(&format!("cannot start thread: {e}")));
-    let ctx = rx
-        .recv()
-        .unwrap_or_else(|_| abort_with("thread exited early"))
-        .0;
-    Box::into_raw(Box::new(IOThread {
-        ctx,
-        stopping,
-        thread: Some(thread),
-    }))
-    .cast()
+    match PollThread::spawn() {
+        Ok(t) => Box::into_raw(Box::new(t)).cast(),
+        Err(msg) => {
+            eprintln!("iothread_new: {msg}");
+            std::process::abort();
+        }
+    }
 }
 
-/// Stops the loop with a BH (so BHs scheduled before run first), joins the
-/// thread and drops its context reference.  One-shot BHs scheduled later
-/// still run, in this thread, when that was the last reference.
+/// See [`PollThread::join`].
 ///
 /// # Safety
 /// `iothread` came from [`iothread_new`], is joined once and not used
 /// afterwards; not called from the IOThread itself.
 #[no_mangle]
 pub unsafe extern "C" fn iothread_join(iothread: *mut sys::IOThread) {
-    if iothread.is_null() {
-        return;
+    if !iothread.is_null() {
+        // SAFETY: per the contract, we take back ownership.
+        unsafe { Box::from_raw(iothread.cast::<PollThread>()) }.join();
     }
-    // SAFETY: per the contract, we take back ownership.
-    let mut it = unsafe { Box::from_raw(iothread as *mut IOThread) };
-    // SAFETY: the context is live (our reference); the flag outlives the
-    // BH because we join the thread that runs it below.
-    unsafe {
-        aio_bh_schedule_oneshot_full(
-            it.ctx,
-            Some(iothread_stop_bh),
-            Arc::as_ptr(&it.stopping) as *mut c_void,
-            c"iothread_stop_bh".as_ptr(),
-        )
-    };
-    if let Some(t) = it.thread.take() {
-        let _ = t.join();
-    }
-    // SAFETY: drops the reference aio_context_new gave the IOThread.
-    unsafe { aio_context_unref(it.ctx) };
 }
 
 /// # Safety
@@ -214,22 +83,24 @@ pub unsafe extern "C" fn iothread_get_aio_context(
     iothread: *mut sys::IOThread,
 ) -> *mut sys::AioContext {
     // SAFETY: per the contract.
-    unsafe { (*(iothread as *const IOThread)).ctx }
+    unsafe { (*iothread.cast::<PollThread>()).ctx() }
 }
 
 #[cfg(test)]
 mod tests {
     use std::{
+        ffi::c_void,
         os::fd::AsRawFd,
-        sync::atomic::AtomicUsize,
+        sync::atomic::{AtomicUsize, Ordering},
         thread,
         time::{Duration, Instant},
     };
 
     use super::*;
     use crate::aio::{
-        aio_set_fd_handler, aio_timer_new, in_aio_context_home_thread,
-        qemu_get_current_aio_context, timer_free, timer_mod,
+        aio_bh_schedule_oneshot_full, aio_set_fd_handler, aio_timer_new,
+        in_aio_context_home_thread, in_main_thread, qemu_get_current_aio_context, timer_free,
+        timer_mod,
     };
 
     unsafe extern "C" fn bump(opaque: *mut c_void) {
@@ -252,14 +123,14 @@ mod tests {
         // SAFETY: as above; a second call is a no-op.
         assert_eq!(unsafe { qemu_init_main_loop(ptr::null_mut()) }, 0);
         assert_eq!(qemu_get_aio_context(), main);
-        assert!(qemu_in_main_thread());
+        assert!(in_main_thread());
         assert_eq!(qemu_get_current_aio_context(), main);
         // SAFETY: the main context lives forever.
         assert!(unsafe { in_aio_context_home_thread(main) });
         let other = SendPtr(main, ptr::null());
         thread::spawn(move || {
             let _other = other;
-            assert!(!qemu_in_main_thread());
+            assert!(!in_main_thread());
             assert!(qemu_get_current_aio_context().is_null());
         })
         .join()
@@ -294,7 +165,7 @@ mod tests {
             };
         });
         while ran.load(Ordering::SeqCst) == 0 {
-            main_loop_wait(0);
+            iterate_default_context();
             assert!(start.elapsed() < Duration::from_secs(5));
         }
         t.join().unwrap();
@@ -316,31 +187,21 @@ mod tests {
         }
         assert_eq!(nix::unistd::write(&w, b"x"), Ok(1));
         while reads.load(Ordering::SeqCst) == 0 {
-            main_loop_wait(0);
+            iterate_default_context();
             assert!(start.elapsed() < Duration::from_secs(5));
         }
         // SAFETY: as above.
         unsafe { aio_set_fd_handler(main, r.as_raw_fd(), None, None, None, None, ptr::null_mut()) };
 
-        // aio_wait_kick wakes a main-thread AIO_WAIT_WHILE.
-        let done = Arc::new(AtomicBool::new(false));
-        let d = done.clone();
-        let t = thread::spawn(move || {
-            thread::sleep(Duration::from_millis(30));
-            d.store(true, Ordering::SeqCst);
-            aio_wait_kick();
-        });
-        while !done.load(Ordering::SeqCst) {
-            // SAFETY: main thread polling the main context.
-            unsafe { aio_poll(main, true) };
-            assert!(start.elapsed() < Duration::from_secs(5));
-        }
-        t.join().unwrap();
-        qemu_notify_event();
-        main_loop_wait(1);
         // SAFETY: our timer.
         unsafe { timer_free(watchdog) };
         assert_eq!(never.load(Ordering::SeqCst), 0);
+    }
+
+    /// One blocking iteration of GLib's default context.
+    fn iterate_default_context() {
+        // SAFETY: the default context may be iterated by any thread.
+        unsafe { glib_sys::g_main_context_iteration(ptr::null_mut(), 1) };
     }
 
     fn qemu_clock_ms() -> i64 {
@@ -352,7 +213,7 @@ mod tests {
         // SAFETY: `opaque` is the test's AtomicUsize; ctx is the
         // IOThread's live context.
         unsafe {
-            let ok = in_aio_context_home_thread(ctx) && !qemu_in_main_thread();
+            let ok = in_aio_context_home_thread(ctx) && !in_main_thread();
             (*(opaque as *const AtomicUsize))
                 .store(if ok { ctx as usize } else { 1 }, Ordering::SeqCst);
         }

@@ -91,6 +91,16 @@ pub mod testing {
         false
     }
 
+    /// Runs test `name` in a child (see [`run_child`]), checks that it
+    /// aborted, and returns what it printed on stderr.
+    pub fn abort_message(name: &str) -> String {
+        use std::os::unix::process::ExitStatusExt;
+
+        let out = run_child(name);
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{name}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// Runs the single test `name` of this test binary in a new process
     /// (where [`in_child`] is true), for behaviour that ends the process
     /// (abort, exit).  A fresh process instead of fork(), because a forked

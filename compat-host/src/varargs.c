@@ -1,11 +1,12 @@
 /*
- * The variadic functions of the compat host's C API.  Stable Rust cannot
- * define C variadic functions, so these format the message with GLib and
- * hand the finished string to the Rust side.
+ * The variadic functions of the compat host's C API, in C so that they
+ * work on every architecture: each formats its message with GLib and
+ * hands the finished string to the non-variadic Rust core in error.rs
+ * (compat_error_set, compat_report), which takes it over.
  *
- * They are defined under "compat_impl_" names: a cdylib built by rustc
- * exports only Rust items, so error.rs exports QEMU's names as naked
- * functions that tail-jump here (all argument registers intact).
+ * They carry QEMU's names: the static library meson links into
+ * libqemucompat.so (version script compat-host/libqemucompat.map) exports
+ * them like the Rust functions, and the Rust tests link them directly.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -16,25 +17,9 @@
 /* Implemented in Rust (error.rs): take ownership of @msg (g_malloc'ed). */
 void compat_error_set(Error **errp, const char *src, int line,
                       const char *func, char *msg);
-void compat_error_prepend(Error *const *errp, char *prefix);
 void compat_report(const char *level, char *msg);
 
-void compat_impl_error_setg_internal(Error **errp,
-                                     const char *src, int line,
-                                     const char *func, const char *fmt, ...)
-    G_GNUC_PRINTF(5, 6);
-void compat_impl_error_setg_errno_internal(Error **errp,
-                                           const char *src, int line,
-                                           const char *func, int os_error,
-                                           const char *fmt, ...)
-    G_GNUC_PRINTF(6, 7);
-void compat_impl_error_prepend(Error *const *errp, const char *fmt, ...)
-    G_GNUC_PRINTF(2, 3);
-void compat_impl_error_report(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-void compat_impl_warn_report(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-void compat_impl_info_report(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-
-void compat_impl_error_setg_internal(Error **errp,
+void error_setg_internal(Error **errp,
                          const char *src, int line, const char *func,
                          const char *fmt, ...)
 {
@@ -47,58 +32,11 @@ void compat_impl_error_setg_internal(Error **errp,
     compat_error_set(errp, src, line, func, msg);
 }
 
-void compat_impl_error_setg_errno_internal(Error **errp,
-                               const char *src, int line, const char *func,
-                               int os_error, const char *fmt, ...)
-{
-    va_list ap;
-    char *msg, *full;
-
-    va_start(ap, fmt);
-    msg = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    if (os_error != 0) {
-        full = g_strdup_printf("%s: %s", msg, g_strerror(os_error));
-        g_free(msg);
-        msg = full;
-    }
-    compat_error_set(errp, src, line, func, msg);
-}
-
-void compat_impl_error_prepend(Error *const *errp, const char *fmt, ...)
-{
-    va_list ap;
-    char *prefix;
-
-    va_start(ap, fmt);
-    prefix = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    compat_error_prepend(errp, prefix);
-}
-
-void compat_impl_error_report(const char *fmt, ...)
+void error_report(const char *fmt, ...)
 {
     va_list ap;
 
     va_start(ap, fmt);
     compat_report("error", g_strdup_vprintf(fmt, ap));
-    va_end(ap);
-}
-
-void compat_impl_warn_report(const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    compat_report("warning", g_strdup_vprintf(fmt, ap));
-    va_end(ap);
-}
-
-void compat_impl_info_report(const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    compat_report("info", g_strdup_vprintf(fmt, ap));
     va_end(ap);
 }

@@ -181,10 +181,8 @@ macro_rules! visit_int_impl {
     )*};
 }
 
-visit_int_impl!(input_uint64, Uint: u8 => "uint8_t", u16 => "uint16_t", u32 => "uint32_t",
-    u64 => "uint64");
-visit_int_impl!(input_int64, Int: i8 => "int8_t", i16 => "int16_t", i32 => "int32_t",
-    i64 => "int64");
+visit_int_impl!(input_uint64, Uint: u8 => "uint8_t", u64 => "uint64");
+visit_int_impl!(input_int64, Int: i64 => "int64");
 
 /// Every integer visit: a 64-bit visit, then (input only) QEMU's range
 /// check of visit_type_uintN/intN, whose error names the field by its bare
@@ -219,14 +217,14 @@ unsafe fn visit_int<T: VisitInt>(
 }
 
 macro_rules! visit_fns {
-    ($($name:ident: $t:ty;)*) => {$(
+    ($($(#[$attr:meta])* $vis:vis $name:ident: $t:ty;)*) => {$(
         /// QEMU's function of this name (see `qapi/visitor.h`).
         ///
         /// # Safety
         /// `v` is the visitor an accessor was given, `name` NULL or
         /// NUL-terminated, `obj` valid, `errp` NULL or a valid `Error **`.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(
+        $(#[$attr])*
+        $vis unsafe extern "C" fn $name(
             v: *mut sys::Visitor,
             name: *const c_char,
             obj: *mut $t,
@@ -239,22 +237,17 @@ macro_rules! visit_fns {
 }
 
 visit_fns! {
-    visit_type_uint8: u8;
-    visit_type_uint16: u16;
-    visit_type_uint32: u32;
-    visit_type_uint64: u64;
-    visit_type_size: u64;
-    visit_type_int8: i8;
-    visit_type_int16: i16;
-    visit_type_int32: i32;
-    visit_type_int64: i64;
-    visit_type_int: i64;
+    #[no_mangle]
+    pub visit_type_uint64: u64;
+    #[no_mangle]
+    pub visit_type_int64: i64;
+    // Not exported: only object_property_add_uint8_ptr() uses it.
+    pub(crate) visit_type_uint8: u8;
 }
 
 /// # Safety
 /// As the integer visits.
-#[no_mangle]
-pub unsafe extern "C" fn visit_type_bool(
+pub(crate) unsafe fn visit_type_bool(
     v: *mut sys::Visitor,
     name: *const c_char,
     obj: *mut bool,
@@ -278,8 +271,7 @@ pub unsafe extern "C" fn visit_type_bool(
 
 /// # Safety
 /// As the integer visits; for output, `*obj` is NULL or NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn visit_type_str(
+pub(crate) unsafe fn visit_type_str(
     v: *mut sys::Visitor,
     name: *const c_char,
     obj: *mut *mut c_char,
@@ -338,16 +330,16 @@ mod tests {
     #[test]
     fn output_records_one_value() {
         let mut v = VisitorImpl::Output(None);
-        let mut x: u16 = 700;
+        let mut x: u64 = 700;
         // SAFETY: a live visitor and value; errp NULL.
-        assert!(unsafe { visit_type_uint16(v.as_ptr(), c"x".as_ptr(), &mut x, ptr::null_mut()) });
+        assert!(unsafe { visit_type_uint64(v.as_ptr(), c"x".as_ptr(), &mut x, ptr::null_mut()) });
         assert_eq!(x, 700, "output visits leave the value alone");
         assert_eq!(v.into_output(), Some(Scalar::Uint(700)));
 
         let mut v = VisitorImpl::Output(None);
-        let mut i: i8 = -3;
+        let mut i: i64 = -3;
         // SAFETY: as above.
-        unsafe { visit_type_int8(v.as_ptr(), ptr::null(), &mut i, ptr::null_mut()) };
+        unsafe { visit_type_int64(v.as_ptr(), ptr::null(), &mut i, ptr::null_mut()) };
         assert_eq!(v.into_output(), Some(Scalar::Int(-3)));
 
         let mut v = VisitorImpl::Output(None);
@@ -391,26 +383,22 @@ mod tests {
             ));
             assert_eq!(b8, 9);
             assert_eq!(take_err(&mut err), "Parameter 'p' expects uint8_t");
-            let mut i32v: i32 = 0;
-            assert!(visit_type_int32(
-                v.as_ptr(),
-                c"p".as_ptr(),
-                &mut i32v,
-                &mut err
-            ));
-            assert_eq!(i32v, 300);
-            let mut i8v: i8 = 0;
-            assert!(!visit_type_int8(
+            assert!(!visit_type_uint8(
                 v.as_ptr(),
                 ptr::null(),
-                &mut i8v,
+                &mut b8,
                 &mut err
             ));
-            assert_eq!(take_err(&mut err), "Parameter 'null' expects int8_t");
+            assert_eq!(take_err(&mut err), "Parameter 'null' expects uint8_t");
 
             let mut v = VisitorImpl::Input(Scalar::Uint(u64::MAX));
             let mut i: i64 = 0;
-            assert!(!visit_type_int(v.as_ptr(), c"p".as_ptr(), &mut i, &mut err));
+            assert!(!visit_type_int64(
+                v.as_ptr(),
+                c"p".as_ptr(),
+                &mut i,
+                &mut err
+            ));
             assert_eq!(
                 take_err(&mut err),
                 "Invalid parameter type for 'p', expected: integer"
@@ -418,7 +406,7 @@ mod tests {
 
             let mut v = VisitorImpl::Input(Scalar::Bool(true));
             let mut u: u64 = 0;
-            assert!(!visit_type_size(
+            assert!(!visit_type_uint64(
                 v.as_ptr(),
                 c"p".as_ptr(),
                 &mut u,

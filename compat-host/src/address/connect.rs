@@ -1,9 +1,6 @@
 //! Connecting sockets: socket_connect().
 
-use std::{
-    ffi::c_int,
-    os::fd::{AsFd, IntoRawFd, OwnedFd},
-};
+use std::os::fd::{AsFd, OwnedFd};
 
 use super::{
     connect_fd, fd_from_str, new_socket,
@@ -13,11 +10,7 @@ use super::{
     sockaddr::{gai_error, vsock_sockaddr},
     text, Result, SockAddr,
 };
-use crate::{
-    error::{ok_or_set, ErrorImpl},
-    sys,
-    util::cstr,
-};
+use crate::{error::ErrorImpl, sys, util::cstr};
 
 fn inet_connect(a: &sys::InetSocketAddress) -> Result<OwnedFd> {
     if a.host.is_null() || a.port.is_null() {
@@ -119,16 +112,6 @@ pub(crate) unsafe fn connect(addr: *const sys::SocketAddress) -> Result<OwnedFd>
     }
 }
 
-/// # Safety
-/// `addr` is a valid SocketAddress; `errp` a valid `Error **` or NULL.
-#[no_mangle]
-pub unsafe extern "C" fn socket_connect(
-    addr: *mut sys::SocketAddress,
-    errp: *mut *mut sys::Error,
-) -> c_int {
-    // SAFETY: caller's contract.
-    unsafe { ok_or_set(connect(addr).map(IntoRawFd::into_raw_fd), errp) }.unwrap_or(-1)
-}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use std::{
     ffi::{c_int, CStr, CString},
     os::{
-        fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, OwnedFd},
         unix::ffi::OsStringExt,
     },
 };
@@ -26,11 +26,7 @@ use super::{
     sockaddr::{gai_error, vsock_sockaddr},
     text, Result, SockAddr,
 };
-use crate::{
-    error::{ok_or_set, ErrorImpl},
-    sys,
-    util::cstr,
-};
+use crate::{error::ErrorImpl, sys, util::cstr};
 
 fn parse_port(port: &str) -> Result<u16> {
     if port.is_empty() {
@@ -270,19 +266,10 @@ pub(crate) unsafe fn listen(addr: *const sys::SocketAddress, num: c_int) -> Resu
     }
 }
 
-/// # Safety
-/// `addr` is a valid SocketAddress; `errp` a valid `Error **` or NULL.
-#[no_mangle]
-pub unsafe extern "C" fn socket_listen(
-    addr: *mut sys::SocketAddress,
-    num: c_int,
-    errp: *mut *mut sys::Error,
-) -> c_int {
-    // SAFETY: caller's contract.
-    unsafe { ok_or_set(listen(addr, num).map(IntoRawFd::into_raw_fd), errp) }.unwrap_or(-1)
-}
 #[cfg(test)]
 mod tests {
+    use std::os::fd::IntoRawFd;
+
     use super::*;
     use crate::{
         address::{testing::*, *},
@@ -406,7 +393,6 @@ mod tests {
         unsafe {
             let s = new_socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
             let raw = s.into_raw_fd();
-            assert!(fd_is_socket(raw));
             let a = parse_ok(&format!("fd:{raw}"));
             let l = listen(a.0, 3).unwrap();
             assert_eq!(l.as_raw_fd(), raw);
@@ -414,7 +400,6 @@ mod tests {
             let f = std::fs::File::open("/proc/self/stat")
                 .unwrap()
                 .into_raw_fd();
-            assert!(!fd_is_socket(f));
             assert_eq!(
                 listen_err(&format!("fd:{f}")),
                 format!("File descriptor '{f}' is not a socket")

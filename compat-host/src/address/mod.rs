@@ -24,24 +24,18 @@ pub(crate) mod testing;
 
 #[cfg(test)]
 pub(crate) use self::parse::uri;
+#[cfg(test)]
+use self::resolver::{qio_dns_resolver_get_instance, qio_dns_resolver_lookup_sync};
 pub(crate) use self::{
     connect::connect,
     listen::listen,
-    resolver::type_infos,
     sockaddr::{local_sockaddr, remote_sockaddr, SockAddr},
-};
-pub use self::{
-    connect::socket_connect,
-    listen::socket_listen,
-    parse::{socket_parse, socket_uri},
-    resolver::{qio_dns_resolver_get_instance, qio_dns_resolver_lookup_sync},
-    sockaddr::{socket_local_address, socket_remote_address, socket_sockaddr_to_address},
 };
 
 use std::{
     ffi::{c_char, c_int},
     mem::size_of,
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
 use nix::{
@@ -135,59 +129,6 @@ unsafe fn free_inet_members(a: &mut sys::InetSocketAddress) {
     unsafe {
         sys::g_free(a.host.cast());
         sys::g_free(a.port.cast());
-    }
-}
-
-/// # Safety
-/// `obj` is NULL or a `g_malloc`ed InetSocketAddress with owned strings.
-#[no_mangle]
-pub unsafe extern "C" fn qapi_free_InetSocketAddress(obj: *mut sys::InetSocketAddress) {
-    if !obj.is_null() {
-        // SAFETY: caller's contract: we own all of it.
-        unsafe {
-            free_inet_members(&mut *obj);
-            sys::g_free(obj.cast());
-        }
-    }
-}
-
-/// # Safety
-/// `obj` is NULL or a `g_malloc`ed UnixSocketAddress with an owned path.
-#[no_mangle]
-pub unsafe extern "C" fn qapi_free_UnixSocketAddress(obj: *mut sys::UnixSocketAddress) {
-    if !obj.is_null() {
-        // SAFETY: caller's contract: we own all of it.
-        unsafe {
-            sys::g_free((*obj).path.cast());
-            sys::g_free(obj.cast());
-        }
-    }
-}
-
-/// # Safety
-/// `obj` is NULL or a `g_malloc`ed VsockSocketAddress with owned strings.
-#[no_mangle]
-pub unsafe extern "C" fn qapi_free_VsockSocketAddress(obj: *mut sys::VsockSocketAddress) {
-    if !obj.is_null() {
-        // SAFETY: caller's contract: we own all of it.
-        unsafe {
-            sys::g_free((*obj).cid.cast());
-            sys::g_free((*obj).port.cast());
-            sys::g_free(obj.cast());
-        }
-    }
-}
-
-/// # Safety
-/// `obj` is NULL or a `g_malloc`ed FdSocketAddress with an owned string.
-#[no_mangle]
-pub unsafe extern "C" fn qapi_free_FdSocketAddress(obj: *mut sys::FdSocketAddress) {
-    if !obj.is_null() {
-        // SAFETY: caller's contract: we own all of it.
-        unsafe {
-            sys::g_free((*obj).str_.cast());
-            sys::g_free(obj.cast());
-        }
     }
 }
 
@@ -373,12 +314,7 @@ fn set_blocking(fd: RawFd, block: bool) -> Result<()> {
 
 /// # Safety
 /// `errp` is a valid `Error **` or NULL.
-#[no_mangle]
-pub unsafe extern "C" fn qemu_set_blocking(
-    fd: c_int,
-    block: bool,
-    errp: *mut *mut sys::Error,
-) -> bool {
+pub(crate) unsafe fn qemu_set_blocking(fd: c_int, block: bool, errp: *mut *mut sys::Error) -> bool {
     // SAFETY: caller's contract.
     unsafe { ok_or_set(set_blocking(fd, block), errp) }.is_some()
 }
@@ -389,39 +325,12 @@ pub extern "C" fn socket_init() -> c_int {
     0
 }
 
-/// QEMU's qemu_socket(): socket(2) with close-on-exec; -1 and errno on
-/// failure.
-#[no_mangle]
-pub extern "C" fn qemu_socket(domain: c_int, type_: c_int, protocol: c_int) -> c_int {
-    match new_socket(domain, type_, protocol) {
-        Ok(fd) => fd.into_raw_fd(),
-        Err(e) => {
-            Errno::set_raw(e);
-            -1
-        }
-    }
-}
-
-#[no_mangle]
-pub extern "C" fn fd_is_socket(fd: c_int) -> bool {
-    is_socket(fd)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn socket_init_and_qemu_socket() {
+    fn socket_init_succeeds() {
         assert_eq!(socket_init(), 0);
-        let fd = qemu_socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0);
-        // SAFETY: fd is ours; plain fcntl.
-        unsafe {
-            assert!(libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0);
-            libc::close(fd);
-        }
-        assert_eq!(qemu_socket(-1, libc::SOCK_STREAM, 0), -1);
-        assert_eq!(crate::error::errno(), libc::EAFNOSUPPORT);
     }
 }

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     error::{ok_or_set, ErrorImpl},
-    qom::type_info,
+    qom::{type_info, type_init},
     sys,
     util::g_strdup,
 };
@@ -111,11 +111,11 @@ const RESOLVER_INFO: sys::TypeInfo = type_info(
     size_of::<sys::QIODNSResolver>(),
 );
 
-/// The QOM types this module implements, registered by the type registry
-/// itself.
-pub(crate) fn type_infos() -> Vec<sys::TypeInfo> {
-    vec![RESOLVER_INFO]
+unsafe extern "C" fn register_types() {
+    // SAFETY: a constant TypeInfo with static strings.
+    unsafe { sys::type_register_static(&RESOLVER_INFO) };
 }
+type_init!(register_types);
 
 #[no_mangle]
 pub extern "C" fn qio_dns_resolver_get_instance() -> *mut sys::QIODNSResolver {

@@ -12,7 +12,7 @@ use libc::{sockaddr_storage, socklen_t};
 
 use super::{new_address, text, AddrBox, Result};
 use crate::{
-    error::{errno, ok_or_set, ErrorImpl},
+    error::{errno, ErrorImpl},
     sys,
     util::g_strdup,
 };
@@ -179,29 +179,6 @@ pub(super) fn gai_error(rc: c_int) -> String {
     unsafe { text(libc::gai_strerror(rc)) }
 }
 
-/// # Safety
-/// `sa` is valid for `salen` bytes; `errp` a valid `Error **` or NULL.
-#[no_mangle]
-pub unsafe extern "C" fn socket_sockaddr_to_address(
-    sa: *mut sys::sockaddr_storage,
-    salen: sys::socklen_t,
-    errp: *mut *mut sys::Error,
-) -> *mut sys::SocketAddress {
-    let mut s = SockAddr::empty();
-    let n = (salen as usize).min(size_of::<sockaddr_storage>());
-    // SAFETY: sa is valid for salen bytes; we copy at most the storage.
-    unsafe {
-        ptr::copy_nonoverlapping(
-            sa.cast::<u8>(),
-            ptr::addr_of_mut!(s.storage).cast::<u8>(),
-            n,
-        )
-    };
-    s.len = n as socklen_t;
-    // SAFETY: caller's contract.
-    unsafe { ok_or_set(s.to_address().map(AddrBox::into_raw), errp) }.unwrap_or(ptr::null_mut())
-}
-
 /// getsockname() or getpeername() of `fd`.  Inlined, so each caller
 /// calls its function directly.
 #[inline(always)]
@@ -223,44 +200,6 @@ pub(crate) fn local_sockaddr(fd: RawFd) -> std::result::Result<SockAddr, c_int> 
 
 pub(crate) fn remote_sockaddr(fd: RawFd) -> std::result::Result<SockAddr, c_int> {
     query(fd, libc::getpeername)
-}
-
-/// The C result of socket_local_address()/socket_remote_address().
-///
-/// # Safety
-/// `errp` is a valid `Error **` or NULL.
-unsafe fn address_reply(
-    r: std::result::Result<SockAddr, c_int>,
-    what: &str,
-    errp: *mut *mut sys::Error,
-) -> *mut sys::SocketAddress {
-    let r = r
-        .map_err(|e| ErrorImpl::with_errno(e, format!("Unable to query {what} socket address")))
-        .and_then(|s| s.to_address());
-    // SAFETY: caller's contract.
-    unsafe { ok_or_set(r.map(AddrBox::into_raw), errp) }.unwrap_or(ptr::null_mut())
-}
-
-/// # Safety
-/// `errp` is a valid `Error **` or NULL.
-#[no_mangle]
-pub unsafe extern "C" fn socket_local_address(
-    fd: c_int,
-    errp: *mut *mut sys::Error,
-) -> *mut sys::SocketAddress {
-    // SAFETY: caller's contract.
-    unsafe { address_reply(local_sockaddr(fd), "local", errp) }
-}
-
-/// # Safety
-/// `errp` is a valid `Error **` or NULL.
-#[no_mangle]
-pub unsafe extern "C" fn socket_remote_address(
-    fd: c_int,
-    errp: *mut *mut sys::Error,
-) -> *mut sys::SocketAddress {
-    // SAFETY: caller's contract.
-    unsafe { address_reply(remote_sockaddr(fd), "remote", errp) }
 }
 
 pub(super) fn vsock_sockaddr(a: &sys::VsockSocketAddress) -> Result<(SockAddr, String)> {

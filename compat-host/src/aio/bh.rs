@@ -1,46 +1,17 @@
-//! Bottom halves: one-shot and reusable BHs, queued in FIFO order and
-//! run by every `aio_poll` pass.
+//! One-shot bottom halves, queued in FIFO order and run by every
+//! `aio_poll` pass.
 
-use std::{
-    ffi::{c_char, c_void},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Weak,
-    },
-};
+use std::ffi::{c_char, c_void};
 
-use super::{arc_clone, inner_arc, inner_ref, Callback, Inner, Opaque, State};
+use super::{inner_ref, Callback, Inner, Opaque};
 use crate::sys;
 
-/// A reusable BH (`QEMUBH *` is `Arc::into_raw` of this).
-pub struct Bh {
-    ctx: Weak<Inner>,
-    cb: Callback,
-    /// Whether it is in its context's queue; changed only under the
-    /// context's state lock.
-    scheduled: AtomicBool,
-}
-
-pub(super) enum Job {
-    Oneshot(Callback),
-    Reusable(Arc<Bh>),
-}
-
-impl State {
-    fn unschedule(&mut self, bh: &Arc<Bh>) {
-        if bh.scheduled.swap(false, Ordering::SeqCst) {
-            self.bhs
-                .retain(|(_, j)| !matches!(j, Job::Reusable(b) if Arc::ptr_eq(b, bh)));
-        }
-    }
-}
-
 impl Inner {
-    fn schedule(&self, job: Job) {
+    fn schedule(&self, cb: Callback) {
         let mut st = self.lock();
         let seq = st.bh_seq;
         st.bh_seq += 1;
-        st.bhs.push_back((seq, job));
+        st.bhs.push_back((seq, cb));
         drop(st);
         self.notify();
     }
@@ -59,20 +30,11 @@ impl Inner {
                 Some(&(seq, _)) if seq < limit => {}
                 _ => break,
             }
-            let (cb, keep) = match st.bhs.pop_front().map(|(_, j)| j) {
-                Some(Job::Oneshot(cb)) => (cb, None),
-                Some(Job::Reusable(bh)) => {
-                    // Cleared before the call so the BH can reschedule
-                    // itself; cancel/delete remove it from the queue.
-                    bh.scheduled.store(false, Ordering::SeqCst);
-                    (bh.cb, Some(bh))
-                }
-                None => break,
+            let Some((_, cb)) = st.bhs.pop_front() else {
+                break;
             };
             drop(st);
-            // `keep` keeps a reusable BH alive if it deletes itself.
             cb.call();
-            drop(keep);
             ran = true;
             st = self.lock();
         }
@@ -82,11 +44,10 @@ impl Inner {
     /// At finalize: runs the one-shot BHs nobody will run otherwise.
     pub(super) fn run_leftover_oneshots(&self) {
         loop {
-            let job = self.lock().bhs.pop_front();
-            match job {
+            let next = self.lock().bhs.pop_front();
+            match next {
                 None => break,
-                Some((_, Job::Oneshot(cb))) => cb.call(),
-                Some((_, Job::Reusable(bh))) => bh.scheduled.store(false, Ordering::SeqCst),
+                Some((_, cb)) => cb.call(),
             }
         }
     }
@@ -102,88 +63,10 @@ pub unsafe extern "C" fn aio_bh_schedule_oneshot_full(
     _name: *const c_char,
 ) {
     // SAFETY: live context per the contract.
-    unsafe { inner_ref(ctx) }.schedule(Job::Oneshot(Callback {
+    unsafe { inner_ref(ctx) }.schedule(Callback {
         func: cb,
         opaque: Opaque(opaque),
-    }));
-}
-
-/// # Safety
-/// `ctx` is a live context that outlives the BH's last schedule.
-#[no_mangle]
-pub unsafe extern "C" fn aio_bh_new_full(
-    ctx: *mut sys::AioContext,
-    cb: sys::QEMUBHFunc,
-    opaque: *mut c_void,
-    _name: *const c_char,
-    _reentrancy_guard: *mut sys::MemReentrancyGuard,
-) -> *mut sys::QEMUBH {
-    // SAFETY: live context per the contract.
-    let inner = unsafe { inner_arc(ctx) };
-    let bh = Arc::new(Bh {
-        ctx: Arc::downgrade(&inner),
-        cb: Callback {
-            func: cb,
-            opaque: Opaque(opaque),
-        },
-        scheduled: AtomicBool::new(false),
     });
-    Arc::into_raw(bh) as *mut sys::QEMUBH
-}
-
-/// # Safety
-/// `bh` came from [`aio_bh_new_full`] and was not deleted.
-unsafe fn bh_arc(bh: *mut sys::QEMUBH) -> Arc<Bh> {
-    // SAFETY: per the contract the C side still owns one strong count.
-    unsafe { arc_clone(bh as *const Bh) }
-}
-
-/// # Safety
-/// `bh` came from [`aio_bh_new_full`] and was not deleted.
-#[no_mangle]
-pub unsafe extern "C" fn qemu_bh_schedule(bh: *mut sys::QEMUBH) {
-    // SAFETY: per the contract.
-    let bh = unsafe { bh_arc(bh) };
-    let Some(inner) = bh.ctx.upgrade() else {
-        return;
-    };
-    let mut st = inner.lock();
-    if bh.scheduled.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    let seq = st.bh_seq;
-    st.bh_seq += 1;
-    st.bhs.push_back((seq, Job::Reusable(bh)));
-    drop(st);
-    inner.notify();
-}
-
-/// # Safety
-/// `bh` came from [`aio_bh_new_full`] and was not deleted.
-#[no_mangle]
-pub unsafe extern "C" fn qemu_bh_cancel(bh: *mut sys::QEMUBH) {
-    // SAFETY: per the contract.
-    let bh = unsafe { bh_arc(bh) };
-    if let Some(inner) = bh.ctx.upgrade() {
-        inner.lock().unschedule(&bh);
-    }
-}
-
-/// Cancels and frees the BH; allowed from its own callback.
-///
-/// # Safety
-/// `bh` came from [`aio_bh_new_full`] and is not used afterwards.
-#[no_mangle]
-pub unsafe extern "C" fn qemu_bh_delete(bh: *mut sys::QEMUBH) {
-    if bh.is_null() {
-        return;
-    }
-    // SAFETY: takes back the C side's reference; a running pass holds its
-    // own, so a BH deleting itself stays alive until its callback returns.
-    let bh = unsafe { Arc::from_raw(bh as *const Bh) };
-    if let Some(inner) = bh.ctx.upgrade() {
-        inner.lock().unschedule(&bh);
-    }
 }
 
 #[cfg(test)]
@@ -191,10 +74,7 @@ mod tests {
     use std::{os::fd::AsRawFd, ptr, sync::atomic::Ordering::SeqCst, thread, time::Duration};
 
     use super::*;
-    use crate::{
-        aio::{testing::*, *},
-        main_loop::{iothread_get_aio_context, iothread_join, iothread_new},
-    };
+    use crate::aio::{testing::*, *};
 
     unsafe extern "C" fn slow_handler(o: *mut c_void) {
         // SAFETY: the test's Probe outlives the handler and the BH.
@@ -210,9 +90,8 @@ mod tests {
     /// the in-progress call of that handler returned.
     #[test]
     fn aio_bh_after_removal_waits_for_running_handler() {
-        let it = iothread_new();
-        // SAFETY: `it` is live until joined below.
-        let ctx = unsafe { iothread_get_aio_context(it) };
+        let it = PollThread::spawn().unwrap();
+        let ctx = it.ctx();
         let p = Probe::default();
         // SAFETY: live ctx; `p` outlives the handler, the BH and the join.
         let (a, b) = unsafe { watched_pair(ctx, slow_handler, &p) };
@@ -226,8 +105,7 @@ mod tests {
         wait_for(|| p.observed.load(SeqCst) != 0);
         assert_eq!(p.observed.load(SeqCst), 2, "BH ran while the handler ran");
         assert_eq!(p.calls.load(SeqCst), 1);
-        // SAFETY: joined once.
-        unsafe { iothread_join(it) };
+        it.join();
     }
 
     struct SendPtr(*mut sys::AioContext, *const Probe);
@@ -249,40 +127,10 @@ mod tests {
             };
         });
         // SAFETY: live ctx, polled from its home thread.
-        unsafe {
-            while p.calls.load(SeqCst) == 0 {
-                aio_poll(ctx, true);
-            }
-        }
+        unsafe { poll_until(ctx, || p.calls.load(SeqCst) == 1) };
         t.join().unwrap();
         // SAFETY: our reference.
         unsafe { aio_context_unref(ctx) };
-    }
-
-    #[test]
-    fn aio_reusable_bh_schedule_cancel_delete() {
-        let ctx = new_ctx();
-        let p = Probe::default();
-        // SAFETY: live ctx; `p` outlives the BH.
-        unsafe {
-            let bh = aio_bh_new_full(ctx, Some(count), opaque(&p), ptr::null(), ptr::null_mut());
-            qemu_bh_schedule(bh);
-            qemu_bh_schedule(bh);
-            assert!(aio_poll(ctx, false));
-            assert!(!aio_poll(ctx, false));
-            assert_eq!(p.calls.load(SeqCst), 1);
-            qemu_bh_schedule(bh);
-            qemu_bh_cancel(bh);
-            assert!(!aio_poll(ctx, false));
-            qemu_bh_schedule(bh);
-            assert!(aio_poll(ctx, false));
-            assert_eq!(p.calls.load(SeqCst), 2);
-            qemu_bh_schedule(bh);
-            qemu_bh_delete(bh);
-            assert!(!aio_poll(ctx, false));
-            assert_eq!(p.calls.load(SeqCst), 2);
-            aio_context_unref(ctx);
-        }
     }
 
     #[test]

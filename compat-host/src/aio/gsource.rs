@@ -79,8 +79,7 @@ pub(crate) fn context_new() -> io::Result<*mut sys::AioContext> {
 
 /// # Safety
 /// `errp` is NULL or a valid `Error **` (QEMU's conventions).
-#[no_mangle]
-pub unsafe extern "C" fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::AioContext {
+pub(crate) unsafe fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::AioContext {
     match context_new() {
         Ok(ctx) => ctx,
         Err(e) => {
@@ -102,36 +101,71 @@ pub unsafe extern "C" fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys
 }
 
 /// # Safety
-/// `ctx` is a live context.
-#[no_mangle]
-pub unsafe extern "C" fn aio_context_ref(ctx: *mut sys::AioContext) {
-    // SAFETY: a live context is a live GSource.
-    unsafe { sys::g_source_ref(ctx.cast()) };
-}
-
-/// # Safety
 /// `ctx` is a live context and the caller owns the reference it drops.
-#[no_mangle]
-pub unsafe extern "C" fn aio_context_unref(ctx: *mut sys::AioContext) {
+pub(crate) unsafe fn aio_context_unref(ctx: *mut sys::AioContext) {
     // SAFETY: as above.
     unsafe { sys::g_source_unref(ctx.cast()) };
 }
 
 /// # Safety
 /// `ctx` is a live context (its owner may be any thread).
-#[no_mangle]
-pub unsafe extern "C" fn aio_get_g_source(ctx: *mut sys::AioContext) -> *mut sys::GSource {
+pub(crate) unsafe fn aio_get_g_source(ctx: *mut sys::AioContext) -> *mut sys::GSource {
     // SAFETY: as above.
     unsafe { sys::g_source_ref(ctx.cast()) }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering::SeqCst;
+    use std::{
+        ffi::c_void,
+        sync::atomic::{AtomicBool, Ordering::SeqCst},
+        time::{Duration, Instant},
+    };
 
     use super::*;
     use crate::aio::{testing::*, *};
 
+    unsafe extern "C" fn set_flag(flag: sys::gpointer) -> sys::gboolean {
+        // SAFETY: the test's AtomicBool outlives the source.
+        unsafe { (*flag.cast::<AtomicBool>()).store(true, SeqCst) };
+        0
+    }
+
+    /// Runs blocking iterations of `gctx` until `done`; false if 5 s
+    /// passed first (a GLib timeout wakes the iteration then, so a context
+    /// that never wakes up fails the test instead of hanging it).
+    ///
+    /// # Safety
+    /// `gctx` is a live GMainContext that this thread may iterate.
+    unsafe fn iterate_until(gctx: *mut sys::GMainContext, done: impl Fn() -> bool) -> bool {
+        let expired = AtomicBool::new(false);
+        // SAFETY: `expired` outlives the source, destroyed below.
+        let watchdog = unsafe {
+            let w = sys::g_timeout_source_new(5000);
+            sys::g_source_set_callback(
+                w,
+                Some(set_flag),
+                (&expired as *const AtomicBool).cast_mut().cast::<c_void>(),
+                None,
+            );
+            sys::g_source_attach(w, gctx);
+            w
+        };
+        while !done() && !expired.load(SeqCst) {
+            // SAFETY: caller's contract.
+            unsafe { sys::g_main_context_iteration(gctx, 1) };
+        }
+        // SAFETY: our source.
+        unsafe {
+            sys::g_source_destroy(watchdog);
+            sys::g_source_unref(watchdog);
+        }
+        done()
+    }
+
+    /// A GMainContext alone runs the context: its timers (the iteration
+    /// sleeps until the timer's deadline) and its BHs (scheduling one
+    /// wakes the iteration).
     #[test]
     fn aio_context_runs_as_gsource_of_private_gmaincontext() {
         let ctx = new_ctx();
@@ -149,17 +183,19 @@ mod tests {
                 Some(count),
                 opaque(&p),
             );
+            let start = Instant::now();
             timer_mod(
                 ts,
-                qemu_clock_get_us(sys::QEMUClockType_QEMU_CLOCK_REALTIME) + 10_000,
+                qemu_clock_get_ns(sys::QEMUClockType_QEMU_CLOCK_REALTIME) / 1000 + 10_000,
             );
-            while p.calls.load(SeqCst) == 0 {
-                sys::g_main_context_iteration(gctx, 1);
-            }
+            assert!(iterate_until(gctx, || p.calls.load(SeqCst) == 1));
+            assert!(start.elapsed() >= Duration::from_millis(10), "timer early");
             aio_bh_schedule_oneshot_full(ctx, Some(count), opaque(&p), ptr::null());
-            while p.calls.load(SeqCst) == 1 {
-                sys::g_main_context_iteration(gctx, 1);
-            }
+            assert!(iterate_until(gctx, || p.calls.load(SeqCst) == 2));
+            // Nothing left to run: a non-blocking iteration dispatches
+            // nothing of ours.
+            sys::g_main_context_iteration(gctx, 0);
+            assert_eq!(p.calls.load(SeqCst), 2);
             timer_free(ts);
             sys::g_source_destroy(src);
             sys::g_source_unref(src);

@@ -40,8 +40,7 @@
 //!   ignored.
 //! - A one-shot BH still pending when the context is finalized runs then,
 //!   in the thread dropping the last reference (QEMU aborts); this frees
-//!   whatever the BH owns instead of leaking it.  Reusable BHs are dropped
-//!   unrun; scheduling one after its context is gone does nothing.
+//!   whatever the BH owns instead of leaking it.
 //! - fds that epoll cannot watch (regular files) are reported with
 //!   `error_report` and not registered, instead of spinning forever.
 //! - All clocks but `QEMU_CLOCK_HOST` are the monotonic clock; a HOST
@@ -54,13 +53,15 @@
 //!
 //! This file holds the shared state and the thread bookkeeping; [`poll`]
 //! the epoll loop and fd handlers, [`gsource`] the GSource glue and the
-//! context's creation, [`bh`] bottom halves, [`timer`] timers and clocks.
+//! context's creation, [`bh`] bottom halves, [`timer`] timers and clocks,
+//! [`thread`] a thread running a context (QEMU's IOThread).
 
 mod bh;
 mod gsource;
 mod poll;
 #[cfg(test)]
 mod testing;
+mod thread;
 mod timer;
 
 use std::{
@@ -71,7 +72,7 @@ use std::{
     os::fd::RawFd,
     ptr,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering},
         Arc, Condvar, Mutex, MutexGuard, PoisonError,
     },
 };
@@ -81,18 +82,18 @@ use nix::sys::{epoll::Epoll, eventfd::EventFd};
 use crate::sys;
 
 pub(crate) use self::gsource::context_new;
-use self::{bh::Job, poll::Handler};
-pub use self::{
-    bh::{
-        aio_bh_new_full, aio_bh_schedule_oneshot_full, qemu_bh_cancel, qemu_bh_delete,
-        qemu_bh_schedule, Bh,
-    },
-    gsource::{aio_context_new, aio_context_ref, aio_context_unref, aio_get_g_source},
-    poll::{aio_notify, aio_poll, aio_set_fd_handler},
-    timer::{
-        aio_timer_new, qemu_clock_get_ms, qemu_clock_get_ns, qemu_clock_get_us, timer_del,
-        timer_free, timer_mod, timer_pending, Timer,
-    },
+use self::poll::Handler;
+pub(crate) use self::{
+    bh::aio_bh_schedule_oneshot_full,
+    gsource::{aio_context_new, aio_context_unref, aio_get_g_source},
+    poll::aio_poll,
+    thread::PollThread,
+    timer::Timer,
+};
+#[cfg(test)]
+pub(crate) use self::{
+    poll::aio_set_fd_handler,
+    timer::{aio_timer_new, qemu_clock_get_ms, qemu_clock_get_ns, timer_free, timer_mod},
 };
 
 /// What C's `AioContext *` points at: the GSource GLib allocated, then our
@@ -164,7 +165,7 @@ struct State {
     handlers: HashMap<RawFd, Handler, BuildHasherDefault<FdHasher>>,
     /// Scheduled BHs in FIFO order, each with its sequence number so that
     /// a pass runs only what was scheduled before it started.
-    bhs: VecDeque<(u64, Job)>,
+    bhs: VecDeque<(u64, Callback)>,
     bh_seq: u64,
     /// Armed timers by (monotonic deadline, arming sequence number).
     timers: BTreeMap<(i64, u64), Arc<Timer>>,
@@ -235,6 +236,28 @@ pub(crate) fn thread_id() -> u64 {
 /// Makes `ctx` the calling thread's current context (IOThreads).
 pub(crate) fn set_current_context(ctx: *mut sys::AioContext) {
     CURRENT.with(|c| c.set(ctx));
+}
+
+/// The main-loop AioContext (one reference kept forever), NULL until the
+/// main loop (`main_loop.rs`) sets it up.
+static MAIN_CTX: AtomicPtr<sys::AioContext> = AtomicPtr::new(ptr::null_mut());
+/// [`thread_id`] of the main thread, 0 until then.
+static MAIN_THREAD: AtomicU64 = AtomicU64::new(0);
+
+/// Records `ctx` as the main-loop context and the calling thread as the
+/// main thread, whose current context it is from then on.
+pub(crate) fn set_main_context(ctx: *mut sys::AioContext) {
+    MAIN_THREAD.store(thread_id(), Ordering::Release);
+    MAIN_CTX.store(ctx, Ordering::Release);
+}
+
+pub(crate) fn main_context() -> *mut sys::AioContext {
+    MAIN_CTX.load(Ordering::Acquire)
+}
+
+pub(crate) fn in_main_thread() -> bool {
+    let main = MAIN_THREAD.load(Ordering::Acquire);
+    main != 0 && main == thread_id()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -331,8 +354,8 @@ pub extern "C" fn qemu_get_current_aio_context() -> *mut sys::AioContext {
     if !ctx.is_null() {
         return ctx;
     }
-    if crate::main_loop::in_main_thread() {
-        crate::main_loop::main_context()
+    if in_main_thread() {
+        main_context()
     } else {
         ptr::null_mut()
     }

@@ -226,14 +226,6 @@ impl Inner {
 }
 
 /// # Safety
-/// `ctx` is a live context.
-#[no_mangle]
-pub unsafe extern "C" fn aio_notify(ctx: *mut sys::AioContext) {
-    // SAFETY: per the contract.
-    unsafe { inner_ref(ctx) }.notify();
-}
-
-/// # Safety
 /// `ctx` is a live context; the caller is its home thread (another
 /// thread running it is waited for).
 #[no_mangle]
@@ -274,10 +266,7 @@ mod tests {
     use std::{os::fd::AsRawFd, ptr, sync::atomic::Ordering::SeqCst, thread, time::Duration};
 
     use super::*;
-    use crate::{
-        aio::{testing::*, *},
-        main_loop::{iothread_get_aio_context, iothread_join, iothread_new},
-    };
+    use crate::aio::{testing::*, *};
 
     unsafe extern "C" fn read_and_count(o: *mut c_void) {
         // SAFETY: the tests pass a Probe that outlives the registration.
@@ -340,9 +329,8 @@ mod tests {
 
     #[test]
     fn aio_removal_from_another_thread_while_iothread_runs() {
-        let it = iothread_new();
-        // SAFETY: `it` is live until joined below.
-        let ctx = unsafe { iothread_get_aio_context(it) };
+        let it = PollThread::spawn().unwrap();
+        let ctx = it.ctx();
         let p = Probe::default();
         // SAFETY: live ctx; `p` outlives the registration and the join.
         let (a, b) = unsafe { watched_pair(ctx, read_and_count, &p) };
@@ -355,8 +343,7 @@ mod tests {
         send_byte(&b);
         thread::sleep(Duration::from_millis(50));
         assert_eq!(p.calls.load(SeqCst), 3);
-        // SAFETY: joined once.
-        unsafe { iothread_join(it) };
+        it.join();
     }
 
     unsafe extern "C" fn nested_handler(o: *mut c_void) {
@@ -369,9 +356,7 @@ mod tests {
         // AIO_WAIT_WHILE: a nested blocking poll until the BH ran.
         unsafe {
             aio_bh_schedule_oneshot_full(ctx, Some(observe_bh), o, ptr::null());
-            while p.observed.load(SeqCst) == 0 {
-                aio_poll(ctx, true);
-            }
+            poll_until(ctx, || p.observed.load(SeqCst) != 0);
         }
         p.finished.store(true, SeqCst);
     }

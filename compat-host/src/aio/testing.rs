@@ -1,7 +1,7 @@
 //! Test helpers shared by the AioContext tests.
 
 use std::{
-    ffi::c_void,
+    ffi::{c_int, c_void},
     os::fd::{AsRawFd, OwnedFd, RawFd},
     ptr,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
@@ -11,7 +11,10 @@ use std::{
 
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
 
-use super::{aio_context_new, aio_set_fd_handler};
+use super::{
+    aio_context_new, aio_poll, aio_set_fd_handler, aio_timer_new, qemu_clock_get_ms, timer_free,
+    timer_mod,
+};
 use crate::sys;
 
 pub(super) fn new_ctx() -> *mut sys::AioContext {
@@ -89,6 +92,45 @@ pub(super) fn wait_for(mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < Duration::from_secs(5), "timed out");
         thread::sleep(Duration::from_millis(1));
     }
+}
+
+unsafe extern "C" fn expire(flag: *mut c_void) {
+    // SAFETY: poll_until's AtomicBool outlives the timer.
+    unsafe { (*flag.cast::<AtomicBool>()).store(true, SeqCst) };
+}
+
+/// Runs blocking `aio_poll(ctx)` until `cond` holds, failing after 5 s: a
+/// timer then wakes the poll, so a context that never wakes up fails the
+/// test instead of hanging it.
+///
+/// # Safety
+/// `ctx` is live and this thread may poll it.
+pub(super) unsafe fn poll_until(ctx: *mut sys::AioContext, cond: impl Fn() -> bool) {
+    let expired = AtomicBool::new(false);
+    // SAFETY: `expired` outlives the timer, freed below.
+    let watchdog = unsafe {
+        aio_timer_new(
+            ctx,
+            sys::QEMUClockType_QEMU_CLOCK_REALTIME,
+            sys::SCALE_MS as c_int,
+            Some(expire),
+            (&expired as *const AtomicBool).cast_mut().cast(),
+        )
+    };
+    // SAFETY: a fresh timer of a live context.
+    unsafe {
+        timer_mod(
+            watchdog,
+            qemu_clock_get_ms(sys::QEMUClockType_QEMU_CLOCK_REALTIME) + 5000,
+        )
+    };
+    while !cond() && !expired.load(SeqCst) {
+        // SAFETY: caller's contract.
+        unsafe { aio_poll(ctx, true) };
+    }
+    // SAFETY: our timer.
+    unsafe { timer_free(watchdog) };
+    assert!(cond(), "timed out");
 }
 
 /// Shared by a test and its C callbacks through `opaque`.

@@ -116,19 +116,13 @@ fn clock_id(clock: sys::QEMUClockType) -> libc::clockid_t {
     }
 }
 
-#[no_mangle]
-pub extern "C" fn qemu_clock_get_ns(type_: sys::QEMUClockType) -> i64 {
+pub(crate) fn qemu_clock_get_ns(type_: sys::QEMUClockType) -> i64 {
     clock_ns(clock_id(type_))
 }
 
 #[no_mangle]
 pub extern "C" fn qemu_clock_get_ms(type_: sys::QEMUClockType) -> i64 {
     qemu_clock_get_ns(type_) / 1_000_000
-}
-
-#[no_mangle]
-pub extern "C" fn qemu_clock_get_us(type_: sys::QEMUClockType) -> i64 {
-    qemu_clock_get_ns(type_) / 1_000
 }
 
 /// # Safety
@@ -168,20 +162,6 @@ pub unsafe extern "C" fn timer_del(ts: *mut sys::QEMUTimer) {
 }
 
 /// # Safety
-/// `ts` came from [`aio_timer_new`] and was not freed.
-#[no_mangle]
-pub unsafe extern "C" fn timer_pending(ts: *mut sys::QEMUTimer) -> bool {
-    // SAFETY: per the contract.
-    let t = unsafe { timer_arc(ts) };
-    t.ctx.upgrade().is_some_and(|inner| {
-        inner
-            .lock()
-            .timer_keys
-            .contains_key(&(Arc::as_ptr(&t) as usize))
-    })
-}
-
-/// # Safety
 /// `ts` is NULL or came from [`aio_timer_new`] and is not used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn timer_free(ts: *mut sys::QEMUTimer) {
@@ -202,6 +182,18 @@ mod tests {
 
     use super::*;
     use crate::aio::{testing::*, *};
+
+    /// Whether `ts` is armed (QEMU's `timer_pending()`).
+    fn pending(ts: *mut sys::QEMUTimer) -> bool {
+        // SAFETY: the tests pass live timers.
+        let t = unsafe { timer_arc(ts) };
+        t.ctx.upgrade().is_some_and(|inner| {
+            inner
+                .lock()
+                .timer_keys
+                .contains_key(&(Arc::as_ptr(&t) as usize))
+        })
+    }
 
     /// Records its position in a shared order list.
     struct Order {
@@ -249,13 +241,11 @@ mod tests {
             .collect();
         // SAFETY: the timers and ctx are live until freed below.
         unsafe {
-            assert!(timer_pending(timers[3]));
+            assert!(pending(timers[3]));
             timer_del(timers[3]);
-            assert!(!timer_pending(timers[3]));
-            while order.seen.lock().unwrap().len() < 3 {
-                aio_poll(ctx, true);
-            }
-            assert!(!timer_pending(timers[0]));
+            assert!(!pending(timers[3]));
+            poll_until(ctx, || order.seen.lock().unwrap().len() == 3);
+            assert!(!pending(timers[0]));
             // A HOST-clock timer in the past fires at once.
             let host = aio_timer_new(
                 ctx,
@@ -276,7 +266,9 @@ mod tests {
             timer_free(ptr::null_mut());
             aio_context_unref(ctx);
         }
-        assert!(qemu_clock_get_us(sys::QEMUClockType_QEMU_CLOCK_REALTIME) >= (now + 30) * 1000);
+        assert!(
+            qemu_clock_get_ns(sys::QEMUClockType_QEMU_CLOCK_REALTIME) >= (now + 30) * 1_000_000
+        );
         assert_eq!(*order.seen.lock().unwrap(), [1, 2, 0, 3]);
     }
 }

@@ -1,5 +1,5 @@
 //! Reading and writing (io/channel.h): one recv()/send() or all of a
-//! buffer, blocking mode, close and shutdown.
+//! buffer, blocking mode and close.
 
 use std::{
     ffi::{c_int, c_void},
@@ -7,16 +7,14 @@ use std::{
     ptr,
 };
 
-use nix::sys::socket::{shutdown, Shutdown};
-
 use super::{close_socket, socket_of, Result};
 use crate::{
     error::{errno, ok_or_set, ErrorImpl},
     sys,
 };
 
-/// Waits until `fd` is ready for `events`, for the `_all` functions on a
-/// non-blocking channel.
+/// Waits until `fd` is ready for `events`, for `qio_channel_write_all` on
+/// a non-blocking channel.
 fn wait_fd(fd: RawFd, events: libc::c_short) {
     let mut p = libc::pollfd {
         fd,
@@ -97,77 +95,32 @@ pub unsafe extern "C" fn qio_channel_write(
     unsafe { ok_or_set(io_once(ioc, buf.cast_mut(), buflen, true), errp) }.unwrap_or(-1)
 }
 
-/// Transfers all of `buf`; Ok(false) if EOF came before any byte.
+/// Writes all of `buf`, waiting for room on a non-blocking channel.
 ///
 /// # Safety
-/// As [`io_once`].
-unsafe fn io_all(
-    ioc: *mut sys::QIOChannel,
-    buf: *mut c_void,
-    len: usize,
-    write: bool,
-) -> Result<bool> {
+/// `ioc` is a live channel; `buf` readable for `len` bytes.
+unsafe fn write_all(ioc: *mut sys::QIOChannel, buf: *const c_void, len: usize) -> Result<()> {
     let mut done = 0;
     while done < len {
-        // SAFETY: buf + done is within the caller's buffer.
-        let n = unsafe { io_once(ioc, buf.cast::<u8>().add(done).cast(), len - done, write)? };
+        // SAFETY: buf + done is within the caller's buffer; a write only
+        // reads it.
+        let n = unsafe {
+            io_once(
+                ioc,
+                buf.cast::<u8>().add(done).cast_mut().cast(),
+                len - done,
+                true,
+            )?
+        };
         if n == sys::QIO_CHANNEL_ERR_BLOCK as isize {
             // SAFETY: caller's contract; socket_of succeeded in io_once.
             let fd = unsafe { (*socket_of(ioc)?).fd };
-            wait_fd(fd, if write { libc::POLLOUT } else { libc::POLLIN });
+            wait_fd(fd, libc::POLLOUT);
             continue;
-        }
-        if n == 0 && !write {
-            if done == 0 {
-                return Ok(false);
-            }
-            return Err(ErrorImpl::new(
-                "Unexpected end-of-file before all data were read",
-            ));
         }
         done += n as usize;
     }
-    Ok(true)
-}
-
-/// # Safety
-/// As [`qio_channel_read`].
-#[no_mangle]
-pub unsafe extern "C" fn qio_channel_read_all_eof(
-    ioc: *mut sys::QIOChannel,
-    buf: *mut c_void,
-    buflen: usize,
-    errp: *mut *mut sys::Error,
-) -> c_int {
-    // SAFETY: caller's contract.
-    match unsafe { ok_or_set(io_all(ioc, buf, buflen, false), errp) } {
-        Some(true) => 1,
-        Some(false) => 0,
-        None => -1,
-    }
-}
-
-/// # Safety
-/// As [`qio_channel_read`].
-#[no_mangle]
-pub unsafe extern "C" fn qio_channel_read_all(
-    ioc: *mut sys::QIOChannel,
-    buf: *mut c_void,
-    buflen: usize,
-    errp: *mut *mut sys::Error,
-) -> c_int {
-    // SAFETY: caller's contract.
-    let r = unsafe { io_all(ioc, buf, buflen, false) }.and_then(|full| {
-        if full {
-            Ok(())
-        } else {
-            Err(ErrorImpl::new(
-                "Unexpected end-of-file before all data were read",
-            ))
-        }
-    });
-    // SAFETY: caller's contract.
-    unsafe { ok_or_set(r, errp) }.map_or(-1, |()| 0)
+    Ok(())
 }
 
 /// # Safety
@@ -180,7 +133,7 @@ pub unsafe extern "C" fn qio_channel_write_all(
     errp: *mut *mut sys::Error,
 ) -> c_int {
     // SAFETY: caller's contract; a write only reads buf.
-    unsafe { ok_or_set(io_all(ioc, buf.cast_mut(), buflen, true), errp) }.map_or(-1, |_| 0)
+    unsafe { ok_or_set(write_all(ioc, buf, buflen), errp) }.map_or(-1, |()| 0)
 }
 
 /// # Safety
@@ -197,7 +150,7 @@ pub unsafe extern "C" fn qio_channel_set_blocking(
         let fd = unsafe { (*s).fd };
         let mut e = ptr::null_mut();
         // SAFETY: e is a valid Error **.
-        if unsafe { sys::qemu_set_blocking(fd, enabled, &mut e) } {
+        if unsafe { crate::address::qemu_set_blocking(fd, enabled, &mut e) } {
             // SAFETY: as above.
             unsafe { (*s).blocking = enabled };
             Ok(())
@@ -224,30 +177,6 @@ pub unsafe extern "C" fn qio_channel_close(
     unsafe { ok_or_set(r, errp) }.map_or(-1, |()| 0)
 }
 
-/// # Safety
-/// `ioc` is a live channel; `errp` a valid `Error **` or NULL.
-#[no_mangle]
-pub unsafe extern "C" fn qio_channel_shutdown(
-    ioc: *mut sys::QIOChannel,
-    how: sys::QIOChannelShutdown,
-    errp: *mut *mut sys::Error,
-) -> c_int {
-    let sockhow = match how {
-        sys::QIOChannelShutdown_QIO_CHANNEL_SHUTDOWN_READ => Shutdown::Read,
-        sys::QIOChannelShutdown_QIO_CHANNEL_SHUTDOWN_WRITE => Shutdown::Write,
-        _ => Shutdown::Both,
-    };
-    // SAFETY: caller's contract.
-    let r = unsafe { socket_of(ioc) }.and_then(|s| {
-        // SAFETY: s is the live channel.
-        let fd = unsafe { (*s).fd };
-        shutdown(fd, sockhow)
-            .map_err(|e| ErrorImpl::with_errno(e as c_int, "Unable to shutdown socket"))
-    });
-    // SAFETY: caller's contract.
-    unsafe { ok_or_set(r, errp) }.map_or(-1, |()| 0)
-}
-
 #[cfg(test)]
 mod tests {
     use std::ffi::CStr;
@@ -258,23 +187,6 @@ mod tests {
         channel::{testing::*, *},
     };
 
-    /// Writes `data` to `c` from another thread after a short delay.
-    fn write_later(c: *mut sys::QIOChannel, data: &'static [u8]) -> std::thread::JoinHandle<c_int> {
-        let c = c as usize;
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            let mut err = ptr::null_mut();
-            // SAFETY: the caller keeps the channel alive until it joins.
-            unsafe {
-                qio_channel_write_all(
-                    c as *mut sys::QIOChannel,
-                    data.as_ptr().cast(),
-                    data.len(),
-                    &mut err,
-                )
-            }
-        })
-    }
     #[test]
     fn connect_accept_read_write() {
         let (l, addr) = listener();
@@ -313,13 +225,17 @@ mod tests {
                 0
             );
             let mut buf = [0u8; 12];
-            assert_eq!(
-                check(
-                    qio_channel_read_all(s.cast(), buf.as_mut_ptr().cast(), buf.len(), &mut err),
-                    &mut err
-                ),
-                0
-            );
+            let mut got = 0;
+            while got < buf.len() {
+                let n = qio_channel_read(
+                    s.cast(),
+                    buf[got..].as_mut_ptr().cast(),
+                    buf.len() - got,
+                    &mut err,
+                );
+                assert!(check(n, &mut err) > 0);
+                got += n as usize;
+            }
             assert_eq!(&buf, msg);
 
             // Non-blocking with nothing to read.
@@ -329,45 +245,15 @@ mod tests {
             assert_eq!(n, sys::QIO_CHANNEL_ERR_BLOCK as isize);
             assert!(err.is_null());
 
-            // read_all on a non-blocking channel waits for the data.
-            let writer = write_later(c.cast(), b"abc");
-            let mut three = [0u8; 3];
-            assert_eq!(
-                check(
-                    qio_channel_read_all(s.cast(), three.as_mut_ptr().cast(), 3, &mut err),
-                    &mut err
-                ),
-                0
-            );
-            assert_eq!(&three, b"abc");
-            assert_eq!(writer.join().unwrap(), 0);
-
-            // EOF: nothing read gives 0, a partial read is an error.
+            // EOF reads 0 bytes.
             assert!(qio_channel_set_blocking(s.cast(), true, &mut err));
+            assert_eq!(qio_channel_close(c.cast(), &mut err), 0);
             assert_eq!(
-                qio_channel_shutdown(
-                    c.cast(),
-                    sys::QIOChannelShutdown_QIO_CHANNEL_SHUTDOWN_WRITE,
-                    &mut err
-                ),
+                qio_channel_read(s.cast(), buf.as_mut_ptr().cast(), buf.len(), &mut err),
                 0
-            );
-            assert_eq!(
-                qio_channel_read_all_eof(s.cast(), buf.as_mut_ptr().cast(), 4, &mut err),
-                0
-            );
-            assert_eq!(
-                qio_channel_read_all(s.cast(), buf.as_mut_ptr().cast(), 4, &mut err),
-                -1
-            );
-            let e = crate::error::from_raw(std::mem::replace(&mut err, ptr::null_mut())).unwrap();
-            assert_eq!(
-                e.message(),
-                "Unexpected end-of-file before all data were read"
             );
 
             // Close twice; I/O afterwards fails.
-            assert_eq!(qio_channel_close(c.cast(), &mut err), 0);
             assert_eq!(qio_channel_close(c.cast(), &mut err), 0);
             assert_eq!(
                 qio_channel_write(c.cast(), b"x".as_ptr().cast(), 1, &mut err),

@@ -8,10 +8,10 @@
 //!
 //! # Files
 //!
-//! This file holds the QOM types and the feature and name accessors;
+//! This file holds the QOM types and the name accessor;
 //! [`socket`] the socket channel's own API (new, connect, listen,
-//! accept, addresses), [`io`] reading, writing, blocking mode, close and
-//! shutdown, [`watch`] GSource watches and AioContext fd handlers.
+//! accept, addresses), [`io`] reading, writing, blocking mode and close,
+//! [`watch`] GSource watches and AioContext fd handlers.
 
 mod io;
 mod socket;
@@ -20,19 +20,13 @@ mod testing;
 mod watch;
 
 use self::socket::close_socket;
-pub use self::{
-    io::{
-        qio_channel_close, qio_channel_read, qio_channel_read_all, qio_channel_read_all_eof,
-        qio_channel_set_blocking, qio_channel_shutdown, qio_channel_write, qio_channel_write_all,
-    },
+#[cfg(test)]
+use self::{
+    io::qio_channel_set_blocking,
     socket::{
         qio_channel_socket_accept, qio_channel_socket_connect_sync,
         qio_channel_socket_get_local_address, qio_channel_socket_get_remote_address,
-        qio_channel_socket_listen_sync, qio_channel_socket_new, qio_channel_socket_new_fd,
-    },
-    watch::{
-        qio_channel_add_watch, qio_channel_add_watch_full, qio_channel_add_watch_source,
-        qio_channel_create_watch, qio_channel_set_aio_fd_handler,
+        qio_channel_socket_listen_sync, qio_channel_socket_new,
     },
 };
 
@@ -40,7 +34,7 @@ use std::{ffi::c_char, mem::size_of, ptr};
 
 use crate::{
     error::{ErrorImpl, QError},
-    qom::type_info,
+    qom::{type_info, type_init},
     sys,
 };
 
@@ -74,7 +68,7 @@ unsafe extern "C" fn socket_finalize(obj: *mut sys::Object) {
 const CHANNEL_INFO: sys::TypeInfo = sys::TypeInfo {
     instance_finalize: Some(channel_finalize),
     abstract_: true,
-    class_size: size_of::<sys::QIOChannelClass>(),
+    class_size: size_of::<sys::ObjectClass>(),
     ..type_info(
         TYPE_QIO_CHANNEL,
         Some(c"object"),
@@ -92,11 +86,14 @@ const SOCKET_INFO: sys::TypeInfo = sys::TypeInfo {
     )
 };
 
-/// The QOM types this module implements, registered by the type registry
-/// itself.
-pub(crate) fn type_infos() -> Vec<sys::TypeInfo> {
-    vec![CHANNEL_INFO, SOCKET_INFO]
+unsafe extern "C" fn register_types() {
+    // SAFETY: constant TypeInfos with static strings and callbacks.
+    unsafe {
+        sys::type_register_static(&CHANNEL_INFO);
+        sys::type_register_static(&SOCKET_INFO);
+    }
 }
+type_init!(register_types);
 
 /// The socket channel behind `ioc`, or an error for other channel types.
 ///
@@ -116,28 +113,6 @@ unsafe fn socket_of(ioc: *mut sys::QIOChannel) -> Result<*mut sys::QIOChannelSoc
 // QIOChannel API
 
 /// # Safety
-/// `ioc` is a live channel.
-#[no_mangle]
-pub unsafe extern "C" fn qio_channel_has_feature(
-    ioc: *mut sys::QIOChannel,
-    feature: sys::QIOChannelFeature,
-) -> bool {
-    // SAFETY: caller's contract.
-    unsafe { (*ioc).features & (1 << feature) != 0 }
-}
-
-/// # Safety
-/// `ioc` is a live channel, not being modified concurrently.
-#[no_mangle]
-pub unsafe extern "C" fn qio_channel_set_feature(
-    ioc: *mut sys::QIOChannel,
-    feature: sys::QIOChannelFeature,
-) {
-    // SAFETY: caller's contract.
-    unsafe { (*ioc).features |= 1 << feature };
-}
-
-/// # Safety
 /// `ioc` is a live channel; `name` NULL or NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn qio_channel_set_name(ioc: *mut sys::QIOChannel, name: *const c_char) {
@@ -151,7 +126,7 @@ pub unsafe extern "C" fn qio_channel_set_name(ioc: *mut sys::QIOChannel, name: *
 mod tests {
     use std::ffi::CStr;
 
-    use super::*;
+    use super::{testing::has_feature, *};
 
     #[test]
     fn channel_cast_and_type() {
@@ -168,8 +143,8 @@ mod tests {
             );
             assert_eq!(sys::object_dynamic_cast(o, c"qio-channel".as_ptr()), o);
             assert!(sys::object_dynamic_cast(o, c"qio-dns-resolver".as_ptr()).is_null());
-            assert!(qio_channel_has_feature(
-                c.cast(),
+            assert!(has_feature(
+                c,
                 sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_SHUTDOWN
             ));
             sys::object_unref(c.cast());

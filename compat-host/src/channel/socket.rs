@@ -168,39 +168,6 @@ pub extern "C" fn qio_channel_socket_new() -> *mut sys::QIOChannelSocket {
     sioc
 }
 
-/// # Safety
-/// `fd` is a descriptor the caller hands over (kept by the caller on
-/// failure); `errp` a valid `Error **` or NULL.
-#[no_mangle]
-pub unsafe extern "C" fn qio_channel_socket_new_fd(
-    fd: c_int,
-    errp: *mut *mut sys::Error,
-) -> *mut sys::QIOChannelSocket {
-    if fd < 0 {
-        // SAFETY: caller's contract.
-        unsafe {
-            ErrorImpl::with_errno(libc::EBADF, "Unable to query local socket address")
-                .propagate(errp)
-        };
-        return ptr::null_mut();
-    }
-    let sioc = qio_channel_socket_new();
-    // SAFETY: the caller hands fd over; on failure we give it back
-    // (into_raw_fd) so the caller still owns it, as in QEMU.
-    match unsafe { set_fd(sioc, std::os::fd::FromRawFd::from_raw_fd(fd)) } {
-        Ok(()) => sioc,
-        Err((e, fd)) => {
-            let _ = fd.into_raw_fd();
-            // SAFETY: our channel reference; errp is the caller's.
-            unsafe {
-                sys::object_unref(sioc.cast());
-                e.propagate(errp);
-            }
-            ptr::null_mut()
-        }
-    }
-}
-
 /// Installs a freshly opened socket, closing it (and removing its socket
 /// file for a listener) if the channel cannot take it.
 ///
@@ -385,8 +352,8 @@ mod tests {
     };
 
     #[test]
-    fn accept_errors_and_fd_channels() {
-        if !isolated("channel::socket::tests::accept_errors_and_fd_channels") {
+    fn accept_and_listen_errors() {
+        if !isolated("channel::socket::tests::accept_and_listen_errors") {
             return;
         }
         let before = open_fds();
@@ -404,28 +371,6 @@ mod tests {
             // With no errp, as QEMU: just NULL (no channel, no fd left).
             assert!(qio_channel_socket_accept(l, ptr::null_mut()).is_null());
 
-            // Wrapping a non-socket fails and leaves the fd to us.
-            let f = std::fs::File::open("/proc/self/stat").unwrap();
-            assert!(qio_channel_socket_new_fd(f.as_raw_fd(), &mut err).is_null());
-            let e = crate::error::from_raw(std::mem::replace(&mut err, ptr::null_mut())).unwrap();
-            assert!(
-                e.message()
-                    .starts_with("Unable to query local socket address"),
-                "{}",
-                e.message()
-            );
-            drop(f);
-
-            // Wrapping a connected socket records both addresses.
-            let cfd = address::connect(addr).unwrap();
-            let c = check(
-                qio_channel_socket_new_fd(cfd.into_raw_fd(), &mut err),
-                &mut err,
-            );
-            let r = check(qio_channel_socket_get_remote_address(c, &mut err), &mut err);
-            assert_eq!(address::uri(r), address::uri(addr));
-            address::qapi_free_SocketAddress(r);
-
             // Listening on a port in use fails without leaking.
             let l2 = qio_channel_socket_new();
             assert_eq!(qio_channel_socket_listen_sync(l2, addr, 1, &mut err), -1);
@@ -435,7 +380,7 @@ mod tests {
                 "{}",
                 e.message()
             );
-            for o in [c, l, l2] {
+            for o in [l, l2] {
                 sys::object_unref(o.cast());
             }
             address::qapi_free_SocketAddress(addr);
@@ -451,8 +396,8 @@ mod tests {
         let (l, local) = listener_on(&format!("unix:{}", p.display()));
         // SAFETY: live channel and address.
         unsafe {
-            assert!(qio_channel_has_feature(
-                l.cast(),
+            assert!(has_feature(
+                l,
                 sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_FD_PASS
             ));
             assert!(p.exists());

@@ -3,8 +3,7 @@
 use std::ptr;
 
 use super::{
-    qio_channel_has_feature, qio_channel_socket_get_local_address, qio_channel_socket_listen_sync,
-    qio_channel_socket_new,
+    qio_channel_socket_get_local_address, qio_channel_socket_listen_sync, qio_channel_socket_new,
 };
 use crate::{address::testing::parse_ok, sys};
 
@@ -36,11 +35,23 @@ pub(super) fn listener_on(addr: &str) -> (*mut sys::QIOChannelSocket, *mut sys::
             ),
             0
         );
-        assert!(qio_channel_has_feature(
-            l.cast(),
+        assert!(has_feature(
+            l,
             sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_LISTEN
         ));
         let local = check(qio_channel_socket_get_local_address(l, &mut err), &mut err);
         (l, local)
     }
+}
+
+/// Whether `sioc` has `feature` (QEMU's `qio_channel_has_feature()`).
+///
+/// # Safety
+/// `sioc` is a live channel.
+pub(super) unsafe fn has_feature(
+    sioc: *mut sys::QIOChannelSocket,
+    feature: sys::QIOChannelFeature,
+) -> bool {
+    // SAFETY: caller's contract.
+    unsafe { (*sioc).parent.features & (1 << feature) != 0 }
 }

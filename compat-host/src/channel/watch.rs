@@ -126,8 +126,7 @@ pub unsafe extern "C" fn qio_channel_add_watch(
 /// # Safety
 /// `ioc` is a live socket channel; `func`/`user_data`/`notify` follow
 /// GLib's callback rules; `context` NULL or a live GMainContext.
-#[no_mangle]
-pub unsafe extern "C" fn qio_channel_add_watch_full(
+pub(crate) unsafe fn qio_channel_add_watch_full(
     ioc: *mut sys::QIOChannel,
     condition: sys::GIOCondition,
     func: sys::QIOChannelFunc,
@@ -319,8 +318,8 @@ mod tests {
         let mut err = ptr::null_mut();
         // SAFETY: live channel and contexts for the whole block.
         unsafe {
-            let ctx = check(sys::aio_context_new(&mut err), &mut err);
-            let other = check(sys::aio_context_new(&mut err), &mut err);
+            let ctx = check(crate::aio::aio_context_new(&mut err), &mut err);
+            let other = check(crate::aio::aio_context_new(&mut err), &mut err);
             for (rctx, wctx) in [(ctx, ctx), (ctx, other)] {
                 let before = AIO_FIRED.load(SeqCst);
                 qio_channel_set_aio_fd_handler(
@@ -346,8 +345,8 @@ mod tests {
             sys::aio_poll(ctx, false);
             assert_eq!(AIO_FIRED.load(SeqCst), n);
             drop(c);
-            sys::aio_context_unref(other);
-            sys::aio_context_unref(ctx);
+            crate::aio::aio_context_unref(other);
+            crate::aio::aio_context_unref(ctx);
             sys::object_unref(l.cast());
             address::qapi_free_SocketAddress(addr);
         }

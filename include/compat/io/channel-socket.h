@@ -28,9 +28,6 @@ struct QIOChannelSocket {
 /* A new channel with no socket (fd -1). */
 QIOChannelSocket *qio_channel_socket_new(void);
 
-/* Wraps an existing socket fd (the channel owns it); NULL if not a socket. */
-QIOChannelSocket *qio_channel_socket_new_fd(int fd, Error **errp);
-
 /* Connects to @addr (blocking).  Returns 0 or -1. */
 int qio_channel_socket_connect_sync(QIOChannelSocket *ioc,
                                     SocketAddress *addr,

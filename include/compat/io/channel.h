@@ -12,7 +12,7 @@
 #include "qemu/aio.h"
 
 #define TYPE_QIO_CHANNEL "qio-channel"
-OBJECT_DECLARE_TYPE(QIOChannel, QIOChannelClass, QIO_CHANNEL)
+OBJECT_DECLARE_SIMPLE_TYPE(QIOChannel, QIO_CHANNEL)
 
 #define QIO_CHANNEL_ERR_BLOCK -2
 
@@ -26,14 +26,6 @@ enum QIOChannelFeature {
     QIO_CHANNEL_FEATURE_READ_MSG_PEEK,
     QIO_CHANNEL_FEATURE_SEEKABLE,
     QIO_CHANNEL_FEATURE_CONCURRENT_IO,
-};
-
-typedef enum QIOChannelShutdown QIOChannelShutdown;
-
-enum QIOChannelShutdown {
-    QIO_CHANNEL_SHUTDOWN_READ = 1,
-    QIO_CHANNEL_SHUTDOWN_WRITE = 2,
-    QIO_CHANNEL_SHUTDOWN_BOTH = 3,
 };
 
 typedef gboolean (*QIOChannelFunc)(QIOChannel *ioc,
@@ -51,13 +43,6 @@ struct QIOChannel {
     bool follow_coroutine_ctx;
 };
 
-struct QIOChannelClass {
-    ObjectClass parent;
-};
-
-bool qio_channel_has_feature(QIOChannel *ioc, QIOChannelFeature feature);
-void qio_channel_set_feature(QIOChannel *ioc, QIOChannelFeature feature);
-
 /* Copies @name; shown in error messages and by debuggers. */
 void qio_channel_set_name(QIOChannel *ioc, const char *name);
 
@@ -70,12 +55,6 @@ ssize_t qio_channel_read(QIOChannel *ioc, void *buf, size_t buflen,
 ssize_t qio_channel_write(QIOChannel *ioc, const void *buf, size_t buflen,
                           Error **errp);
 
-/* Returns 1 if all bytes were read, 0 at end of file before any, -1 else. */
-int qio_channel_read_all_eof(QIOChannel *ioc, void *buf, size_t buflen,
-                             Error **errp);
-/* Return 0 if all bytes were read/written, -1 otherwise (also at EOF). */
-int qio_channel_read_all(QIOChannel *ioc, void *buf, size_t buflen,
-                         Error **errp);
 int qio_channel_write_all(QIOChannel *ioc, const void *buf, size_t buflen,
                           Error **errp);
 
@@ -83,8 +62,6 @@ bool qio_channel_set_blocking(QIOChannel *ioc, bool enabled, Error **errp);
 
 /* Closes the channel; further I/O fails.  Returns 0 or -1. */
 int qio_channel_close(QIOChannel *ioc, Error **errp);
-int qio_channel_shutdown(QIOChannel *ioc, QIOChannelShutdown how,
-                         Error **errp);
 
 /*
  * A new, unattached GSource that is ready when @condition holds on the
@@ -96,10 +73,6 @@ GSource *qio_channel_create_watch(QIOChannel *ioc, GIOCondition condition);
 guint qio_channel_add_watch(QIOChannel *ioc, GIOCondition condition,
                             QIOChannelFunc func, gpointer user_data,
                             GDestroyNotify notify);
-guint qio_channel_add_watch_full(QIOChannel *ioc, GIOCondition condition,
-                                 QIOChannelFunc func, gpointer user_data,
-                                 GDestroyNotify notify,
-                                 GMainContext *context);
 
 /*
  * As qio_channel_create_watch(), with @func/@user_data/@notify set and

@@ -13,17 +13,7 @@
 
 #include "qemu/typedefs.h"
 
-typedef enum ErrorClass {
-    ERROR_CLASS_GENERIC_ERROR,
-    ERROR_CLASS_COMMAND_NOT_FOUND,
-    ERROR_CLASS_DEVICE_NOT_ACTIVE,
-    ERROR_CLASS_DEVICE_NOT_FOUND,
-    ERROR_CLASS_KVM_MISSING_CAP,
-    ERROR_CLASS__MAX,
-} ErrorClass;
-
 const char *error_get_pretty(const Error *err);
-ErrorClass error_get_class(const Error *err);
 
 #define error_setg(errp, fmt, ...)                              \
     error_setg_internal((errp), __FILE__, __LINE__, __func__,   \
@@ -33,24 +23,10 @@ void error_setg_internal(Error **errp,
                          const char *fmt, ...)
     G_GNUC_PRINTF(5, 6);
 
-#define error_setg_errno(errp, os_error, fmt, ...)                      \
-    error_setg_errno_internal((errp), __FILE__, __LINE__, __func__,     \
-                              (os_error), (fmt), ## __VA_ARGS__)
-void error_setg_errno_internal(Error **errp,
-                               const char *fname, int line, const char *func,
-                               int os_error, const char *fmt, ...)
-    G_GNUC_PRINTF(6, 7);
-
-/* Prepends a formatted prefix to *errp's message (no-op if no error). */
-void error_prepend(Error *const *errp, const char *fmt, ...)
-    G_GNUC_PRINTF(2, 3);
-
 /* Moves @local_err into *@dst_errp; frees it if @dst_errp is NULL or set. */
 void error_propagate(Error **dst_errp, Error *local_err);
 
-Error *error_copy(const Error *err);
 void error_free(Error *err);
-void error_free_or_abort(Error **errp);
 
 /* Prints "error: MSG" to stderr and frees @err. */
 void error_report_err(Error *err);

@@ -90,10 +90,6 @@ struct SocketAddress {
     } u;
 };
 
-void qapi_free_InetSocketAddress(InetSocketAddress *obj);
-void qapi_free_UnixSocketAddress(UnixSocketAddress *obj);
-void qapi_free_VsockSocketAddress(VsockSocketAddress *obj);
-void qapi_free_FdSocketAddress(FdSocketAddress *obj);
 /* Frees @obj and every string it owns; NULL is allowed. */
 void qapi_free_SocketAddress(SocketAddress *obj);
 

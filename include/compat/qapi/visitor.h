@@ -24,27 +24,9 @@
 
 #include "qemu/typedefs.h"
 
-bool visit_type_int(Visitor *v, const char *name, int64_t *obj, Error **errp);
-bool visit_type_uint8(Visitor *v, const char *name, uint8_t *obj,
-                      Error **errp);
-bool visit_type_uint16(Visitor *v, const char *name, uint16_t *obj,
-                       Error **errp);
-bool visit_type_uint32(Visitor *v, const char *name, uint32_t *obj,
-                       Error **errp);
 bool visit_type_uint64(Visitor *v, const char *name, uint64_t *obj,
                        Error **errp);
-bool visit_type_int8(Visitor *v, const char *name, int8_t *obj, Error **errp);
-bool visit_type_int16(Visitor *v, const char *name, int16_t *obj,
-                      Error **errp);
-bool visit_type_int32(Visitor *v, const char *name, int32_t *obj,
-                      Error **errp);
 bool visit_type_int64(Visitor *v, const char *name, int64_t *obj,
                       Error **errp);
-/* As visit_type_uint64() (QEMU's string visitors also take suffixes). */
-bool visit_type_size(Visitor *v, const char *name, uint64_t *obj,
-                     Error **errp);
-bool visit_type_bool(Visitor *v, const char *name, bool *obj, Error **errp);
-/* An output visit of a NULL *obj records "". */
-bool visit_type_str(Visitor *v, const char *name, char **obj, Error **errp);
 
 #endif /* QAPI_VISITOR_H */

@@ -35,7 +35,4 @@
 #define AIO_WAIT_WHILE_UNLOCKED(ctx, cond)                         \
     AIO_WAIT_WHILE_INTERNAL(ctx, cond)
 
-/* Wakes the main thread's AIO_WAIT_WHILE so it re-evaluates its condition. */
-void aio_wait_kick(void);
-
 #endif /* QEMU_AIO_WAIT_H */

@@ -23,12 +23,6 @@ typedef void IOHandler(void *opaque);
 
 typedef struct MemReentrancyGuard MemReentrancyGuard;
 
-/* A new AioContext with one reference; NULL and an error if out of fds. */
-AioContext *aio_context_new(Error **errp);
-/* Reference counting; the context is freed with its last reference. */
-void aio_context_ref(AioContext *ctx);
-void aio_context_unref(AioContext *ctx);
-
 /*
  * Runs @cb(@opaque) once in @ctx's thread, as soon as possible.  Callable
  * from any thread.  @name is for debugging.
@@ -38,17 +32,8 @@ void aio_bh_schedule_oneshot_full(AioContext *ctx, QEMUBHFunc *cb,
 #define aio_bh_schedule_oneshot(ctx, cb, opaque) \
     aio_bh_schedule_oneshot_full((ctx), (cb), (opaque), (stringify(cb)))
 
-/* A reusable bottom half: qemu_bh_schedule() runs it once per schedule. */
-QEMUBH *aio_bh_new_full(AioContext *ctx, QEMUBHFunc *cb, void *opaque,
-                        const char *name, MemReentrancyGuard *reentrancy_guard);
 #define aio_bh_new(ctx, cb, opaque) \
     aio_bh_new_full((ctx), (cb), (opaque), (stringify(cb)), NULL)
-void qemu_bh_schedule(QEMUBH *bh);
-void qemu_bh_cancel(QEMUBH *bh);
-void qemu_bh_delete(QEMUBH *bh);
-
-/* Wakes up a blocking aio_poll() of @ctx (from any thread). */
-void aio_notify(AioContext *ctx);
 
 /*
  * Runs ready handlers, bottom halves and expired timers once.  If
@@ -70,9 +55,6 @@ void aio_set_fd_handler(AioContext *ctx,
                         AioPollFn *io_poll,
                         IOHandler *io_poll_ready,
                         void *opaque);
-
-/* The context as a GSource (with a new reference), to attach to GLib. */
-GSource *aio_get_g_source(AioContext *ctx);
 
 /* A timer in @ctx: @cb runs in @ctx's thread when it expires. */
 QEMUTimer *aio_timer_new(AioContext *ctx, QEMUClockType type, int scale,

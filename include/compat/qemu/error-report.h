@@ -8,7 +8,5 @@
 #define QEMU_ERROR_REPORT_H
 
 void error_report(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-void warn_report(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-void info_report(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
 #endif /* QEMU_ERROR_REPORT_H */

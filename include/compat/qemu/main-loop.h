@@ -15,16 +15,7 @@
 /* Returns 0, or -1 and an error.  Calling it again is a no-op. */
 int qemu_init_main_loop(Error **errp);
 
-/* One iteration of the default GMainContext (blocking unless @nonblocking). */
-void main_loop_wait(int nonblocking);
-
 /* The main-loop AioContext; NULL before qemu_init_main_loop(). */
 AioContext *qemu_get_aio_context(void);
-
-/* Wakes up main_loop_wait(). */
-void qemu_notify_event(void);
-
-/* Whether the caller is the main thread (the compat host has no BQL). */
-bool qemu_in_main_thread(void);
 
 #endif /* QEMU_MAIN_LOOP_H */

@@ -24,18 +24,11 @@ typedef enum {
 
 typedef void QEMUTimerCB(void *opaque);
 
-/*
- * Nanoseconds on @type.  QEMU_CLOCK_HOST is wall-clock time; every other
- * clock is the monotonic clock (the compat host runs no guest).
- */
-int64_t qemu_clock_get_ns(QEMUClockType type);
 int64_t qemu_clock_get_ms(QEMUClockType type);
-int64_t qemu_clock_get_us(QEMUClockType type);
 
 /* Arms @ts to fire at @expire_time (in the timer's scale); callable anywhere. */
 void timer_mod(QEMUTimer *ts, int64_t expire_time);
 void timer_del(QEMUTimer *ts);
-bool timer_pending(QEMUTimer *ts);
 /* Disarms and frees @ts; NULL is allowed. */
 void timer_free(QEMUTimer *ts);
 

@@ -1,9 +1,10 @@
 /*
  * qemu-compat-host: the QEMU Object Model subset of QEMU's qom/object.h:
  * type registration, object_new/ref/unref with a finalize chain, the
- * checked casts behind OBJECT_DECLARE_SIMPLE_TYPE, and properties (object
- * and class properties with visitor-based accessors, the scalar getters
- * and setters, and the str/bool/integer-pointer helpers).  Layouts of
+ * checked casts behind OBJECT_DECLARE_SIMPLE_TYPE, and object properties
+ * (visitor-based accessors, the scalar getters and setters, and the
+ * str/bool/integer-pointer helpers).  Interfaces are not supported
+ * (TypeInfo::interfaces must be NULL).  Layouts of
  * Object, ObjectClass's first member, ObjectProperty and TypeInfo are
  * QEMU 10.2's.
  *
@@ -17,11 +18,9 @@
 struct TypeImpl;
 typedef struct TypeImpl *Type;
 typedef struct TypeInfo TypeInfo;
-typedef struct InterfaceClass InterfaceClass;
 typedef struct InterfaceInfo InterfaceInfo;
 
 #define TYPE_OBJECT "object"
-#define TYPE_INTERFACE "interface"
 
 typedef struct ObjectProperty ObjectProperty;
 
@@ -117,48 +116,14 @@ struct TypeInfo {
 #define OBJECT(obj) \
     ((Object *)(obj))
 
-#define OBJECT_CLASS(class) \
-    ((ObjectClass *)(class))
-
 #define OBJECT_CHECK(type, obj, name) \
     ((type *)object_dynamic_cast_assert(OBJECT(obj), (name), \
                                         __FILE__, __LINE__, __func__))
-
-#define OBJECT_CLASS_CHECK(class_type, class, name) \
-    ((class_type *)object_class_dynamic_cast_assert(OBJECT_CLASS(class), \
-                                               (name), __FILE__, __LINE__, \
-                                               __func__))
-
-#define OBJECT_GET_CLASS(class, obj, name) \
-    OBJECT_CLASS_CHECK(class, object_get_class(OBJECT(obj)), name)
 
 #define DECLARE_INSTANCE_CHECKER(InstanceType, OBJ_NAME, TYPENAME) \
     static inline G_GNUC_UNUSED InstanceType * \
     OBJ_NAME(const void *obj) \
     { return OBJECT_CHECK(InstanceType, obj, TYPENAME); }
-
-#define DECLARE_CLASS_CHECKERS(ClassType, OBJ_NAME, TYPENAME) \
-    static inline G_GNUC_UNUSED ClassType * \
-    OBJ_NAME##_GET_CLASS(const void *obj) \
-    { return OBJECT_GET_CLASS(ClassType, obj, TYPENAME); } \
-    \
-    static inline G_GNUC_UNUSED ClassType * \
-    OBJ_NAME##_CLASS(const void *klass) \
-    { return OBJECT_CLASS_CHECK(ClassType, klass, TYPENAME); }
-
-#define DECLARE_OBJ_CHECKERS(InstanceType, ClassType, OBJ_NAME, TYPENAME) \
-    DECLARE_INSTANCE_CHECKER(InstanceType, OBJ_NAME, TYPENAME) \
-    \
-    DECLARE_CLASS_CHECKERS(ClassType, OBJ_NAME, TYPENAME)
-
-#define OBJECT_DECLARE_TYPE(InstanceType, ClassType, MODULE_OBJ_NAME) \
-    typedef struct InstanceType InstanceType; \
-    typedef struct ClassType ClassType; \
-    \
-    G_DEFINE_AUTOPTR_CLEANUP_FUNC(InstanceType, object_unref) \
-    \
-    DECLARE_OBJ_CHECKERS(InstanceType, ClassType, \
-                         MODULE_OBJ_NAME, TYPE_##MODULE_OBJ_NAME)
 
 #define OBJECT_DECLARE_SIMPLE_TYPE(InstanceType, MODULE_OBJ_NAME) \
     typedef struct InstanceType InstanceType; \
@@ -182,10 +147,7 @@ Object *object_ref(void *obj);
  */
 void object_unref(void *obj);
 
-ObjectClass *object_get_class(Object *obj);
 const char *object_get_typename(const Object *obj);
-const char *object_class_get_name(ObjectClass *klass);
-ObjectClass *object_class_by_name(const char *typename);
 
 /* Returns @obj if it is an instance of @typename (or a subtype), else NULL. */
 Object *object_dynamic_cast(Object *obj, const char *typename);
@@ -194,15 +156,6 @@ Object *object_dynamic_cast(Object *obj, const char *typename);
 Object *object_dynamic_cast_assert(Object *obj, const char *typename,
                                    const char *file, int line,
                                    const char *func);
-
-ObjectClass *object_class_dynamic_cast(ObjectClass *klass,
-                                       const char *typename);
-ObjectClass *object_class_dynamic_cast_assert(ObjectClass *klass,
-                                              const char *typename,
-                                              const char *file, int line,
-                                              const char *func);
-
-ObjectClass *object_class_get_parent(ObjectClass *klass);
 
 /*
  * Properties.
@@ -245,26 +198,12 @@ ObjectProperty *object_property_add(Object *obj, const char *name,
  */
 void object_property_del(Object *obj, const char *name);
 
-/* A property of every instance of @klass; a duplicate name aborts. */
-ObjectProperty *object_class_property_add(ObjectClass *klass, const char *name,
-                                          const char *type,
-                                          ObjectPropertyAccessor *get,
-                                          ObjectPropertyAccessor *set,
-                                          ObjectPropertyRelease *release,
-                                          void *opaque);
-
 /* The property, or NULL. */
 ObjectProperty *object_property_find(Object *obj, const char *name);
 /* The property, or NULL and "Property 'TYPE.NAME' not found". */
 ObjectProperty *object_property_find_err(Object *obj,
                                          const char *name,
                                          Error **errp);
-ObjectProperty *object_class_property_find(ObjectClass *klass,
-                                           const char *name);
-/* The property, or NULL and "Property '.NAME' not found". */
-ObjectProperty *object_class_property_find_err(ObjectClass *klass,
-                                               const char *name,
-                                               Error **errp);
 
 /*
  * Scalar access, as QEMU's QObject-based getters and setters: the value
@@ -305,20 +244,11 @@ const char *object_property_get_type(Object *obj, const char *name,
 ObjectProperty *object_property_add_str(Object *obj, const char *name,
                              char *(*get)(Object *, Error **),
                              void (*set)(Object *, const char *, Error **));
-ObjectProperty *object_class_property_add_str(ObjectClass *klass,
-                                   const char *name,
-                                   char *(*get)(Object *, Error **),
-                                   void (*set)(Object *, const char *,
-                                               Error **));
 
 /* A "bool" property read and written through @get and @set. */
 ObjectProperty *object_property_add_bool(Object *obj, const char *name,
                               bool (*get)(Object *, Error **),
                               void (*set)(Object *, bool, Error **));
-ObjectProperty *object_class_property_add_bool(ObjectClass *klass,
-                                    const char *name,
-                                    bool (*get)(Object *, Error **),
-                                    void (*set)(Object *, bool, Error **));
 
 typedef enum {
     /* a getter reads *v */
@@ -336,24 +266,8 @@ typedef enum {
 ObjectProperty *object_property_add_uint8_ptr(Object *obj, const char *name,
                                               const uint8_t *v,
                                               ObjectPropertyFlags flags);
-ObjectProperty *object_property_add_uint16_ptr(Object *obj, const char *name,
-                                    const uint16_t *v,
-                                    ObjectPropertyFlags flags);
-ObjectProperty *object_property_add_uint32_ptr(Object *obj, const char *name,
-                                    const uint32_t *v,
-                                    ObjectPropertyFlags flags);
 ObjectProperty *object_property_add_uint64_ptr(Object *obj, const char *name,
                                     const uint64_t *v,
                                     ObjectPropertyFlags flags);
-ObjectProperty *object_class_property_add_uint64_ptr(ObjectClass *klass,
-                                          const char *name,
-                                          const uint64_t *v,
-                                          ObjectPropertyFlags flags);
-
-/* Replaces the description; the property must exist (else aborts). */
-void object_property_set_description(Object *obj, const char *name,
-                                     const char *description);
-void object_class_property_set_description(ObjectClass *klass, const char *name,
-                                           const char *description);
 
 #endif /* QEMU_OBJECT_H */

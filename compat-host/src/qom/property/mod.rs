@@ -1,36 +1,35 @@
-//! QOM properties of qom/object.h: object and class properties with
-//! visitor-based accessors, the scalar getters and setters, and the
-//! str/bool/integer-pointer helpers.
+//! QOM properties of qom/object.h: object properties with visitor-based
+//! accessors, the scalar getters and setters, and the str/bool/integer-
+//! pointer helpers.  No class properties: the only one QEMU code here
+//! relies on, "type", is one property shared by every object.
 //!
 //! An object's properties live in a [`PropTable`] that its (otherwise
 //! unused) `Object::properties` field points to, created at the first
-//! `object_property_add`; a class's live in `ObjectClass::properties`
-//! likewise and are never freed, as classes are not.  Each property is a
-//! boxed `ObjectProperty` with QEMU's layout, so the pointer returned by
-//! `object_property_add` stays valid until the property is deleted, and C
-//! code may read and set its fields as in QEMU.
+//! `object_property_add`.  Each property is a boxed `ObjectProperty` with
+//! QEMU's layout, so the pointer returned by `object_property_add` stays
+//! valid until the property is deleted, and C code may read and set its
+//! fields as in QEMU.
 //!
-//! The semantics follow QEMU 10.2's `qom/object.c`: lookups try the class
-//! properties (parent classes first) before the object's own; at finalize
-//! every property's release runs once, before the first instance_finalize;
+//! The semantics follow QEMU 10.2's `qom/object.c`: at finalize every
+//! property's release runs once, before the first instance_finalize;
 //! the scalar getters and setters convert values as QEMU's QObject visitors
 //! do, with QEMU's error messages.  Table locks are never held while an
 //! accessor or release function runs, so those may use QOM freely,
 //! including on the same object.
 
 use std::{
-    ffi::{c_char, c_void, CStr, CString},
+    ffi::{c_char, c_void, CStr},
     io::Write,
     ptr::{self, addr_of_mut},
     sync::{
-        atomic::{AtomicBool, AtomicPtr, Ordering},
+        atomic::{AtomicPtr, Ordering},
         Mutex,
     },
 };
 
 use crate::{
     error::{error_abort, ErrorImpl},
-    qom::{class_chain, object_get_typename},
+    qom::types::object_get_typename,
     sys,
     util::cstr,
 };
@@ -38,13 +37,14 @@ use crate::{
 mod access;
 mod helpers;
 #[cfg(test)]
+use self::{access::*, helpers::*};
+#[cfg(test)]
 mod tests;
 
-pub use access::*;
-pub(crate) use helpers::object_class_init;
-pub use helpers::*;
-
 type Errp = *mut *mut sys::Error;
+
+/// The name of the property every object has.
+const TYPE_PROPERTY: &CStr = c"type";
 
 /// One property: QEMU's struct, owning its strings (g_malloc'ed, since C
 /// may replace `description` the QEMU way).
@@ -133,13 +133,6 @@ unsafe fn object_table<'a>(obj: *mut sys::Object, create: bool) -> Option<&'a Pr
 }
 
 /// # Safety
-/// `klass` is a live class.
-unsafe fn class_table<'a>(klass: *mut sys::ObjectClass, create: bool) -> Option<&'a PropTable> {
-    // SAFETY: caller's contract.
-    unsafe { table(addr_of_mut!((*klass).properties), create) }
-}
-
-/// # Safety
 /// `p` is NULL or NUL-terminated and outlives `'a`.
 unsafe fn name_arg<'a>(p: *const c_char, what: &str) -> &'a CStr {
     if p.is_null() {
@@ -195,25 +188,10 @@ unsafe fn new_prop(
 // Lookup
 
 /// # Safety
-/// `klass` is a live class.
-unsafe fn class_find(klass: *mut sys::ObjectClass, name: &CStr) -> *mut sys::ObjectProperty {
-    // SAFETY: caller's contract; a class's ancestors are live classes.
-    let chain: Vec<_> = unsafe { class_chain(klass) }.collect();
-    chain
-        .iter()
-        .rev()
-        // SAFETY: as above.
-        .find_map(|&k| unsafe { class_table(k, false) }.and_then(|t| t.find(name)))
-        .unwrap_or(ptr::null_mut())
-}
-
-/// # Safety
 /// `obj` is a live object.
 unsafe fn find(obj: *mut sys::Object, name: &CStr) -> *mut sys::ObjectProperty {
-    // SAFETY: caller's contract.
-    let p = unsafe { class_find((*obj).class, name) };
-    if !p.is_null() {
-        return p;
+    if name == TYPE_PROPERTY {
+        return helpers::type_property();
     }
     // SAFETY: caller's contract.
     unsafe { object_table(obj, false) }
@@ -258,37 +236,6 @@ pub unsafe extern "C" fn object_property_find_err(
     p
 }
 
-/// # Safety
-/// `klass` is a live class; `name` NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_property_find(
-    klass: *mut sys::ObjectClass,
-    name: *const c_char,
-) -> *mut sys::ObjectProperty {
-    let klass = live(klass, "object_class_property_find");
-    // SAFETY: caller's contract.
-    unsafe { class_find(klass, name_arg(name, "object_class_property_find")) }
-}
-
-/// # Safety
-/// As [`object_class_property_find`]; `errp` NULL or a valid `Error **`.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_property_find_err(
-    klass: *mut sys::ObjectClass,
-    name: *const c_char,
-    errp: Errp,
-) -> *mut sys::ObjectProperty {
-    // SAFETY: caller's contract.
-    let p = unsafe { object_class_property_find(klass, name) };
-    if p.is_null() {
-        // SAFETY: name is valid (checked by the call above).
-        let n = unsafe { CStr::from_ptr(name) }.to_string_lossy();
-        // SAFETY: caller's contract.
-        unsafe { ErrorImpl::new(format!("Property '.{n}' not found")).propagate(errp) };
-    }
-    p
-}
-
 // ---------------------------------------------------------------------------
 // Adding and deleting
 
@@ -305,8 +252,7 @@ unsafe fn insert(
     release: sys::ObjectPropertyRelease,
     opaque: *mut c_void,
 ) -> Option<*mut sys::ObjectProperty> {
-    // SAFETY: caller's contract.
-    if unsafe { !class_find((*obj).class, name).is_null() } {
+    if name == TYPE_PROPERTY {
         return None;
     }
     // SAFETY: caller's contract.
@@ -340,16 +286,11 @@ pub unsafe extern "C" fn object_property_try_add(
     let obj = live(obj, "object_property_try_add");
     // SAFETY: caller's contract.
     let name = unsafe { name_arg(name, "object_property_try_add") };
-    if let Some(base) = name.to_bytes().strip_suffix(b"[*]") {
-        let base = String::from_utf8_lossy(base);
-        for i in 0..i16::MAX {
-            let full = CString::new(format!("{base}[{i}]")).unwrap_or_default();
-            // SAFETY: caller's contract.
-            if let Some(p) = unsafe { insert(obj, &full, type_, get, set, release, opaque) } {
-                return p;
-            }
-        }
-        die(&format!("no free index for property '{base}[*]'"));
+    if name.to_bytes().ends_with(b"[*]") {
+        die(&format!(
+            "property '{}': array properties are not supported",
+            name.to_string_lossy()
+        ));
     }
     // SAFETY: caller's contract.
     if let Some(p) = unsafe { insert(obj, name, type_, get, set, release, opaque) } {
@@ -394,49 +335,6 @@ pub unsafe extern "C" fn object_property_add(
 }
 
 /// # Safety
-/// `klass` is a live class; the strings NULL or NUL-terminated; the
-/// accessors and `opaque` valid for the life of the process.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_property_add(
-    klass: *mut sys::ObjectClass,
-    name: *const c_char,
-    type_: *const c_char,
-    get: sys::ObjectPropertyAccessor,
-    set: sys::ObjectPropertyAccessor,
-    release: sys::ObjectPropertyRelease,
-    opaque: *mut c_void,
-) -> *mut sys::ObjectProperty {
-    let klass = live(klass, "object_class_property_add");
-    // SAFETY: caller's contract.
-    let name = unsafe { name_arg(name, "object_class_property_add") };
-    // SAFETY: caller's contract.
-    if unsafe { !class_find(klass, name).is_null() } {
-        die(&format!(
-            "object_class_property_add: duplicate property '{}'",
-            name.to_string_lossy()
-        ));
-    }
-    // SAFETY: caller's contract.
-    let Some(t) = (unsafe { class_table(klass, true) }) else {
-        unreachable!("created on demand")
-    };
-    // SAFETY: caller's contract.
-    let mut p = unsafe { new_prop(name, type_, get, set, release, opaque) };
-    let ret = ptr::addr_of_mut!(p.0);
-    if release.is_some() {
-        CLASS_RELEASES.store(true, Ordering::Release);
-    }
-    t.lock().push(p);
-    ret
-}
-
-/// Whether a class property with a release function was ever added.
-/// QEMU's class property helpers add none, so usually there is none and
-/// finalizing an object without properties of its own (every accepted
-/// client's channel) looks at no class table.
-static CLASS_RELEASES: AtomicBool = AtomicBool::new(false);
-
-/// # Safety
 /// `obj` is a live object; `name` NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn object_property_del(obj: *mut sys::Object, name: *const c_char) {
@@ -473,20 +371,16 @@ pub unsafe extern "C" fn object_property_del(obj: *mut sys::Object, name: *const
 /// Runs every release function once and frees the object's own table:
 /// QEMU's object_property_del_all(), called before instance_finalize.
 /// A release function may add or delete properties; each property is
-/// released at most once.  With `classes` false only the object's own
-/// properties are released (for those added by an instance_finalize,
-/// after the class properties were released already).
+/// released at most once.
 ///
 /// # Safety
 /// `obj` is an object being finalized (no other user).
 #[inline]
-pub(crate) unsafe fn finalize(obj: *mut sys::Object, classes: bool) {
+pub(crate) unsafe fn finalize(obj: *mut sys::Object) {
     // SAFETY: caller's contract.
-    if unsafe { object_table(obj, false) }.is_some()
-        || (classes && CLASS_RELEASES.load(Ordering::Acquire))
-    {
+    if unsafe { object_table(obj, false) }.is_some() {
         // SAFETY: caller's contract.
-        unsafe { release_all(obj, classes) }
+        unsafe { release_all(obj) }
     }
 }
 
@@ -494,11 +388,11 @@ pub(crate) unsafe fn finalize(obj: *mut sys::Object, classes: bool) {
 /// As [`finalize`].
 #[cold]
 #[inline(never)]
-unsafe fn release_all(obj: *mut sys::Object, classes: bool) {
+unsafe fn release_all(obj: *mut sys::Object) {
     let mut done: Vec<*const sys::ObjectProperty> = Vec::new();
     loop {
         // SAFETY: caller's contract.
-        let next = unsafe { next_release(obj, &done, classes) };
+        let next = unsafe { next_release(obj, &done) };
         let Some((p, release)) = next else { break };
         done.push(p);
         // SAFETY: p is live until deleted; its name and opaque are read
@@ -517,15 +411,14 @@ unsafe fn release_all(obj: *mut sys::Object, classes: bool) {
 
 type Release = unsafe extern "C" fn(*mut sys::Object, *const c_char, *mut c_void);
 
-/// The first property with a release function not yet in `done`: the
-/// object's own, then (if `classes`) its class's and its parents'.
+/// The first of the object's properties with a release function not yet
+/// in `done`.
 ///
 /// # Safety
 /// `obj` is a live object.
 unsafe fn next_release(
     obj: *mut sys::Object,
     done: &[*const sys::ObjectProperty],
-    classes: bool,
 ) -> Option<(*const sys::ObjectProperty, Release)> {
     let pick = |t: &PropTable| {
         t.lock().iter().find_map(|p| {
@@ -534,14 +427,5 @@ unsafe fn next_release(
         })
     };
     // SAFETY: caller's contract.
-    if let Some(found) = unsafe { object_table(obj, false) }.and_then(pick) {
-        return Some(found);
-    }
-    if !classes {
-        return None;
-    }
-    // SAFETY: caller's contract; ancestors' classes are live.
-    unsafe { class_chain((*obj).class) }
-        // SAFETY: as above.
-        .find_map(|k| unsafe { class_table(k, false) }.and_then(pick))
+    unsafe { object_table(obj, false) }.and_then(pick)
 }

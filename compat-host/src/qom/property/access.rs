@@ -4,12 +4,12 @@
 
 use std::{
     ffi::{c_char, CStr},
-    ptr::{self, addr_of_mut},
+    ptr::{self},
 };
 
-use super::{class_table, die, live, name_arg, object_property_find_err, typename, Errp};
+use super::{die, live, name_arg, object_property_find_err, typename, Errp};
 use crate::{
-    error::{error_abort, error_propagate, ErrorImpl},
+    error::{error_propagate, ErrorImpl},
     sys,
     visitor::{Scalar, VisitorImpl},
 };
@@ -290,51 +290,4 @@ pub unsafe extern "C" fn object_property_get_type(
     }
     // SAFETY: a live property.
     unsafe { (*p).type_ }
-}
-
-/// # Safety
-/// `p` is a live property; `description` NULL or NUL-terminated.
-unsafe fn set_description(p: *mut sys::ObjectProperty, description: *const c_char) {
-    // SAFETY: caller's contract; the old description is ours (g_malloc).
-    unsafe {
-        sys::g_free((*p).description.cast());
-        (*p).description = sys::g_strdup(description);
-    }
-}
-
-/// # Safety
-/// `obj` is a live object with property `name`; `description` NULL or
-/// NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn object_property_set_description(
-    obj: *mut sys::Object,
-    name: *const c_char,
-    description: *const c_char,
-) {
-    // SAFETY: caller's contract; &error_abort is a valid destination.
-    let p = unsafe { object_property_find_err(obj, name, addr_of_mut!(error_abort)) };
-    // SAFETY: found, hence live.
-    unsafe { set_description(p, description) };
-}
-
-/// # Safety
-/// `klass` is a live class that itself has property `name`.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_property_set_description(
-    klass: *mut sys::ObjectClass,
-    name: *const c_char,
-    description: *const c_char,
-) {
-    let klass = live(klass, "object_class_property_set_description");
-    // SAFETY: caller's contract.
-    let n = unsafe { name_arg(name, "object_class_property_set_description") };
-    // SAFETY: caller's contract.
-    let Some(p) = (unsafe { class_table(klass, false) }).and_then(|t| t.find(n)) else {
-        die(&format!(
-            "object_class_property_set_description: no property '{}'",
-            n.to_string_lossy()
-        ));
-    };
-    // SAFETY: found, hence live.
-    unsafe { set_description(p, description) };
 }

@@ -2,8 +2,8 @@
 
 use std::{
     cell::Cell as Shared,
+    ffi::CString,
     mem::size_of,
-    os::unix::process::ExitStatusExt,
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
         Once,
@@ -12,10 +12,13 @@ use std::{
 
 use super::*;
 use crate::{
-    qom::{object_class_get_parent, object_new, object_ref, object_unref, type_register_static},
+    qom::{
+        object::{object_new, object_ref, object_unref},
+        types::type_register_static,
+    },
     util::{
         g_strdup,
-        testing::{in_child, run_child},
+        testing::{abort_message, in_child},
     },
     visitor::{visit_type_int64, visit_type_uint64},
 };
@@ -40,34 +43,6 @@ unsafe fn note(o: *mut sys::Object, what: String) {
     if !log.is_null() {
         // SAFETY: the test keeps the log alive.
         unsafe { &*log }.lock().unwrap().push(what);
-    }
-}
-
-unsafe extern "C" fn note_class_release(o: *mut sys::Object, _n: *const c_char, _p: *mut c_void) {
-    // SAFETY: o is a TestObj (or subtype) being finalized.
-    unsafe { note(o, "class release".into()) };
-}
-
-unsafe extern "C" fn sub_class_init(k: *mut sys::ObjectClass, _d: *const c_void) {
-    static CLASS_VALUE: u64 = 42;
-    // SAFETY: k is the class being initialised; the value is static.
-    unsafe {
-        object_class_property_add_uint64_ptr(
-            k,
-            c"class-value".as_ptr(),
-            &CLASS_VALUE,
-            sys::ObjectPropertyFlags_OBJ_PROP_FLAG_READ,
-        );
-        object_class_property_add(
-            k,
-            c"class-released".as_ptr(),
-            c"uint64".as_ptr(),
-            None,
-            None,
-            Some(note_class_release),
-            ptr::null_mut(),
-        );
-        object_class_property_set_description(k, c"class-value".as_ptr(), c"forty-two".as_ptr());
     }
 }
 
@@ -106,7 +81,6 @@ fn setup() {
         let sub = sys::TypeInfo {
             name: c"test-prop-sub".as_ptr(),
             parent: c"test-prop-obj".as_ptr(),
-            class_init: Some(sub_class_init),
             ..Default::default()
         };
         let late = sys::TypeInfo {
@@ -359,7 +333,7 @@ fn release_may_change_properties() {
 }
 
 #[test]
-fn duplicates_and_array_names() {
+fn duplicates_and_the_type_property() {
     let log = Mutex::new(Vec::new());
     let o = new_obj(c"test-prop-obj", &log);
     let mut err: *mut sys::Error = ptr::null_mut();
@@ -386,18 +360,12 @@ fn duplicates_and_array_names() {
     );
     assert!(
         add(c"type", &mut err).is_null(),
-        "the class property 'type' exists"
+        "every object has the property 'type'"
     );
     assert_eq!(
         take_err(&mut err),
         "attempt to add duplicate property 'type' to object (type 'test-prop-obj')"
     );
-    for i in 0..3 {
-        let p = add(c"slot[*]", &mut err);
-        // SAFETY: a live property.
-        let name = unsafe { CStr::from_ptr((*p).name) };
-        assert_eq!(name.to_str().unwrap(), format!("slot[{i}]"));
-    }
     // SAFETY: o is live.
     unsafe {
         let s = object_property_get_str(o, c"type".as_ptr(), &mut err);
@@ -419,32 +387,46 @@ fn duplicates_and_array_names() {
 
 #[test]
 fn add_duplicate_aborts() {
+    adding_aborts(
+        "qom::property::tests::add_duplicate_aborts",
+        &[c"d", c"d"],
+        "attempt to add duplicate property 'd' to object (type 'test-prop-obj')",
+    );
+}
+
+#[test]
+fn array_names_abort() {
+    adding_aborts(
+        "qom::property::tests::array_names_abort",
+        &[c"slot[*]"],
+        "property 'slot[*]': array properties are not supported",
+    );
+}
+
+/// In a child process (test `name`), adds properties `names` to an object
+/// with object_property_add(), which must abort saying `expected`.
+fn adding_aborts(name: &str, names: &[&CStr], expected: &str) {
     if in_child() {
         let log = Mutex::new(Vec::new());
         let o = new_obj(c"test-prop-obj", &log);
-        // SAFETY: o is live; the second add aborts.
-        unsafe {
-            for _ in 0..2 {
+        for n in names {
+            // SAFETY: o is live; a property without callbacks.
+            unsafe {
                 object_property_add(
                     o,
-                    c"d".as_ptr(),
+                    n.as_ptr(),
                     ptr::null(),
                     None,
                     None,
                     None,
                     ptr::null_mut(),
-                );
-            }
+                )
+            };
         }
         return;
     }
-    let out = run_child("property::tests::add_duplicate_aborts");
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("attempt to add duplicate property 'd' to object (type 'test-prop-obj')"),
-        "{err}"
-    );
+    let err = abort_message(name);
+    assert!(err.contains(expected), "{err}");
 }
 
 #[test]
@@ -456,9 +438,7 @@ fn del_of_missing_property_aborts() {
         unsafe { object_property_del(o, c"nope".as_ptr()) };
         return;
     }
-    let out = run_child("property::tests::del_of_missing_property_aborts");
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = abort_message("qom::property::tests::del_of_missing_property_aborts");
     assert!(err.contains("has no property 'nope'"), "{err}");
 }
 
@@ -467,32 +447,32 @@ fn pointer_properties_and_flags() {
     let log = Mutex::new(Vec::new());
     let o = new_obj(c"test-prop-obj", &log);
     let mut err: *mut sys::Error = ptr::null_mut();
-    let (u8v, u16v, u32v, u64v) = (
+    let (u8v, ro, wo, u64v) = (
         Shared::new(7u8),
-        1000u16,
-        Shared::new(0u32),
+        200u8,
+        Shared::new(0u64),
         Shared::new(u64::MAX),
     );
     let rw = sys::ObjectPropertyFlags_OBJ_PROP_FLAG_READWRITE;
     // SAFETY: (whole test) o is live; the integers outlive it.
     unsafe {
         object_property_add_uint8_ptr(o, c"u8".as_ptr(), u8v.as_ptr(), rw);
-        object_property_add_uint16_ptr(
+        object_property_add_uint8_ptr(
             o,
-            c"u16".as_ptr(),
-            &u16v,
+            c"ro".as_ptr(),
+            &ro,
             sys::ObjectPropertyFlags_OBJ_PROP_FLAG_READ,
         );
-        object_property_add_uint32_ptr(
+        object_property_add_uint64_ptr(
             o,
-            c"u32".as_ptr(),
-            u32v.as_ptr(),
+            c"wo".as_ptr(),
+            wo.as_ptr(),
             sys::ObjectPropertyFlags_OBJ_PROP_FLAG_WRITE,
         );
         object_property_add_uint64_ptr(o, c"u64".as_ptr(), u64v.as_ptr(), rw);
         assert_eq!(
-            CStr::from_ptr(object_property_get_type(o, c"u16".as_ptr(), &mut err)),
-            c"uint16"
+            CStr::from_ptr(object_property_get_type(o, c"ro".as_ptr(), &mut err)),
+            c"uint8"
         );
 
         assert_eq!(object_property_get_uint(o, c"u8".as_ptr(), &mut err), 7);
@@ -506,26 +486,21 @@ fn pointer_properties_and_flags() {
             u64::from(u8v.get())
         );
 
-        assert_eq!(object_property_get_uint(o, c"u16".as_ptr(), &mut err), 1000);
-        assert!(!object_property_set_uint(o, c"u16".as_ptr(), 1, &mut err));
+        assert_eq!(object_property_get_uint(o, c"ro".as_ptr(), &mut err), 200);
+        assert!(!object_property_set_uint(o, c"ro".as_ptr(), 1, &mut err));
         assert_eq!(
             take_err(&mut err),
-            "Property 'test-prop-obj.u16' is not writable"
+            "Property 'test-prop-obj.ro' is not writable"
         );
 
-        assert!(object_property_set_uint(
-            o,
-            c"u32".as_ptr(),
-            70000,
-            &mut err
-        ));
-        assert_eq!(u32v.get(), 70000);
-        assert_eq!(object_property_get_uint(o, c"u32".as_ptr(), &mut err), 0);
+        assert!(object_property_set_uint(o, c"wo".as_ptr(), 70000, &mut err));
+        assert_eq!(wo.get(), 70000);
+        assert_eq!(object_property_get_uint(o, c"wo".as_ptr(), &mut err), 0);
         assert_eq!(
             take_err(&mut err),
-            "Property 'test-prop-obj.u32' is not readable"
+            "Property 'test-prop-obj.wo' is not readable"
         );
-        u32v.set(1);
+        wo.set(1);
 
         assert_eq!(
             object_property_get_uint(o, c"u64".as_ptr(), &mut err),
@@ -541,7 +516,7 @@ fn pointer_properties_and_flags() {
         object_unref(o.cast());
     }
     assert!(err.is_null());
-    assert_eq!(u32v.get(), 1);
+    assert_eq!(wo.get(), 1);
 }
 
 static FLAG: Mutex<bool> = Mutex::new(false);
@@ -711,56 +686,23 @@ fn getter_results() {
 }
 
 #[test]
-fn class_properties() {
+fn type_property_of_a_subtype() {
     let log = Mutex::new(Vec::new());
     let mut err: *mut sys::Error = ptr::null_mut();
     let o = new_obj(c"test-prop-sub", &log);
-    let o2 = new_obj(c"test-prop-sub", &log);
-    // SAFETY: (whole test) live objects and classes.
+    // SAFETY: o is live until the unref.
     unsafe {
-        let k = (*o).class;
-        let p = object_class_property_find(k, c"class-value".as_ptr());
-        assert!(!p.is_null());
-        assert_eq!(object_property_find(o, c"class-value".as_ptr()), p);
-        assert_eq!(CStr::from_ptr((*p).description), c"forty-two");
-        assert_eq!(
-            object_property_get_uint(o, c"class-value".as_ptr(), &mut err),
-            42
-        );
-        assert_eq!(
-            object_property_get_uint(o2, c"class-value".as_ptr(), &mut err),
-            42
-        );
-        // Inherited from TYPE_OBJECT through two levels.
         let t = object_property_get_str(o, c"type".as_ptr(), &mut err);
         assert_eq!(CStr::from_ptr(t), c"test-prop-sub");
         sys::g_free(t.cast());
-        assert!(object_class_property_find_err(k, c"nope".as_ptr(), &mut err).is_null());
-        assert_eq!(take_err(&mut err), "Property '.nope' not found");
-
-        let parent = object_class_get_parent(k);
         assert_eq!(
-            CStr::from_ptr(crate::qom::object_class_get_name(parent)),
-            c"test-prop-obj"
+            CStr::from_ptr(object_property_get_type(o, c"type".as_ptr(), &mut err)),
+            c"string"
         );
-        assert!(object_class_property_find(parent, c"class-value".as_ptr()).is_null());
-        assert!(!object_class_property_find(parent, c"type".as_ptr()).is_null());
-        let root = object_class_get_parent(parent);
-        assert!(object_class_get_parent(root).is_null());
-
         object_unref(o.cast());
-        assert_eq!(
-            *log.lock().unwrap(),
-            ["class release", "finalize"],
-            "a class property's release runs for each object, before finalize"
-        );
-        object_unref(o2.cast());
     }
     assert!(err.is_null());
-    assert_eq!(
-        *log.lock().unwrap(),
-        ["class release", "finalize", "class release", "finalize"]
-    );
+    assert_eq!(*log.lock().unwrap(), ["finalize"]);
 }
 
 #[test]
@@ -819,9 +761,5 @@ fn property_added_by_a_finalizer_is_released() {
     // SAFETY: o is live; this is its last reference.
     unsafe { object_unref(o.cast()) };
     assert_eq!(LATE_RELEASES.load(SeqCst), 1);
-    assert_eq!(
-        *log.lock().unwrap(),
-        ["class release", "finalize"],
-        "class properties are released once, not again after the finalizers"
-    );
+    assert_eq!(*log.lock().unwrap(), ["finalize"]);
 }

@@ -5,17 +5,15 @@
 use std::{
     ffi::{c_char, c_void, CStr},
     ptr,
+    sync::OnceLock,
 };
 
-use super::{live, object_class_property_add, object_property_add, Errp};
+use super::{live, new_prop, object_property_add, Errp, TYPE_PROPERTY};
 use crate::{
     error::error_propagate,
-    qom::object_get_typename,
+    qom::types::object_get_typename,
     sys,
-    visitor::{
-        visit_type_bool, visit_type_str, visit_type_uint16, visit_type_uint32, visit_type_uint64,
-        visit_type_uint8,
-    },
+    visitor::{visit_type_bool, visit_type_str, visit_type_uint64, visit_type_uint8},
 };
 
 /// A value type of the function-backed helpers (string and bool): how it
@@ -147,49 +145,13 @@ unsafe extern "C" fn property_set_fn<T: FnValue>(
     }
 }
 
-/// Where a helper property goes.
-#[derive(Clone, Copy)]
-enum Owner {
-    Object(*mut sys::Object),
-    Class(*mut sys::ObjectClass),
-}
-
-impl Owner {
-    /// Adds the property; an object property frees `opaque` with `release`
-    /// when it goes away, a class property lives forever (as in QEMU).
-    ///
-    /// # Safety
-    /// The owner is live; `name` NUL-terminated; `opaque` suits the
-    /// accessors.
-    unsafe fn add(
-        self,
-        name: *const c_char,
-        type_: &CStr,
-        get: sys::ObjectPropertyAccessor,
-        set: sys::ObjectPropertyAccessor,
-        release: sys::ObjectPropertyRelease,
-        opaque: *mut c_void,
-    ) -> *mut sys::ObjectProperty {
-        // SAFETY: caller's contract.
-        unsafe {
-            match self {
-                Owner::Object(o) => {
-                    object_property_add(o, name, type_.as_ptr(), get, set, release, opaque)
-                }
-                Owner::Class(k) => {
-                    object_class_property_add(k, name, type_.as_ptr(), get, set, None, opaque)
-                }
-            }
-        }
-    }
-}
-
 /// A string or bool property through `get` and `set`.
 ///
 /// # Safety
-/// As [`Owner::add`]; the functions are valid while the property exists.
+/// `obj` is live; `name` NUL-terminated; the functions are valid while the
+/// property exists.
 unsafe fn add_fn<T: FnValue>(
-    owner: Owner,
+    obj: *mut sys::Object,
     name: *const c_char,
     get: Option<Getter<T>>,
     set: Option<Setter<T>>,
@@ -200,9 +162,10 @@ unsafe fn add_fn<T: FnValue>(
     let setter: sys::ObjectPropertyAccessor = has_set.then_some(property_set_fn::<T>);
     // SAFETY: caller's contract; the accessors match the opaque.
     unsafe {
-        owner.add(
+        object_property_add(
+            obj,
             name,
-            T::TYPE,
+            T::TYPE.as_ptr(),
             getter,
             setter,
             Some(release_funcs::<T>),
@@ -222,35 +185,7 @@ pub unsafe extern "C" fn object_property_add_str(
     set: Option<StrSetter>,
 ) -> *mut sys::ObjectProperty {
     // SAFETY: caller's contract.
-    unsafe {
-        add_fn(
-            Owner::Object(live(obj, "object_property_add_str")),
-            name,
-            get,
-            set,
-        )
-    }
-}
-
-/// # Safety
-/// `klass` is a live class, `name` NUL-terminated, the functions valid for
-/// the life of the process.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_property_add_str(
-    klass: *mut sys::ObjectClass,
-    name: *const c_char,
-    get: Option<StrGetter>,
-    set: Option<StrSetter>,
-) -> *mut sys::ObjectProperty {
-    // SAFETY: caller's contract.
-    unsafe {
-        add_fn(
-            Owner::Class(live(klass, "object_class_property_add_str")),
-            name,
-            get,
-            set,
-        )
-    }
+    unsafe { add_fn(live(obj, "object_property_add_str"), name, get, set) }
 }
 
 /// # Safety
@@ -263,34 +198,7 @@ pub unsafe extern "C" fn object_property_add_bool(
     set: Option<BoolSetter>,
 ) -> *mut sys::ObjectProperty {
     // SAFETY: caller's contract.
-    unsafe {
-        add_fn(
-            Owner::Object(live(obj, "object_property_add_bool")),
-            name,
-            get,
-            set,
-        )
-    }
-}
-
-/// # Safety
-/// As [`object_class_property_add_str`].
-#[no_mangle]
-pub unsafe extern "C" fn object_class_property_add_bool(
-    klass: *mut sys::ObjectClass,
-    name: *const c_char,
-    get: Option<BoolGetter>,
-    set: Option<BoolSetter>,
-) -> *mut sys::ObjectProperty {
-    // SAFETY: caller's contract.
-    unsafe {
-        add_fn(
-            Owner::Class(live(klass, "object_class_property_add_bool")),
-            name,
-            get,
-            set,
-        )
-    }
+    unsafe { add_fn(live(obj, "object_property_add_bool"), name, get, set) }
 }
 
 /// An unsigned integer type that a `*_ptr` property can be backed by.
@@ -315,8 +223,6 @@ macro_rules! ptr_int {
 
 ptr_int! {
     u8 => c"uint8", visit_type_uint8;
-    u16 => c"uint16", visit_type_uint16;
-    u32 => c"uint32", visit_type_uint32;
     u64 => c"uint64", visit_type_uint64;
 }
 
@@ -354,7 +260,7 @@ unsafe extern "C" fn property_set_ptr<T: PtrInt>(
 /// The owner is live, `name` NUL-terminated, `v` valid while the property
 /// exists.
 unsafe fn add_ptr<T: PtrInt>(
-    owner: Owner,
+    obj: *mut sys::Object,
     name: *const c_char,
     v: *const T,
     flags: sys::ObjectPropertyFlags,
@@ -364,7 +270,17 @@ unsafe fn add_ptr<T: PtrInt>(
     let get: sys::ObjectPropertyAccessor = read.then_some(property_get_ptr::<T>);
     let set: sys::ObjectPropertyAccessor = write.then_some(property_set_ptr::<T>);
     // SAFETY: caller's contract; no release (QEMU's neither).
-    unsafe { owner.add(name, T::TYPE, get, set, None, v.cast_mut().cast()) }
+    unsafe {
+        object_property_add(
+            obj,
+            name,
+            T::TYPE.as_ptr(),
+            get,
+            set,
+            None,
+            v.cast_mut().cast(),
+        )
+    }
 }
 
 macro_rules! ptr_fns {
@@ -382,37 +298,14 @@ macro_rules! ptr_fns {
             flags: sys::ObjectPropertyFlags,
         ) -> *mut sys::ObjectProperty {
             // SAFETY: caller's contract.
-            unsafe { add_ptr(Owner::Object(live(obj, stringify!($fname))), name, v, flags) }
+            unsafe { add_ptr(live(obj, stringify!($fname)), name, v, flags) }
         }
     )*};
 }
 
 ptr_fns! {
     object_property_add_uint8_ptr: u8;
-    object_property_add_uint16_ptr: u16;
-    object_property_add_uint32_ptr: u32;
     object_property_add_uint64_ptr: u64;
-}
-
-/// # Safety
-/// `klass` is a live class, `name` NUL-terminated, `v` valid (and
-/// writable with OBJ_PROP_FLAG_WRITE) for the life of the process.
-#[no_mangle]
-pub unsafe extern "C" fn object_class_property_add_uint64_ptr(
-    klass: *mut sys::ObjectClass,
-    name: *const c_char,
-    v: *const u64,
-    flags: sys::ObjectPropertyFlags,
-) -> *mut sys::ObjectProperty {
-    // SAFETY: caller's contract.
-    unsafe {
-        add_ptr(
-            Owner::Class(live(klass, "object_class_property_add_uint64_ptr")),
-            name,
-            v,
-            flags,
-        )
-    }
 }
 
 unsafe extern "C" fn object_get_type(obj: *mut sys::Object, _errp: Errp) -> *mut c_char {
@@ -420,11 +313,28 @@ unsafe extern "C" fn object_get_type(obj: *mut sys::Object, _errp: Errp) -> *mut
     unsafe { sys::g_strdup(object_get_typename(obj)) }
 }
 
-/// class_init of TYPE_OBJECT: every object has a "type" property.
-pub(crate) unsafe extern "C" fn object_class_init(
-    klass: *mut sys::ObjectClass,
-    _data: *const c_void,
-) {
-    // SAFETY: klass is the class being initialised.
-    unsafe { object_class_property_add_str(klass, c"type".as_ptr(), Some(object_get_type), None) };
+/// The "type" property every object has: in QEMU a class property of
+/// TYPE_OBJECT, here one property that every object shares (the compat
+/// host has no class properties), created at first use and never freed.
+pub(super) fn type_property() -> *mut sys::ObjectProperty {
+    static TYPE: OnceLock<usize> = OnceLock::new();
+    *TYPE.get_or_init(|| {
+        let funcs: Box<Funcs<*mut c_char>> = Box::new(Funcs {
+            get: Some(object_get_type),
+            set: None,
+        });
+        // SAFETY: static strings; the accessor matches the opaque, which
+        // lives for the rest of the process like the property.
+        let p = unsafe {
+            new_prop(
+                TYPE_PROPERTY,
+                <*mut c_char as FnValue>::TYPE.as_ptr(),
+                Some(property_get_fn::<*mut c_char>),
+                None,
+                None,
+                Box::into_raw(funcs).cast(),
+            )
+        };
+        Box::into_raw(p) as usize
+    }) as *mut sys::ObjectProperty
 }
