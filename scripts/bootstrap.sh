@@ -4,7 +4,7 @@
 # valgrind and strace (the C harness under memcheck; benchmarks/measure.py
 # counts instructions and system calls with them), and libuv's headers
 # (the benchmark's libuv server, built only if found).  The Rust toolchain
-# (cargo, rustc >= 1.87) must already be there.
+# (cargo, rustc >= 1.83) must already be there.
 #
 #   bootstrap.sh [--plot]   --plot: also matplotlib, for benchmarks/plot.py
 set -eu

@@ -1004,7 +1004,7 @@ fn wait(o: &Owner, how: u8, dt: u8) {
             .collect();
         if !fronts.is_empty() {
             Expect::OneOf(fronts)
-        } else if how.is_multiple_of(2) {
+        } else if how % 2 == 0 {
             let chan = open[(how as usize / 2) % open.len()];
             let port = world(|w| w.port(chan)).expect("port");
             let (conn, key) = schedule_connect(at, port);

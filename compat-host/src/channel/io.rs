@@ -177,6 +177,35 @@ pub unsafe extern "C" fn qio_channel_close(
     unsafe { ok_or_set(r, errp) }.map_or(-1, |()| 0)
 }
 
+/// `shutdown(2)` of the channel's socket (QEMU's `qio_channel_shutdown`).
+///
+/// # Safety
+/// `ioc` is a live socket channel; `errp` follows QEMU's Error convention.
+#[no_mangle]
+pub unsafe extern "C" fn qio_channel_shutdown(
+    ioc: *mut sys::QIOChannel,
+    how: sys::QIOChannelShutdown,
+    errp: *mut *mut sys::Error,
+) -> c_int {
+    let how = match how {
+        sys::QIOChannelShutdown_QIO_CHANNEL_SHUTDOWN_READ => libc::SHUT_RD,
+        sys::QIOChannelShutdown_QIO_CHANNEL_SHUTDOWN_WRITE => libc::SHUT_WR,
+        _ => libc::SHUT_RDWR,
+    };
+    // SAFETY: caller's contract.
+    let r = unsafe { socket_of(ioc) }.and_then(|s| {
+        // SAFETY: s is the live channel; shutdown(2) takes any fd.
+        let fd = unsafe { (*s).fd };
+        // SAFETY: plain system call on an int.
+        match unsafe { libc::shutdown(fd, how) } {
+            0 => Ok(()),
+            _ => Err(ErrorImpl::with_errno(errno(), "Unable to shutdown socket")),
+        }
+    });
+    // SAFETY: caller's contract.
+    unsafe { ok_or_set(r, errp) }.map_or(-1, |()| 0)
+}
+
 #[cfg(test)]
 mod tests {
     use std::ffi::CStr;
@@ -186,6 +215,50 @@ mod tests {
         address,
         channel::{testing::*, *},
     };
+
+    /// What disconnect relies on for a listening socket left blocking: a
+    /// shutdown wakes an accept blocked on it, and keeps the fd.
+    #[test]
+    fn shutdown_wakes_a_blocked_accept() {
+        for addr in ["127.0.0.1:0", "unix:"] {
+            let path = std::env::temp_dir().join(format!("qio-shut-{}", std::process::id()));
+            let _ = std::fs::remove_file(&path);
+            let (l, _) = if addr == "unix:" {
+                listener_on(&format!("unix:{}", path.display()))
+            } else {
+                listener_on(addr)
+            };
+            // SAFETY: l is a live channel until the unref below.
+            assert!(unsafe { (*l).blocking });
+            let lp = l as usize;
+            let t = std::thread::spawn(move || {
+                let mut err = ptr::null_mut();
+                // SAFETY: l stays live until after the join below.
+                let c = unsafe {
+                    qio_channel_socket_accept(lp as *mut sys::QIOChannelSocket, &mut err)
+                };
+                (c.is_null(), !err.is_null())
+            });
+            // Give the thread time to block (the result does not depend on
+            // it: an accept after the shutdown fails at once too).
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            // SAFETY: l is live; errp is a local Error *.
+            unsafe {
+                let mut err = ptr::null_mut();
+                let rc = qio_channel_shutdown(
+                    l.cast(),
+                    sys::QIOChannelShutdown_QIO_CHANNEL_SHUTDOWN_BOTH,
+                    &mut err,
+                );
+                assert_eq!(check(rc, &mut err), 0, "{addr}");
+                assert_eq!(t.join().unwrap(), (true, true), "{addr}");
+                assert!((*l).fd >= 0, "{addr}: shutdown keeps the fd");
+                assert_eq!(check(qio_channel_close(l.cast(), &mut err), &mut err), 0);
+                sys::object_unref(l.cast());
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 
     #[test]
     fn connect_accept_read_write() {

@@ -63,6 +63,19 @@ bool qio_channel_set_blocking(QIOChannel *ioc, bool enabled, Error **errp);
 /* Closes the channel; further I/O fails.  Returns 0 or -1. */
 int qio_channel_close(QIOChannel *ioc, Error **errp);
 
+typedef enum QIOChannelShutdown {
+    QIO_CHANNEL_SHUTDOWN_READ = 1,
+    QIO_CHANNEL_SHUTDOWN_WRITE = 2,
+    QIO_CHANNEL_SHUTDOWN_BOTH = 3,
+} QIOChannelShutdown;
+
+/*
+ * shutdown(2) of the socket, keeping its fd: an accept() blocked on a
+ * listening socket returns.  Returns 0 or -1.
+ */
+int qio_channel_shutdown(QIOChannel *ioc, QIOChannelShutdown how,
+                         Error **errp);
+
 /*
  * A new, unattached GSource that is ready when @condition holds on the
  * channel.  Its callback has the QIOChannelFunc signature; the source
