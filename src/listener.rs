@@ -225,6 +225,7 @@ impl FdGate {
     }
 
     /// Starts a use of the fd, or None once the socket is closing.
+    #[inline]
     pub fn enter(&self) -> Option<FdUse<'_>> {
         let prev = self.state.fetch_add(USE, SeqCst);
         let use_ = FdUse(self);
@@ -232,6 +233,7 @@ impl FdGate {
     }
 
     /// Runs `f`, one use of the fd, unless the socket is closing.
+    #[inline]
     pub fn with<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
         let _use = self.enter()?;
         Some(f())
@@ -253,6 +255,16 @@ impl FdGate {
     pub fn is_closing(&self) -> bool {
         self.state.load(SeqCst) & CLOSING != 0
     }
+
+    /// The slow path of leaving: the waiter checks the state under the
+    /// same mutex, so the wake-up cannot fall between its check and its
+    /// wait.
+    #[cold]
+    #[inline(never)]
+    fn wake_closer(&self) {
+        let _idle = lock(&self.idle);
+        self.idle_cv.notify_all();
+    }
 }
 
 impl Default for FdGate {
@@ -262,14 +274,11 @@ impl Default for FdGate {
 }
 
 impl Drop for FdUse<'_> {
+    #[inline]
     fn drop(&mut self) {
-        let gate = self.0;
-        // The last use of a closing gate wakes the disconnect that waits
-        // for it; it checks the state under the same mutex, so the wake-up
-        // cannot fall between its check and its wait.
-        if gate.state.fetch_sub(USE, SeqCst) == CLOSING | USE {
-            let _idle = lock(&gate.idle);
-            gate.idle_cv.notify_all();
+        // The last use of a closing gate wakes the disconnect that waits.
+        if self.0.state.fetch_sub(USE, SeqCst) == CLOSING | USE {
+            self.0.wake_closer();
         }
     }
 }

@@ -104,6 +104,8 @@ impl ListenerHost for QemuHost {
         owner.listener()
     }
 
+    // Inlined, so that each call site keeps only its own event's arm.
+    #[inline]
     fn trace(listener: &Listener<QemuHost>, event: Trace<'_, QemuHost>) {
         // The QOM object that contains `listener` (no dereference).
         let obj = (listener as *const Listener<QemuHost>)
