@@ -559,12 +559,6 @@ fn shuttle_disconnect_vs_wait_client() {
         disconnect_vs_wait_client,
         Some(20_000),
     );
-    eprintln!(
-        "  (wait_client watched a socket just closed by the disconnect in {} schedules)",
-        STATS
-            .private_watch_on_closed
-            .load(std::sync::atomic::Ordering::Relaxed)
-    );
 }
 
 #[test]

@@ -4,8 +4,15 @@
 use super::*;
 
 pub(super) enum SrcKind {
-    Watch { chan: u64 },
-    Timer { deadline: u64, hint: Option<u64> },
+    /// A watch of `chan`, polling `fd` (its number when the watch was made).
+    Watch {
+        chan: u64,
+        fd: i32,
+    },
+    Timer {
+        deadline: u64,
+        hint: Option<u64>,
+    },
 }
 
 pub(super) struct Source {
@@ -14,6 +21,8 @@ pub(super) struct Source {
     pub(super) handler_id: u64,
     pub(super) dispatching: bool,
     pub(super) destroyed: bool,
+    /// Dispatches of it that did nothing (see `dispatch`).
+    pub(super) idle: u64,
 }
 
 pub(super) struct GRec {
@@ -21,10 +30,15 @@ pub(super) struct GRec {
     pub(super) quit: bool,
     pub(super) kicked: bool,
     pub(super) sources: BTreeMap<u64, Source>,
+    /// Watches that removed themselves (G_SOURCE_REMOVE) and whose handle
+    /// the listener has not dropped yet (destroying them again is fine).
+    pub(super) removed: BTreeSet<u64>,
 }
 
 pub(super) struct AioH {
     pub(super) watch: u64,
+    /// The fd number it polls (the socket's when it was installed).
+    pub(super) fd: i32,
     pub(super) handler: HArc,
 }
 
@@ -42,6 +56,7 @@ pub(super) fn new_grec(private: bool) -> GRec {
         quit: false,
         kicked: false,
         sources: BTreeMap::new(),
+        removed: BTreeSet::new(),
     }
 }
 
@@ -81,6 +96,7 @@ impl World {
                 handler_id,
                 dispatching: false,
                 destroyed: false,
+                idle: 0,
             },
         );
         sid
@@ -112,7 +128,7 @@ impl World {
             .iter()
             .filter(|(_, s)| !s.destroyed && !s.dispatching)
             .filter(|(_, s)| match s.kind {
-                SrcKind::Watch { chan } => self.readable(chan),
+                SrcKind::Watch { fd, .. } => self.fd_readable(fd),
                 SrcKind::Timer { deadline, .. } => deadline <= self.now,
             })
             .map(|(id, _)| *id)
@@ -126,23 +142,37 @@ impl World {
             return None;
         }
         s.dispatching = true;
-        let kind = match s.kind {
-            SrcKind::Watch { chan } => FrameKind::Watch { chan, private },
+        let (kind, polled) = match s.kind {
+            SrcKind::Watch { chan, fd } => (FrameKind::Watch { chan, private }, Some((chan, fd))),
             SrcKind::Timer { hint, .. } => {
                 bump(&STATS.timer_fires);
-                FrameKind::Timer { hint, private }
+                (FrameKind::Timer { hint, private }, None)
             }
         };
-        Some((s.handler.clone().expect("handler"), kind))
+        let h = s.handler.clone().expect("handler");
+        if let Some((chan, fd)) = polled {
+            self.check_watch_fd(chan, fd);
+        }
+        Some((h, kind))
     }
 
-    pub(super) fn source_end(&mut self, g: GCtx, sid: u64) -> Option<HArc> {
+    /// A dispatch of source `sid` returned `keep` (false: G_SOURCE_REMOVE,
+    /// as a timer always does); `idle`: it did nothing.
+    pub(super) fn source_end(&mut self, g: GCtx, sid: u64, keep: bool, idle: bool) -> Option<HArc> {
         let r = self.gctxs.get_mut(&g)?;
         let s = r.sources.get_mut(&sid)?;
         s.dispatching = false;
-        if matches!(s.kind, SrcKind::Timer { .. }) {
-            // One-shot: G_SOURCE_REMOVE.
+        if idle {
+            s.idle += 1;
+            STATS.max_idle_per_source.fetch_max(s.idle, Relaxed);
+        }
+        let timer = matches!(s.kind, SrcKind::Timer { .. });
+        if (timer || !keep) && !s.destroyed {
             s.destroyed = true;
+            if !timer {
+                r.removed.insert(sid);
+                bump(&STATS.self_removed);
+            }
         }
         if !s.destroyed {
             return None;
@@ -207,7 +237,7 @@ impl World {
         self.actxs.get(&a).map_or(Vec::new(), |r| {
             r.handlers
                 .iter()
-                .filter(|(chan, _)| self.readable(**chan))
+                .filter(|(_, h)| self.fd_readable(h.fd))
                 .map(|(chan, h)| (*chan, h.watch))
                 .collect()
         })
@@ -218,7 +248,7 @@ impl World {
             return false;
         };
         !r.bhs.is_empty()
-            || r.handlers.keys().any(|c| self.readable(*c))
+            || r.handlers.values().any(|h| self.fd_readable(h.fd))
             || r.timers
                 .values()
                 .any(|t| !t.fired && t.deadline <= self.now)
@@ -248,20 +278,22 @@ pub fn aio_context_new() -> ACtx {
 }
 
 /// A dispatch: the host calls the handler through its own reference.
-pub(super) fn dispatch(h: HArc, kind: FrameKind, ctx: Ctx) {
+/// Returns what the handler returned (whether a watch still serves) and
+/// whether the dispatch did nothing at all: a watch whose registration is
+/// no longer current, still ready until the thread that replaced it
+/// destroys it.  A GSource watch then removes itself (the handler returns
+/// false), so each has at most one such dispatch (`max_idle_per_source`,
+/// a regression test in tests/concurrency.rs): no busy loop, and no
+/// yield is needed to keep PCT from starving the replacing thread.
+pub(super) fn dispatch(h: HArc, kind: FrameKind, ctx: Ctx) -> (bool, bool) {
     let fid = world(|w| w.frame_start(&h, kind, ctx));
-    (h.f)();
+    let keep = (h.f)();
     let idle = world(|w| w.frame_end(fid));
     drop(h);
     if idle {
-        // The handler did nothing (a watch whose registration is no longer
-        // current, still ready until the thread that replaced it destroys
-        // the source): the loop busy-waits on it.  An OS scheduler is fair
-        // to the other thread; tell shuttle so (PCT would starve it).
         bump(&STATS.idle_dispatches);
-        #[cfg(feature = "shuttle")]
-        shuttle::thread::yield_now();
     }
+    (keep, idle)
 }
 
 /// One non-blocking iteration of a GMainContext; true if anything ran.
@@ -273,8 +305,8 @@ pub fn iterate(g: GCtx) -> bool {
             continue;
         };
         progress = true;
-        dispatch(h, kind, Ctx::G(g));
-        let released = world(|w| w.source_end(g, sid));
+        let (keep, idle) = dispatch(h, kind, Ctx::G(g));
+        let released = world(|w| w.source_end(g, sid, keep, idle));
         drop(released);
     }
     if g == GCtx::DEFAULT {
@@ -324,10 +356,15 @@ pub(super) fn aio_dispatch(a: ACtx) -> bool {
                 .handlers
                 .get(&chan)
                 .filter(|h| h.watch == watch)
-                .map(|h| h.handler.clone())
+                .map(|h| (h.handler.clone(), h.fd))
+                .map(|(h, fd)| {
+                    w.check_watch_fd(chan, fd);
+                    h
+                })
         });
         if let Some(h) = h {
             progress = true;
+            // An fd handler stays until removed: the return is ignored.
             dispatch(
                 h,
                 FrameKind::Watch {

@@ -9,7 +9,8 @@ use super::*;
 /// handler and the channel it watches become, called through an `Arc`.
 pub(super) struct Tracked {
     pub(super) id: u64,
-    pub(super) f: Box<dyn Fn() + Send + Sync>,
+    /// Returns whether a watch still serves (timers: ignored).
+    pub(super) f: HFn,
 }
 
 impl Drop for Tracked {
@@ -22,6 +23,8 @@ impl Drop for Tracked {
 }
 
 pub(super) type HArc = Arc<Tracked>;
+
+pub(super) type HFn = Box<dyn Fn() -> bool + Send + Sync>;
 
 pub(super) struct HRec {
     pub(super) calls: u32,
@@ -68,7 +71,7 @@ impl World {
         self.released_in_dispatch
     }
 
-    pub(super) fn new_handler(&mut self, f: Box<dyn Fn() + Send + Sync>) -> HArc {
+    pub(super) fn new_handler(&mut self, f: HFn) -> HArc {
         let id = self.id();
         self.handlers.insert(
             id,

@@ -69,34 +69,34 @@ impl Host for Sim {
         handler: R,
     ) -> SourceWatch {
         let ch = channel.clone();
-        let f: Box<dyn Fn() + Send + Sync> = Box::new(move || {
-            handler.ready(&ch);
-        });
+        // false: G_SOURCE_REMOVE.
+        let f: HFn = Box::new(move || handler.ready(&ch));
         let chan = channel.id;
         let sid = world(|w| {
             let private = w.gctx(ctx).private;
-            w.check_watchable(chan, private);
+            let fd = w.check_watchable(chan, private);
             let h = w.new_handler(f);
-            w.add_source(ctx, SrcKind::Watch { chan }, h)
+            w.add_source(ctx, SrcKind::Watch { chan, fd }, h)
         });
         SourceWatch { ctx, sid }
     }
 
     fn watch_aio<R: ReadyHandler<Self>>(channel: &Channel, ctx: ACtx, handler: R) -> AioWatch {
         let ch = channel.clone();
-        let f: Box<dyn Fn() + Send + Sync> = Box::new(move || {
-            handler.ready(&ch);
-        });
+        let f: HFn = Box::new(move || handler.ready(&ch));
         let chan = channel.id;
         let watch = world(|w| {
-            w.check_watchable(chan, false);
+            let fd = w.check_watchable(chan, false);
             let h = w.new_handler(f);
             let watch = w.id();
-            if let Some(old) = w
-                .actx(ctx)
-                .handlers
-                .insert(chan, AioH { watch, handler: h })
-            {
+            if let Some(old) = w.actx(ctx).handlers.insert(
+                chan,
+                AioH {
+                    watch,
+                    fd,
+                    handler: h,
+                },
+            ) {
                 // QEMU replaces it; its release never comes.
                 w.violation(format!(
                     "fd handler for socket {chan} installed over another one"
@@ -109,7 +109,10 @@ impl Host for Sim {
     }
 
     fn timer_glib<T: TimerHandler>(ctx: GCtx, ms: u32, handler: T) -> Timer {
-        let f: Box<dyn Fn() + Send + Sync> = Box::new(move || handler.fire());
+        let f: HFn = Box::new(move || {
+            handler.fire();
+            true
+        });
         let sid = world(|w| {
             let hint = w.frame_hint();
             if hint.is_some() {
@@ -123,7 +126,10 @@ impl Host for Sim {
     }
 
     fn timer_aio<T: TimerHandler>(ctx: ACtx, ms: u32, handler: T) -> Timer {
-        let f: Box<dyn Fn() + Send + Sync> = Box::new(move || handler.fire());
+        let f: HFn = Box::new(move || {
+            handler.fire();
+            true
+        });
         let tid = world(|w| {
             let hint = w.frame_hint();
             if hint.is_some() {

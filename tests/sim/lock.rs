@@ -257,6 +257,7 @@ impl SimGuard {
             }
         }
         drain_all(1000);
+        world(|w| w.close_unrelated());
     }
 }
 

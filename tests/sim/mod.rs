@@ -27,7 +27,17 @@
 //!   connect (queued) or reset (dropped from the queue), `accept` that pops
 //!   the oldest or fails, fd exhaustion on demand (accept fails, the client
 //!   stays queued, `pending()` stays true) and recovery, spurious accept
-//!   failures, `close`, `set_name`, `set_nonblocking` (and its failure).
+//!   failures, `close`, `shutdown` (accept fails at once, nothing is
+//!   readable), `set_name`, `set_nonblocking` (and its failure).
+//! - fd numbers (`fds`): every open channel holds one, lowest free first,
+//!   released by close and reused at once; accept and the "still queued?"
+//!   poll read the number and then act on whichever socket holds it (two
+//!   world accesses, so in shuttle's fine world a close can come between);
+//!   watches poll the number they were made with.  Using a closed or
+//!   reused number is a violation; "unrelated" sockets (another service)
+//!   must keep their clients and none may reach the listener's user.
+//! - A GSource watch whose handler returns false removes itself
+//!   (G_SOURCE_REMOVE); an AioContext fd handler ignores the return.
 //! - wait_client's private loop: `run()` iterates its context; when
 //!   nothing is ready the clock jumps to its next timer or scheduled event;
 //!   if nothing at all can make progress it records "would block forever"
@@ -46,8 +56,7 @@
 //! socket with nothing queued, and, at `finish`, anything left over.
 //!
 //! What it does NOT model:
-//! - real file descriptors: fd numbers and their reuse after close, errno,
-//!   `poll` semantics beyond "a client is queued", POLLHUP/POLLERR, and
+//! - real file descriptors beyond their numbers: errno, `poll` semantics beyond "a client is queued", POLLHUP/POLLERR, and
 //!   connections that fail accept with ECONNABORTED (a reset client just
 //!   leaves the queue; a client reset after accept changes nothing);
 //! - memory: safe Rust cannot free what is still referenced, so "use after
@@ -84,6 +93,7 @@
 #![allow(dead_code)] // each test binary uses a part of it
 
 mod contexts;
+mod fds;
 mod handles;
 mod host;
 mod lock;
@@ -92,12 +102,14 @@ mod timers;
 mod watches;
 
 #[allow(unused_imports)] // not every test binary uses all of them
-pub use self::{contexts::*, handles::*, host::*, lock::*, sockets::*, timers::*, watches::*};
+pub use self::{
+    contexts::*, fds::*, handles::*, host::*, lock::*, sockets::*, timers::*, watches::*,
+};
 
 use std::{
     any::Any,
     cell::{Cell, RefCell},
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     ffi::{CStr, CString},
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
@@ -192,11 +204,15 @@ pub struct Stats {
     /// the hazard of issue 6, survived thanks to the dispatch's own
     /// reference.
     pub released_in_dispatch: AtomicU64,
-    /// wait_client watched a socket already closed by a concurrent
-    /// disconnect (benign, see check_watchable).
-    pub private_watch_on_closed: AtomicU64,
     /// Watch dispatches that did nothing (see `dispatch`).
     pub idle_dispatches: AtomicU64,
+    /// Uses of a closed or reused fd number (each also a violation).
+    pub fd_violations: AtomicU64,
+    /// GSource watches that removed themselves (their handler returned
+    /// false: G_SOURCE_REMOVE).
+    pub self_removed: AtomicU64,
+    /// The most dispatches that did nothing one GSource watch had.
+    pub max_idle_per_source: AtomicU64,
 }
 
 pub static STATS: Stats = Stats {
@@ -212,8 +228,10 @@ pub static STATS: Stats = Stats {
     backoff_timers: AtomicU64::new(0),
     wait_loops: AtomicU64::new(0),
     released_in_dispatch: AtomicU64::new(0),
-    private_watch_on_closed: AtomicU64::new(0),
     idle_dispatches: AtomicU64::new(0),
+    fd_violations: AtomicU64::new(0),
+    self_removed: AtomicU64::new(0),
+    max_idle_per_source: AtomicU64::new(0),
 };
 
 fn bump(c: &AtomicU64) {
@@ -307,6 +325,10 @@ pub struct World {
     violations: Vec<String>,
     listeners: BTreeMap<u64, LRec>,
     chans: BTreeMap<u64, ChanRec>,
+    /// Open fd numbers and the socket holding each.
+    fds: BTreeMap<i32, u64>,
+    /// Unrelated sockets: (socket, its fd, the clients it must keep).
+    unrelated: Vec<(u64, i32, Vec<ConnId>)>,
     ports: BTreeMap<u16, u64>,
     conns: BTreeMap<ConnId, ConnState>,
     gctxs: BTreeMap<GCtx, GRec>,
@@ -342,6 +364,8 @@ impl World {
             violations: Vec::new(),
             listeners: BTreeMap::new(),
             chans: BTreeMap::new(),
+            fds: BTreeMap::new(),
+            unrelated: Vec::new(),
             ports: BTreeMap::new(),
             conns: BTreeMap::new(),
             gctxs,

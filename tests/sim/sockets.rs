@@ -23,6 +23,12 @@ pub(super) struct ChanRec {
     pub(super) closed: bool,
     pub(super) nonblocking: bool,
     pub(super) name: Option<CString>,
+    /// Its fd number, -1 once closed.
+    pub(super) fd: i32,
+    /// shutdown(2) was called: accept fails at once, nothing is readable.
+    pub(super) shut: bool,
+    /// Another service's socket (see `open_unrelated`).
+    pub(super) unrelated: bool,
 }
 
 impl World {
@@ -66,8 +72,15 @@ impl World {
                 closed: false,
                 nonblocking: false,
                 name: None,
+                fd: -1,
+                shut: false,
+                unrelated: false,
             },
         );
+        let fd = self.alloc_fd(id);
+        if let Some(c) = self.chans.get_mut(&id) {
+            c.fd = fd;
+        }
         id
     }
 
@@ -97,15 +110,15 @@ impl World {
         }
         let mut undelivered = None;
         let mut lost = Vec::new();
+        // QEMU's channel finalize closes the fd.
+        let close = !std::mem::replace(&mut c.closed, true);
         match &mut c.kind {
             ChanKind::Accepted {
                 conn,
                 from,
                 delivered: false,
             } => undelivered = Some((*conn, *from)),
-            ChanKind::Listening { port, queue, .. } if !c.closed => {
-                // QEMU's channel finalize closes the fd.
-                c.closed = true;
+            ChanKind::Listening { port, queue, .. } if close => {
                 lost.extend(queue.drain(..));
                 let port = *port;
                 if self.ports.get(&port) == Some(&id) {
@@ -113,6 +126,9 @@ impl World {
                 }
             }
             _ => {}
+        }
+        if close {
+            self.release_fd(id);
         }
         for conn in lost {
             self.conns.insert(conn, ConnState::Lost);
@@ -157,6 +173,7 @@ impl World {
         match self.chans.get(&chan) {
             Some(ChanRec {
                 closed: false,
+                shut: false,
                 kind: ChanKind::Listening { queue, .. },
                 ..
             }) => !queue.is_empty(),
@@ -165,7 +182,7 @@ impl World {
     }
 
     pub(super) fn accept(&mut self, id: u64) -> Option<u64> {
-        pub(super) enum Fail {
+        enum Fail {
             Nothing,
             WouldBlock,
             NoFds,
@@ -176,7 +193,8 @@ impl World {
         let c = self.chan(id, "accept")?;
         let blocking = !c.nonblocking;
         let result = match &mut c.kind {
-            _ if c.closed => Err(Fail::Nothing),
+            // After shutdown(2) accept fails at once, even if blocking.
+            _ if c.closed || c.shut => Err(Fail::Nothing),
             ChanKind::Listening { queue, .. } => match queue.front() {
                 None if blocking => Err(Fail::WouldBlock),
                 None => Err(Fail::Nothing),
@@ -235,6 +253,8 @@ impl World {
             lost.extend(queue.drain(..));
             port = Some(*p);
         }
+        // The number is free for the next socket at once.
+        self.release_fd(id);
         if let Some(p) = port {
             if self.ports.get(&p) == Some(&id) {
                 self.ports.remove(&p);
@@ -256,6 +276,7 @@ impl World {
             Some(chan) => match self.chans.get_mut(&chan) {
                 Some(ChanRec {
                     closed: false,
+                    shut: false,
                     kind: ChanKind::Listening { queue, backlog, .. },
                     ..
                 }) if queue.len() < *backlog => {
@@ -276,14 +297,21 @@ impl World {
     pub(super) fn claim(&mut self, id: u64) -> ConnId {
         match self.chans.get_mut(&id).map(|c| &mut c.kind) {
             Some(ChanKind::Accepted {
-                conn, delivered, ..
+                conn,
+                delivered,
+                from,
             }) => {
-                let conn = *conn;
+                let (conn, from) = (*conn, *from);
                 let twice = std::mem::replace(delivered, true);
                 if twice {
                     self.violation(format!("client {conn} delivered twice"));
                 }
                 self.conns.insert(conn, ConnState::Delivered(id));
+                if self.chans.get(&from).is_some_and(|c| c.unrelated) {
+                    self.violation(format!(
+                        "client {conn} of unrelated socket {from} reached the listener's user"
+                    ));
+                }
                 conn
             }
             _ => {
@@ -391,15 +419,23 @@ impl SocketChannel for Channel {
         self.id == other.id
     }
 
+    /// Reads the fd number, then accepts on whatever socket has it by then
+    /// (two world accesses: a scheduling point between them in shuttle).
     fn accept(&self) -> Option<Self> {
-        world(|w| w.accept(self.id)).map(|id| Channel { id })
+        let fd = world(|w| w.fd_of(self.id, "accept"))?;
+        world(|w| {
+            let sock = w.on_fd(fd, self.id, "accept")?;
+            w.accept(sock)
+        })
+        .map(|id| Channel { id })
     }
 
+    /// Reads the fd number, then polls it (as accept).
     fn pending(&self) -> bool {
-        world(|w| {
-            w.chan(self.id, "pending");
-            w.readable(self.id)
-        })
+        let Some(fd) = world(|w| w.fd_of(self.id, "poll")) else {
+            return false;
+        };
+        world(|w| w.on_fd(fd, self.id, "poll").is_some_and(|s| w.readable(s)))
     }
 
     fn close(&self) {
@@ -408,7 +444,12 @@ impl SocketChannel for Channel {
 
     fn shutdown(&self) {
         world(|w| {
-            w.chan(self.id, "shutdown");
+            if let Some(c) = w
+                .on_own_fd(self.id, "shutdown")
+                .and_then(|s| w.chans.get_mut(&s))
+            {
+                c.shut = true;
+            }
         });
     }
 
@@ -426,7 +467,8 @@ impl SocketChannel for Channel {
                 w.fail_nonblocking -= 1;
                 return false;
             }
-            match w.chan(self.id, "set_nonblocking") {
+            let sock = w.on_own_fd(self.id, "set_nonblocking");
+            match sock.and_then(|s| w.chans.get_mut(&s)) {
                 Some(c) => {
                     c.nonblocking = true;
                     true

@@ -14,7 +14,7 @@ impl World {
                 continue;
             }
             for s in r.sources.values() {
-                if !s.destroyed && matches!(s.kind, SrcKind::Watch { chan: c } if c == chan) {
+                if !s.destroyed && matches!(s.kind, SrcKind::Watch { chan: c, .. } if c == chan) {
                     v.push(Ctx::G(*g));
                 }
             }
@@ -42,32 +42,33 @@ impl World {
             .values()
             .filter(|r| r.private)
             .flat_map(|r| r.sources.values())
-            .filter(|s| !s.destroyed && matches!(s.kind, SrcKind::Watch { chan: c } if c == chan))
+            .filter(|s| {
+                !s.destroyed && matches!(s.kind, SrcKind::Watch { chan: c, .. } if c == chan)
+            })
             .count()
     }
 
-    /// A new watch on `chan`.  Two of the listener's GSource watches may
-    /// exist for a moment (the old one is destroyed after the listener
-    /// unlocks, see the host contract); a second fd handler in the same
-    /// AioContext is caught when it is installed.
-    ///
-    /// The listener never watches a closed socket, except that a
-    /// wait_client racing with a disconnect from another thread may create
-    /// its private watches just after the close (it then returns NULL; in
-    /// QEMU the closed channel's fd is -1, which poll ignores): counted.
-    pub(super) fn check_watchable(&mut self, chan: u64, private: bool) {
-        let closed = self.chans.get(&chan).is_none_or(|c| c.closed);
-        if closed && private {
-            bump(&STATS.private_watch_on_closed);
-        } else if closed {
-            self.violation(format!("watching closed socket {chan}"));
-        }
+    /// A new watch on `chan`; returns the fd number it polls.  Two of the
+    /// listener's GSource watches may exist for a moment (the old one is
+    /// destroyed after the listener unlocks, see the host contract); a
+    /// second fd handler in the same AioContext is caught when it is
+    /// installed.  Watching a closed socket is a use of a closed number
+    /// (wait_client's private watches included: a disconnect must not
+    /// close a socket that a wait_client may still start to watch).
+    pub(super) fn check_watchable(&mut self, chan: u64, private: bool) -> i32 {
+        let what = if private {
+            "wait_client's watch"
+        } else {
+            "watch"
+        };
+        let fd = self.on_own_fd(chan, what).map_or(-1, |_| self.fd(chan));
         let asyncs = self.async_watches(chan).len();
         if (private && asyncs > 0) || (!private && self.private_watches(chan) > 0) {
             self.violation(format!(
                 "socket {chan} watched by wait_client and by an async watch at once"
             ));
         }
+        fd
     }
 }
 
@@ -82,9 +83,14 @@ impl Drop for SourceWatch {
         let (g, sid) = (self.ctx, self.sid);
         on_drop(move || {
             let h = try_world(|w| {
-                if w.gctxs
-                    .get(&g)
-                    .is_some_and(|r| !r.sources.contains_key(&sid))
+                // A watch that removed itself (G_SOURCE_REMOVE) is gone
+                // already; destroying it again is fine (QEMU holds a
+                // reference to the GSource).
+                let removed = w.gctxs.get_mut(&g).is_some_and(|r| r.removed.remove(&sid));
+                if !removed
+                    && w.gctxs
+                        .get(&g)
+                        .is_some_and(|r| !r.sources.contains_key(&sid))
                 {
                     w.violation(format!("watch {sid} dropped twice"));
                 }
