@@ -131,6 +131,10 @@ enum Op {
     Own(u8),
     /// The test drops its reference (its last).
     DropRef,
+    /// Another service opens a listening socket (it gets the lowest free
+    /// fd number, one the listener just closed, say) and a client connects
+    /// to it: nothing of the listener may touch either, ever.
+    Unrelated,
 }
 
 impl Op {
@@ -276,6 +280,7 @@ enum K {
     Drain,
     Own,
     DropRef,
+    Unrelated,
 }
 
 const TOP: &[(u32, K)] = &[
@@ -298,6 +303,7 @@ const TOP: &[(u32, K)] = &[
     (4, K::Drain),
     (10, K::Own),
     (1, K::DropRef),
+    (2, K::Unrelated),
 ];
 
 const INSIDE: &[(u32, K)] = &[
@@ -318,6 +324,7 @@ const INSIDE: &[(u32, K)] = &[
     (4, K::Poll),
     (8, K::Own),
     (3, K::DropRef),
+    (1, K::Unrelated),
 ];
 
 fn gen_tg(r: &mut Rng) -> Tg {
@@ -331,9 +338,22 @@ fn gen_script(r: &mut Rng, depth: u32) -> Vec<Vec<Op>> {
     (0..1 + r.below(4))
         .map(|_| {
             let n = [0, 1, 1, 2, 2, 3][r.below(6) as usize];
-            (0..n).map(|_| gen_op(r, INSIDE, depth + 1)).collect()
+            gen_ops(r, INSIDE, depth + 1, n)
         })
         .collect()
+}
+
+/// `n` ops; a disconnect is followed by an unrelated socket half the time
+/// (the number the listener just freed goes to another service at once).
+fn gen_ops(r: &mut Rng, table: &[(u32, K)], depth: u32, n: u64) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for _ in 0..n {
+        let op = gen_op(r, table, depth);
+        let then = (op == Op::Disconnect && r.below(2) == 0).then_some(Op::Unrelated);
+        ops.push(op);
+        ops.extend(then);
+    }
+    ops
 }
 
 fn gen_op(r: &mut Rng, table: &[(u32, K)], depth: u32) -> Op {
@@ -374,6 +394,7 @@ fn gen_op(r: &mut Rng, table: &[(u32, K)], depth: u32) -> Op {
         K::Drain => Op::Drain,
         K::Own => Op::Own(1 + r.below(3) as u8),
         K::DropRef => Op::DropRef,
+        K::Unrelated => Op::Unrelated,
     }
 }
 
@@ -381,7 +402,7 @@ fn gen_run(seed: u64) -> Vec<Op> {
     let mut r = Rng(seed);
     let len = 20 + r.below(40);
     let mut ops = vec![Op::Open { n: 1, fail: 0 }];
-    ops.extend((0..len).map(|_| gen_op(&mut r, TOP, 0)));
+    ops.extend(gen_ops(&mut r, TOP, 0, len));
     ops
 }
 
@@ -948,6 +969,9 @@ fn perform(op: &Op, cb_owner: Option<&Owner>) {
                 aio_poll(ACtx::MAIN, false);
             }
         }
+        Op::Unrelated => {
+            open_unrelated(1);
+        }
         Op::DropRef => {
             let o = h(|h| h.owner.take());
             if o.is_some() {
@@ -1286,7 +1310,9 @@ fn model_random_sequences() {
     eprintln!(
         "model: {seeds} seeds, {} operations ({} generated), {} clients delivered, \
          {} dispatches ({} nested), {} BHs, {} timer fires, {} back-offs, {} wait loops, \
-         {} callbacks that acted, {} releases during their dispatch, {secs:.1} s",
+         {} callbacks that acted, {} releases during their dispatch, {} unrelated sockets \
+         ({} on a number a listener's socket had held), {} GSource watches removed by \
+         their own dispatch, {secs:.1} s",
         total.ops,
         (first..first + seeds)
             .map(|s| gen_run(s).iter().map(Op::count).sum::<usize>())
@@ -1300,6 +1326,9 @@ fn model_random_sequences() {
         STATS.wait_loops.load(Relaxed),
         SCRIPTED.load(Relaxed),
         STATS.released_in_dispatch.load(Relaxed),
+        STATS.unrelated.load(Relaxed),
+        STATS.unrelated_on_reused.load(Relaxed),
+        STATS.self_removed.load(Relaxed),
     );
     if seeds >= SEEDS {
         assert!(total.ops >= 100_000, "only {} operations", total.ops);

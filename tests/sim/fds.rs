@@ -54,6 +54,7 @@ impl World {
         let fd = std::mem::replace(&mut c.fd, -1);
         if self.fds.get(&fd) == Some(&chan) {
             self.fds.remove(&fd);
+            self.last_holder.insert(fd, chan);
         }
     }
 
@@ -164,6 +165,11 @@ pub fn open_unrelated(clients: usize) -> (u64, u16, i32, Vec<ConnId>) {
             })
             .collect();
         let fd = w.fd(chan);
+        let reused = w.last_holder.get(&fd).and_then(|c| w.chans.get(c));
+        if reused.is_some_and(|c| matches!(c.kind, ChanKind::Listening { .. }) && !c.unrelated) {
+            bump(&STATS.unrelated_on_reused);
+        }
+        bump(&STATS.unrelated);
         w.unrelated.push((chan, fd, conns.clone()));
         (chan, port, fd, conns)
     })

@@ -213,6 +213,10 @@ pub struct Stats {
     pub self_removed: AtomicU64,
     /// The most dispatches that did nothing one GSource watch had.
     pub max_idle_per_source: AtomicU64,
+    /// Unrelated sockets opened (`open_unrelated`), and how many of them
+    /// got a number that one of a listener's sockets had held.
+    pub unrelated: AtomicU64,
+    pub unrelated_on_reused: AtomicU64,
 }
 
 pub static STATS: Stats = Stats {
@@ -232,6 +236,8 @@ pub static STATS: Stats = Stats {
     fd_violations: AtomicU64::new(0),
     self_removed: AtomicU64::new(0),
     max_idle_per_source: AtomicU64::new(0),
+    unrelated: AtomicU64::new(0),
+    unrelated_on_reused: AtomicU64::new(0),
 };
 
 fn bump(c: &AtomicU64) {
@@ -327,6 +333,8 @@ pub struct World {
     chans: BTreeMap<u64, ChanRec>,
     /// Open fd numbers and the socket holding each.
     fds: BTreeMap<i32, u64>,
+    /// The socket that last held each free number.
+    last_holder: BTreeMap<i32, u64>,
     /// Unrelated sockets: (socket, its fd, the clients it must keep).
     unrelated: Vec<(u64, i32, Vec<ConnId>)>,
     ports: BTreeMap<u16, u64>,
@@ -365,6 +373,7 @@ impl World {
             listeners: BTreeMap::new(),
             chans: BTreeMap::new(),
             fds: BTreeMap::new(),
+            last_holder: BTreeMap::new(),
             unrelated: Vec::new(),
             ports: BTreeMap::new(),
             conns: BTreeMap::new(),
