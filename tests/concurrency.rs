@@ -69,7 +69,7 @@ extern crate qemucompat as _;
 mod sim;
 
 use std::{
-    sync::{Arc as StdArc, Mutex as StdMutex},
+    sync::{atomic::Ordering::Relaxed, Arc as StdArc, Mutex as StdMutex},
     time::Instant,
 };
 
@@ -99,6 +99,9 @@ fn config() -> Config {
 /// Runs `f` under random and PCT (fine world) and, if `dfs` gives a
 /// bound, DFS on the coarse world; prints the number of schedules.
 fn explore(name: &str, f: impl Fn(bool) + Clone + Send + Sync + 'static, dfs: Option<usize>) {
+    if std::env::var_os("QIO_SHUTTLE_COUNT_FAILURES").is_some() {
+        return count_failures(name, f);
+    }
     let n = iters();
     let t = Instant::now();
     let mut line = Vec::new();
@@ -130,6 +133,77 @@ fn explore(name: &str, f: impl Fn(bool) + Clone + Send + Sync + 'static, dfs: Op
             .idle_dispatches
             .load(std::sync::atomic::Ordering::Relaxed)
     );
+}
+
+/// `QIO_SHUTTLE_COUNT_FAILURES=1`: for checking that a scenario catches a
+/// broken listener, runs each of the random and PCT schedules on its own
+/// (seeds SEED, SEED+1, ...) and prints how many fail, the first failing
+/// one and each distinct message, instead of stopping at the first.
+fn count_failures(name: &str, f: impl Fn(bool) + Clone + Send + Sync + 'static) {
+    use std::sync::atomic::AtomicU64;
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let n = iters() as u64;
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let message = |e: Box<dyn std::any::Any + Send>| {
+        let msg = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        // The numbers (sockets, fds, handlers) vary by schedule.
+        let first = msg.lines().next().unwrap_or("");
+        first
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect::<String>()
+    };
+    // Random, each schedule on its own: how many fail.
+    let mut failed = 0;
+    let mut messages = std::collections::BTreeMap::<String, u64>::new();
+    for i in 0..n {
+        let g = f.clone();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Runner::new(RandomScheduler::new_from_seed(SEED + i, 1), config()).run(move || g(false))
+        }));
+        if let Err(e) = r {
+            failed += 1;
+            *messages.entry(message(e)).or_default() += 1;
+        }
+    }
+    eprintln!("{name}: random: {failed} of {n} schedules fail");
+    // The usual runs (which stop at the first failure): where it comes.
+    for pct in [false, true] {
+        let g = f.clone();
+        RUNS.store(0, Relaxed);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let body = move || {
+                RUNS.fetch_add(1, Relaxed);
+                g(false)
+            };
+            if pct {
+                Runner::new(PctScheduler::new_from_seed(SEED, 3, n as usize), config()).run(body)
+            } else {
+                Runner::new(RandomScheduler::new_from_seed(SEED, n as usize), config()).run(body)
+            }
+        }));
+        let how = if pct { "pct" } else { "random" };
+        match r {
+            Ok(_) => eprintln!("  {how} run: passes {n} schedules"),
+            Err(e) => {
+                let m = message(e);
+                eprintln!(
+                    "  {how} run: fails at schedule {} of {n}: {m}",
+                    RUNS.load(Relaxed)
+                );
+                messages.entry(m).or_default();
+            }
+        }
+    }
+    for (m, k) in messages {
+        eprintln!("    {k} x {m}");
+    }
+    std::panic::set_hook(hook);
 }
 
 /// A listener with one open socket, in a fresh world.
@@ -496,6 +570,143 @@ fn one_dispatch_vs(op: MainOp, glib: bool, coarse: bool) {
     guard.finish();
 }
 
+/// Which loop runs the accept that races with the end of the listener.
+#[derive(Clone, Copy, Debug)]
+enum Loop {
+    /// An IOThread's aio_poll (the callback nests aio_poll).
+    Aio,
+    /// A thread iterating a GMainContext.
+    Glib,
+    /// wait_client's private loop, in its own thread.
+    Wait,
+}
+
+/// How the listener ends.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    /// disconnect() from the main thread.
+    Disconnect,
+    /// The main thread lets go of the listener (clearing the callback
+    /// first, or the watches would keep it): finalize disconnects, in the
+    /// main thread or at the end of the dispatch (or of the wait_client)
+    /// that still holds it.
+    LastUnref,
+}
+
+/// Disconnect is final (DESIGN.md 3.9): an accept (or poll) in flight in
+/// one thread against the end of the listener in another, which at once
+/// opens an unrelated listening socket (another service of the process:
+/// it gets the lowest free fd number, the one just freed) with a client
+/// queued, and after finalize one more.  The sim flags any accept, poll or
+/// watch on a closed or reused number and any client of an unrelated
+/// socket that reaches a callback or wait_client; the unrelated sockets
+/// must still have their clients queued at the end.
+fn end_vs_inflight_accept(kind: Loop, end: End, coarse: bool) {
+    let s = setup(coarse);
+    let (io, g) = (aio_context_new(), glib_context_new());
+    let conns: Vec<ConnId> = (0..2).filter_map(|_| connect(s.port)).collect();
+    let (target, reg) = match kind {
+        Loop::Aio => (Some(Target::Aio(io)), client(Some(io))),
+        Loop::Glib => (Some(Target::Glib(g)), client(None)),
+        Loop::Wait => (None, Client::none()),
+    };
+    let reg_id = reg.id();
+    let t = match target {
+        Some(target) => {
+            s.owner.listener().set_client(&s.owner, reg, target);
+            if matches!(kind, Loop::Aio) {
+                io_thread(io)
+            } else {
+                glib_thread(g)
+            }
+        }
+        None => {
+            let o = s.owner.clone();
+            thread::spawn(move || {
+                if let Some(client) = o.listener().wait_client(&o) {
+                    claim(&client);
+                }
+                drop(o);
+            })
+        }
+    };
+    let mut unrelated = Vec::new();
+    let kept = match end {
+        End::Disconnect => {
+            s.owner.listener().disconnect();
+            unrelated.push(open_unrelated(1));
+            Some(s.owner)
+        }
+        End::LastUnref => {
+            if let Some(target) = target {
+                s.owner
+                    .listener()
+                    .set_client(&s.owner, Client::none(), target);
+            }
+            drop(s.owner);
+            unrelated.push(open_unrelated(1));
+            block_until("finalize", move |w| w.finalized(s.lid) == 1);
+            unrelated.push(open_unrelated(1));
+            None
+        }
+    };
+    stop(&[io], &[g]);
+    t.join().unwrap();
+    world(|w| {
+        for (sock, _, fd, queued) in &unrelated {
+            assert_eq!(&w.queue(*sock), queued, "unrelated socket {sock} (fd {fd})");
+        }
+        if target.is_some() {
+            assert!(w.calls(reg_id) <= 2);
+        }
+        assert!(w.closed(s.sock));
+    });
+    drop(kept);
+    let mut guard = s.guard;
+    guard.teardown();
+    if target.is_some() {
+        world(|w| assert_eq!(w.notified(reg_id), 1));
+    }
+    conns_settled(&conns);
+    guard.finish();
+}
+
+/// A GSource callback replaced twice while a thread iterates its
+/// GMainContext: each old watch stays attached and ready until the
+/// replacing thread destroys it after unlocking.  Its dispatches meanwhile
+/// find it no longer serves; the first returns G_SOURCE_REMOVE, so a stale
+/// watch is dispatched at most once (before `ReadyHandler::ready` returned
+/// whether it still serves, the iterating thread spun on it, forever under
+/// PCT, which can starve the replacing thread).
+fn glib_replace_while_dispatching(coarse: bool) {
+    let s = setup(coarse);
+    let g = glib_context_new();
+    let regs: Vec<Client> = (0..3).map(|_| client(None)).collect();
+    let ids: Vec<u64> = regs.iter().map(Client::id).collect();
+    let conns: Vec<ConnId> = (0..3).filter_map(|_| connect(s.port)).collect();
+    let t = glib_thread(g);
+    for r in regs {
+        s.owner.listener().set_client(&s.owner, r, Target::Glib(g));
+    }
+    let all = conns.clone();
+    block_until("all served", move |w| {
+        all.iter()
+            .all(|c| matches!(w.conn_state(*c), ConnState::Delivered(_)))
+    });
+    stop(&[], &[g]);
+    t.join().unwrap();
+    world(|w| {
+        assert!(
+            w.max_stale_dispatches() <= 1,
+            "a stale GSource watch was dispatched {} times",
+            w.max_stale_dispatches()
+        );
+        assert_eq!((w.notified(ids[0]), w.notified(ids[1])), (1, 1));
+    });
+    drop(s.owner);
+    s.guard.finish();
+}
+
 // ---------------------------------------------------------------------
 
 #[test]
@@ -581,4 +792,35 @@ fn shuttle_one_dispatch_vs_one_operation() {
             explore(&name, move |c| one_dispatch_vs(op, glib, c), Some(100_000));
         }
     }
+}
+
+#[test]
+fn shuttle_end_vs_inflight_accept() {
+    for kind in [Loop::Aio, Loop::Glib, Loop::Wait] {
+        for end in [End::Disconnect, End::LastUnref] {
+            let before = (
+                STATS.unrelated.load(Relaxed),
+                STATS.unrelated_on_reused.load(Relaxed),
+            );
+            explore(
+                &format!("{kind:?} accept in flight vs {end:?}, then an unrelated socket"),
+                move |c| end_vs_inflight_accept(kind, end, c),
+                None,
+            );
+            eprintln!(
+                "  {} of {} unrelated sockets got a number the listener had held",
+                STATS.unrelated_on_reused.load(Relaxed) - before.1,
+                STATS.unrelated.load(Relaxed) - before.0,
+            );
+        }
+    }
+}
+
+#[test]
+fn shuttle_glib_replace_while_dispatching() {
+    explore(
+        "glib: replace twice while dispatching (stale watches dispatched at most once)",
+        glib_replace_while_dispatching,
+        None,
+    );
 }

@@ -165,6 +165,9 @@ impl World {
         if idle {
             s.idle += 1;
             STATS.max_idle_per_source.fetch_max(s.idle, Relaxed);
+            if !r.private {
+                self.max_stale_dispatches = self.max_stale_dispatches.max(s.idle);
+            }
         }
         let timer = matches!(s.kind, SrcKind::Timer { .. });
         if (timer || !keep) && !s.destroyed {

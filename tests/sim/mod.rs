@@ -333,6 +333,9 @@ pub struct World {
     chans: BTreeMap<u64, ChanRec>,
     /// Open fd numbers and the socket holding each.
     fds: BTreeMap<i32, u64>,
+    /// The most dispatches that did nothing one of the listener's
+    /// GSource watches had (a stale watch, see `dispatch`).
+    max_stale_dispatches: u64,
     /// The socket that last held each free number.
     last_holder: BTreeMap<i32, u64>,
     /// Unrelated sockets: (socket, its fd, the clients it must keep).
@@ -374,6 +377,7 @@ impl World {
             chans: BTreeMap::new(),
             fds: BTreeMap::new(),
             last_holder: BTreeMap::new(),
+            max_stale_dispatches: 0,
             unrelated: Vec::new(),
             ports: BTreeMap::new(),
             conns: BTreeMap::new(),
@@ -433,6 +437,12 @@ impl World {
 
     pub fn frames(&self) -> &[Frame] {
         &self.frames
+    }
+
+    /// The most dispatches that did nothing (stale) one of the listener's
+    /// GSource watches had.
+    pub fn max_stale_dispatches(&self) -> u64 {
+        self.max_stale_dispatches
     }
 
     /// A test's own flag (threads of a shuttle test wait for them).
