@@ -330,6 +330,16 @@ impl ClientCallback<Sim> for Client {
                 _ => (0, 0),
             };
             w.claim(client.id);
+            // A watch hands out clients of its own socket only (one
+            // accepted on a reused fd number would be another's).
+            if let Some(FrameKind::Watch { chan, .. }) = w.innermost().map(|f| f.kind) {
+                if chan != from {
+                    w.violation(format!(
+                        "client {conn} of socket {from} handed to a callback by the watch of \
+                         socket {chan}"
+                    ));
+                }
+            }
             let ctx = w.innermost().map(|f| f.ctx);
             bump(&STATS.calls);
             w.emit(Event::Call {
