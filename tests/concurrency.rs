@@ -1,51 +1,88 @@
 //! Model checking of the cross-thread paths with shuttle
 //! (`cargo test --features shuttle --test concurrency`): a dispatch thread
-//! (an IOThread running aio_poll on its AioContext, or a thread iterating
-//! a GMainContext) against clear / replace / disconnect / the last unref /
-//! wait_client from another thread, on the simulated host (tests/sim).
-//! With the feature the state machine's locks and atomics are shuttle's
-//! (src/sync.rs) and so is the simulated world's lock, so shuttle decides
-//! every interleaving.  Each scenario asserts what tests/model.rs does:
-//! notify exactly once and never during a call of its registration,
-//! finalize exactly once (and when expected), no client accepted and
-//! dropped, no handle used after its release, nothing left at the end
-//! (the sim checks the last three on every handle).
+//! (an IOThread running aio_poll on its AioContext, a thread iterating a
+//! GMainContext, or a wait_client in its own thread) against clear /
+//! replace / disconnect / the last unref / wait_client from another
+//! thread, on the simulated host (tests/sim).  With the feature the state
+//! machine's locks and atomics are shuttle's (src/sync.rs) and so is the
+//! simulated world's lock, so shuttle decides every interleaving.  Each
+//! scenario asserts what tests/model.rs does: notify exactly once and
+//! never during a call of its registration, finalize exactly once (and
+//! when expected), no client accepted and dropped, no handle used after
+//! its release, nothing left at the end (the sim checks the last three on
+//! every handle); and the sim's fd model checks every one of them for a
+//! use of a closed or reused fd number.
+//!
+//! Disconnect is final (DESIGN.md 3.9), `shuttle_end_vs_inflight_accept`:
+//! for each of the three dispatch threads, with clients queued, the main
+//! thread disconnects (or clears the callback and drops the last
+//! reference, so that finalize disconnects, in whichever thread lets go
+//! last: for wait_client that is its own thread once it returns) and at
+//! once opens an unrelated listening socket with a client queued: another
+//! service, which gets the lowest free fd number, the one just released
+//! (in every disconnect schedule; after the last unref, the one opened
+//! once finalize has run does).  No accept, poll or watch may act on a
+//! closed or reused number, no client of the unrelated socket may reach a
+//! callback or wait_client, and it must still have its client queued.
+//!
+//! Stale GSource watches, `shuttle_glib_replace_while_dispatching`: a
+//! GSource callback replaced twice while another thread iterates its
+//! context.  The old watch stays attached and ready between the
+//! listener's unlock and the g_source_destroy that follows; its dispatch
+//! meanwhile sees that it no longer serves and returns G_SOURCE_REMOVE
+//! (`ReadyHandler::ready` returns false), so each stale watch is
+//! dispatched at most once, which the test asserts, under PCT too.  (When
+//! it returned G_SOURCE_CONTINUE the iterating thread dispatched it again
+//! and again, forever under PCT, which can starve the replacing thread:
+//! the sim used to yield after a dispatch that did nothing to hide that.)
 //!
 //! Each scenario runs under shuttle's random scheduler and PCT (depth 3)
 //! with fixed seeds and 1000 iterations each (`QIO_SHUTTLE_ITERS=N`), on
 //! the fine world (every access to the simulated host is a scheduling
-//! point).  The small ones also run under DFS on the coarse world (host
-//! accesses atomic; the scheduling points are the state machine's own
-//! locks and atomics, thread spawn/join and the sim's blocking waits),
-//! where DFS exhausts each "one dispatch against one operation" case in
-//! 1-13 schedules.  `-- --nocapture` prints the counts.
+//! point; accept and the "still queued?" poll are two: reading the fd
+//! number, then acting on it).  The small ones also run under DFS on the
+//! coarse world (host accesses atomic; the scheduling points are the
+//! state machine's own locks and atomics, thread spawn/join and the sim's
+//! blocking waits), where DFS exhausts the "one dispatch against one
+//! operation" cases in 1 to 42,025 schedules (the disconnect ones are the
+//! large ones: the disconnect waits for the fd uses in flight).
+//! `-- --nocapture` prints the counts.
 //!
-//! Measured (2 cores, debug build): 14 scenarios, 28,000 random/PCT
-//! schedules, 20,000 bounded DFS schedules (disconnect vs wait_client, not
-//! exhaustive) and 80 exhaustive ones: 48,080 schedules in about 50 s.
-//! DFS on the fine world exhausts only "one dispatch vs unref" (89,547
-//! schedules via aio_poll, 17,909 via GLib); the other one-dispatch cases
-//! pass 100,000 schedules without finishing (about 100 s each), so CI does
-//! not run that.
-//!
-//! Finding (not a failure, but a busy loop): when one thread replaces or
-//! clears a GSource-dispatched callback while another thread iterates
-//! that GMainContext, the old watch stays attached and ready between the
-//! listener's unlock and the g_source_destroy that follows it; the
-//! iterating thread meanwhile dispatches it again and again (its handler
-//! sees it no longer serves and returns G_SOURCE_CONTINUE).  Under PCT,
-//! which can starve the replacing thread, that never ends (shuttle's
-//! "exceeded max_steps").  The sim therefore yields after a dispatch that
-//! did nothing (an OS scheduler is fair) and counts them.  A stale watch's
-//! dispatch returning G_SOURCE_REMOVE would end it at once (the trait's
-//! `ReadyHandler::ready` would return whether to keep the watch).
+//! Measured (2 shared cores, debug build): 22 scenarios, 44,000
+//! random/PCT schedules, 20,000 bounded DFS schedules (disconnect vs
+//! wait_client, not exhaustive) and 82,984 exhaustive ones: 146,984
+//! schedules in 140 s (98 s of CPU; the 2 cores were shared, load 6),
+//! of which the accept-in-flight and stale-watch scenarios take 45 s and
+//! the two exhaustive one-dispatch vs disconnect DFS runs 67 s.  DFS on
+//! the fine world (`QIO_SHUTTLE_DFS_FINE`, measured before the fd gate)
+//! exhausts only "one dispatch vs unref" (89,547 schedules via aio_poll,
+//! 17,909 via GLib); the other one-dispatch cases pass 100,000 schedules
+//! without finishing (about 100 s each), so CI does not run that.
 //!
 //! Checked that it fails: notify on replace (instead of when the last
 //! user goes) is caught in three scenarios ("notify of registration 3
 //! while 1 call(s) of it run", the call in the IOThread, the replace in
 //! the main thread); splitting wait_client's start into two critical
 //! sections (the race fixed in 8c73580) is caught as a deadlock, a
-//! wait_client blocked on a listener disconnected in between.
+//! wait_client blocked on a listener disconnected in between.  The
+//! listener of 517929a (before the fd gate; `ready` adapted to return
+//! true, G_SOURCE_CONTINUE) fails the disconnect cases and the stale-watch
+//! test; with `QIO_SHUTTLE_COUNT_FAILURES=1`, failing schedules of 1000
+//! random ones: accept in flight vs disconnect 16 (IOThread), 9 (GLib
+//! thread), 92 (wait_client), with "accept on fd 3 of socket 2, closed
+//! meanwhile", "... which was closed and now belongs to socket N" (the
+//! unrelated one), "accept on socket N, already closed", and for
+//! wait_client "wait_client's watch on socket N, already closed" and
+//! "watch of socket N dispatched for fd 3, which now belongs to socket M";
+//! PCT finds each within 30 schedules.  Stale watch: 204 of 1000 ("a
+//! stale GSource watch was dispatched N times"); the last-unref cases
+//! pass (a dispatch or wait_client holds the listener, so finalize cannot
+//! race with its accept) except that PCT starves the GLib one into the
+//! busy loop ("exceeded max_steps", schedule 84).  Of the older scenarios,
+//! disconnect vs wait_client (68 of 1000), replace + disconnect + unref
+//! (27) and one dispatch vs disconnect (34 via aio_poll, 7 via GLib) fail
+//! the same way, and PCT starves "glib: dispatch vs clear + last unref"
+//! into the busy loop.
 //!
 //! Why shuttle and not loom: the state machine holds its registration
 //! through `std::sync::Weak` (`Arc::downgrade` in `arm`), and loom's `Arc`

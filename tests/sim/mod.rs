@@ -53,12 +53,23 @@
 //! the same fd or removed by a watch that did not install it, watching or
 //! closing a watched socket), registrations (called after their notify,
 //! notified twice or while a call of them runs), accepting on a blocking
-//! socket with nothing queued, and, at `finish`, anything left over.
+//! socket with nothing queued (unless it was shut down), fd numbers (an
+//! accept, poll, shutdown, set_nonblocking or watch on a closed number or
+//! on one that now belongs to another socket; a watch dispatched for a
+//! number that changed hands), unrelated sockets (touched, or a client of
+//! theirs handed to the listener's user), and, at `finish`, anything left
+//! over.  `STATS` counts what the tests report (fd violations, watches
+//! that removed themselves, the most idle dispatches of one GSource, how
+//! often an unrelated socket got a number a listener had held).
 //!
 //! What it does NOT model:
-//! - real file descriptors beyond their numbers: errno, `poll` semantics beyond "a client is queued", POLLHUP/POLLERR, and
-//!   connections that fail accept with ECONNABORTED (a reset client just
-//!   leaves the queue; a client reset after accept changes nothing);
+//! - real file descriptors beyond their numbers: errno, `poll` semantics
+//!   beyond "a client is queued" (a shut-down socket is simply not
+//!   readable; no POLLHUP/POLLERR), the kernel's own reference on a
+//!   socket (an fd closed under a blocking accept), dup'ed or shared
+//!   fds (socket activation), and connections that fail accept with
+//!   ECONNABORTED (a reset client just leaves the queue; a client reset
+//!   after accept changes nothing);
 //! - memory: safe Rust cannot free what is still referenced, so "use after
 //!   free" is modelled as use of a released handle, and a host that did not
 //!   keep a handler alive during its dispatch cannot be expressed (the sim
