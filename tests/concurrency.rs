@@ -24,6 +24,10 @@
 //! once finalize has run does).  No accept, poll or watch may act on a
 //! closed or reused number, no client of the unrelated socket may reach a
 //! callback or wait_client, and it must still have its client queued.
+//! Two more runs disconnect a socket left blocking (set_nonblocking
+//! failed), against the IOThread and against wait_client: the disconnect
+//! then shuts the socket down when a use is in flight (about 5% and 2% of
+//! the schedules), and the sim's accept on it fails at once.
 //!
 //! Stale GSource watches, `shuttle_glib_replace_while_dispatching`: a
 //! GSource callback replaced twice while another thread iterates its
@@ -51,12 +55,12 @@
 //! PCT only.
 //! `-- --nocapture` prints the counts.
 //!
-//! Measured (2 shared cores, debug build): 22 scenarios, 44,000
+//! Measured (2 shared cores, debug build): 24 scenarios, 48,000
 //! random/PCT schedules, 20,000 bounded DFS schedules (disconnect vs
-//! wait_client, not exhaustive) and 83,913 exhaustive ones: 147,913
-//! schedules in 140 s (98 s of CPU; the 2 cores were shared, load 6),
-//! of which the accept-in-flight and stale-watch scenarios take 45 s and
-//! the two exhaustive one-dispatch vs disconnect DFS runs 67 s.  DFS on
+//! wait_client, not exhaustive) and 83,913 exhaustive ones: 151,913
+//! schedules in 141 s (89 s of CPU; the 2 cores were shared, load 5),
+//! of which the accept-in-flight and stale-watch scenarios take 54 s and
+//! the two exhaustive one-dispatch vs disconnect DFS runs 68 s.  DFS on
 //! the fine world (`QIO_SHUTTLE_DFS_FINE`, measured before the fd gate)
 //! exhausts only "one dispatch vs unref" (89,547 schedules via aio_poll,
 //! 17,909 via GLib); the other one-dispatch cases pass 100,000 schedules
@@ -256,7 +260,17 @@ struct Setup {
 }
 
 fn setup(coarse: bool) -> Setup {
+    setup_with(coarse, false)
+}
+
+/// The same; `blocking`: set_nonblocking fails, so the socket stays
+/// blocking (one accept per wake-up, and a disconnect shuts it down to
+/// wake an accept in flight).
+fn setup_with(coarse: bool, blocking: bool) -> Setup {
     let guard = if coarse { begin_coarse() } else { begin() };
+    if blocking {
+        fail_nonblocking(1);
+    }
     let (owner, sock, port) = listener_with_socket();
     let lid = owner.id();
     Setup {
@@ -641,8 +655,12 @@ enum End {
 /// watch on a closed or reused number and any client of an unrelated
 /// socket that reaches a callback or wait_client; the unrelated sockets
 /// must still have their clients queued at the end.
-fn end_vs_inflight_accept(kind: Loop, end: End, coarse: bool) {
-    let s = setup(coarse);
+///
+/// `blocking`: the socket could not be made non-blocking, so a disconnect
+/// with an accept in flight shuts it down first (the sim's accept then
+/// fails at once, as a blocked one returns).
+fn end_vs_inflight_accept(kind: Loop, end: End, blocking: bool, coarse: bool) {
+    let s = setup_with(coarse, blocking);
     let (io, g) = (aio_context_new(), glib_context_new());
     let conns: Vec<ConnId> = (0..2).filter_map(|_| connect(s.port)).collect();
     let (target, reg) = match kind {
@@ -836,25 +854,36 @@ fn shuttle_one_dispatch_vs_one_operation() {
 
 #[test]
 fn shuttle_end_vs_inflight_accept() {
-    for kind in [Loop::Aio, Loop::Glib, Loop::Wait] {
-        for end in [End::Disconnect, End::LastUnref] {
-            let before = (
-                STATS.unrelated.load(Relaxed),
-                STATS.unrelated_on_reused.load(Relaxed),
-            );
-            explore(
-                &format!("{kind:?} accept in flight vs {end:?}, then an unrelated socket"),
-                move |c| end_vs_inflight_accept(kind, end, c),
-                // DFS on the coarse world exhausts only this one (929
-                // schedules); the others pass 30,000 without finishing.
-                matches!((kind, end), (Loop::Wait, End::LastUnref)).then_some(5_000),
-            );
-            eprintln!(
-                "  {} of {} unrelated sockets got a number the listener had held",
-                STATS.unrelated_on_reused.load(Relaxed) - before.1,
-                STATS.unrelated.load(Relaxed) - before.0,
-            );
-        }
+    let cases = [Loop::Aio, Loop::Glib, Loop::Wait]
+        .into_iter()
+        .flat_map(|k| [(k, End::Disconnect, false), (k, End::LastUnref, false)])
+        .chain([
+            (Loop::Aio, End::Disconnect, true),
+            (Loop::Wait, End::Disconnect, true),
+        ]);
+    for (kind, end, blocking) in cases {
+        let before = (
+            STATS.unrelated.load(Relaxed),
+            STATS.unrelated_on_reused.load(Relaxed),
+            STATS.shutdowns.load(Relaxed),
+        );
+        explore(
+            &format!(
+                "{kind:?} accept in flight vs {end:?}{}, then an unrelated socket",
+                if blocking { " (blocking socket)" } else { "" }
+            ),
+            move |c| end_vs_inflight_accept(kind, end, blocking, c),
+            // DFS on the coarse world exhausts only this one (929
+            // schedules); the others pass 30,000 without finishing.
+            matches!((kind, end), (Loop::Wait, End::LastUnref)).then_some(5_000),
+        );
+        eprintln!(
+            "  {} of {} unrelated sockets got a number the listener had held; {} \
+             shutdowns",
+            STATS.unrelated_on_reused.load(Relaxed) - before.1,
+            STATS.unrelated.load(Relaxed) - before.0,
+            STATS.shutdowns.load(Relaxed) - before.2,
+        );
     }
 }
 

@@ -44,7 +44,7 @@
 //! nested aio_poll while its dispatch ran, 6,180 unrelated sockets (2,829
 //! of them on a number one of the listener's sockets had held): 6.4 s
 //! (4.1 s of CPU).  200,000 seeds (8.0 M operations, 247,542 unrelated
-//! sockets) in a release build: 21 s, no failure.
+//! sockets) in a release build: 14 s, no failure.
 
 #![cfg(not(feature = "shuttle"))]
 

@@ -228,6 +228,8 @@ pub struct Stats {
     /// got a number that one of a listener's sockets had held.
     pub unrelated: AtomicU64,
     pub unrelated_on_reused: AtomicU64,
+    /// shutdown() calls (on a blocking socket with a use in flight).
+    pub shutdowns: AtomicU64,
 }
 
 pub static STATS: Stats = Stats {
@@ -249,6 +251,7 @@ pub static STATS: Stats = Stats {
     max_idle_per_source: AtomicU64::new(0),
     unrelated: AtomicU64::new(0),
     unrelated_on_reused: AtomicU64::new(0),
+    shutdowns: AtomicU64::new(0),
 };
 
 fn bump(c: &AtomicU64) {

@@ -443,6 +443,7 @@ impl SocketChannel for Channel {
     }
 
     fn shutdown(&self) {
+        bump(&STATS.shutdowns);
         world(|w| {
             if let Some(c) = w
                 .on_own_fd(self.id, "shutdown")
