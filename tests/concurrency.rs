@@ -76,9 +76,9 @@
 //! true, G_SOURCE_CONTINUE) fails the disconnect cases and the stale-watch
 //! test; with `QIO_SHUTTLE_COUNT_FAILURES=1`, failing schedules of 1000
 //! random ones: accept in flight vs disconnect 16 (IOThread), 9 (GLib
-//! thread), 92 (wait_client), with "accept on fd 3 of socket 2, closed
-//! meanwhile", "... which was closed and now belongs to socket N" (the
-//! unrelated one), "accept on socket N, already closed", and for
+//! thread), 92 (wait_client), on a blocking socket 22 and 106, with
+//! "accept on fd 3 of socket 2, closed meanwhile", "... which was closed
+//! and now belongs to socket N" (the unrelated one), "accept on socket N, already closed", and for
 //! wait_client "wait_client's watch on socket N, already closed" and
 //! "watch of socket N dispatched for fd 3, which now belongs to socket M";
 //! PCT finds each within 30 schedules.  Stale watch: 204 of 1000 ("a
