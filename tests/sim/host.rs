@@ -109,35 +109,17 @@ impl Host for Sim {
     }
 
     fn timer_glib<T: TimerHandler>(ctx: GCtx, ms: u32, handler: T) -> Timer {
-        let f: HFn = Box::new(move || {
-            handler.fire();
-            true
-        });
         let sid = world(|w| {
-            let hint = w.frame_hint();
-            if hint.is_some() {
-                bump(&STATS.backoff_timers);
-            }
-            let h = w.new_handler(f);
-            let deadline = w.now + u64::from(ms);
+            let (h, deadline, hint) = w.new_timer(ms, handler);
             w.add_source(ctx, SrcKind::Timer { deadline, hint }, h)
         });
         Timer::Glib { ctx, sid }
     }
 
     fn timer_aio<T: TimerHandler>(ctx: ACtx, ms: u32, handler: T) -> Timer {
-        let f: HFn = Box::new(move || {
-            handler.fire();
-            true
-        });
         let tid = world(|w| {
-            let hint = w.frame_hint();
-            if hint.is_some() {
-                bump(&STATS.backoff_timers);
-            }
-            let h = w.new_handler(f);
+            let (h, deadline, hint) = w.new_timer(ms, handler);
             let tid = w.id();
-            let deadline = w.now + u64::from(ms);
             w.actx(ctx).timers.insert(
                 tid,
                 ATimer {

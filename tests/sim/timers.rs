@@ -18,6 +18,24 @@ pub(super) struct ATimer {
 }
 
 impl World {
+    /// A timer's handler, deadline and hint (the socket whose dispatch is
+    /// creating it: a back-off).
+    pub(super) fn new_timer<T: TimerHandler>(
+        &mut self,
+        ms: u32,
+        handler: T,
+    ) -> (HArc, u64, Option<u64>) {
+        let hint = self.frame_hint();
+        if hint.is_some() {
+            bump(&STATS.backoff_timers);
+        }
+        let h = self.new_handler(Box::new(move || {
+            handler.fire();
+            true
+        }));
+        (h, self.now + u64::from(ms), hint)
+    }
+
     /// Timers created by a dispatch of `chan`'s watch that have neither
     /// fired nor been cancelled.
     pub fn backoff_timers(&self, chan: u64) -> Vec<Ctx> {
