@@ -7,8 +7,9 @@
 //! standalone compat host, chosen at link time.  Tests also run the state
 //! machine on a deterministic simulated host (`tests/sim/`), which models
 //! GSource and AioContext dispatch, nested polls, bottom halves, timers on a
-//! virtual clock, accept queues and fd exhaustion, and checks every handle
-//! it gives out.
+//! virtual clock, accept queues and fd exhaustion, and fd numbers (reused
+//! lowest first, as the kernel does: any use of a closed or reused number
+//! is a violation), and checks every handle it gives out.
 //!
 //! # The contract a host keeps
 //!
