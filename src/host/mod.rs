@@ -158,4 +158,12 @@ pub trait Host: Sized + 'static {
     fn timer_aio<T: TimerHandler>(ctx: Self::AioCtx, ms: u32, handler: T) -> Self::Timer;
     /// Reports an internal problem (QEMU's `error_report`).
     fn report(msg: &str);
+
+    /// A monotonic clock in nanoseconds, never 0, for the listener's
+    /// guess whether a burst of clients is under way; None (the default)
+    /// if the host has none, and then the listener always assumes one may
+    /// be.
+    fn clock_ns() -> Option<u64> {
+        None
+    }
 }
