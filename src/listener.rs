@@ -227,6 +227,7 @@ impl FdGate {
     }
 
     /// Starts a use of the fd, or None once the socket is closing.
+    #[inline]
     pub fn enter(&self) -> Option<FdUse<'_>> {
         let prev = self.state.fetch_add(USE, SeqCst);
         let use_ = FdUse(self);
@@ -234,6 +235,7 @@ impl FdGate {
     }
 
     /// Runs `f`, one use of the fd, unless the socket is closing.
+    #[inline]
     pub fn with<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
         let _use = self.enter()?;
         Some(f())
@@ -264,15 +266,26 @@ impl Default for FdGate {
 }
 
 impl Drop for FdUse<'_> {
+    #[inline]
     fn drop(&mut self) {
         let gate = self.0;
         // The last use of a closing gate wakes the disconnect that waits
         // for it; it checks the state under the same mutex, so the wake-up
         // cannot fall between its check and its wait.
         if gate.state.fetch_sub(USE, SeqCst) == CLOSING | USE {
-            let _idle = lock(&gate.idle);
-            gate.idle_cv.notify_all();
+            gate.wake_closer();
         }
+    }
+}
+
+impl FdGate {
+    /// The slow path of leaving, kept out of line so that every accept's
+    /// leave stays one atomic subtraction.
+    #[cold]
+    #[inline(never)]
+    fn wake_closer(&self) {
+        let _idle = lock(&self.idle);
+        self.idle_cv.notify_all();
     }
 }
 
