@@ -198,50 +198,33 @@ static void run_case(Nest nest, bool threaded)
     tu_accepts_destroy(&c.acc);
 }
 
-static void test_nonblocking_default(void)
-{
-    run_case(NEST_NONBLOCKING, false);
-}
+typedef struct {
+    const char *path;
+    Nest nest;
+    bool threaded;
+} CaseSpec;
 
-static void test_nonblocking_thread(void)
-{
-    run_case(NEST_NONBLOCKING, true);
-}
+static const CaseSpec cases[] = {
+    { "/net-listener/recurse/nonblocking/default", NEST_NONBLOCKING, false },
+    { "/net-listener/recurse/nonblocking/thread", NEST_NONBLOCKING, true },
+    { "/net-listener/recurse/blocking/default", NEST_BLOCKING, false },
+    { "/net-listener/recurse/blocking/thread", NEST_BLOCKING, true },
+    { "/net-listener/recurse/clear/default", NEST_THEN_CLEAR, false },
+    { "/net-listener/recurse/clear/thread", NEST_THEN_CLEAR, true },
+};
 
-static void test_blocking_default(void)
+static void test_case(gconstpointer data)
 {
-    run_case(NEST_BLOCKING, false);
-}
+    const CaseSpec *spec = data;
 
-static void test_blocking_thread(void)
-{
-    run_case(NEST_BLOCKING, true);
-}
-
-static void test_clear_default(void)
-{
-    run_case(NEST_THEN_CLEAR, false);
-}
-
-static void test_clear_thread(void)
-{
-    run_case(NEST_THEN_CLEAR, true);
+    run_case(spec->nest, spec->threaded);
 }
 
 int main(int argc, char **argv)
 {
     tu_init(&argc, &argv);
-    g_test_add_func("/net-listener/recurse/nonblocking/default",
-                    test_nonblocking_default);
-    g_test_add_func("/net-listener/recurse/nonblocking/thread",
-                    test_nonblocking_thread);
-    g_test_add_func("/net-listener/recurse/blocking/default",
-                    test_blocking_default);
-    g_test_add_func("/net-listener/recurse/blocking/thread",
-                    test_blocking_thread);
-    g_test_add_func("/net-listener/recurse/clear/default",
-                    test_clear_default);
-    g_test_add_func("/net-listener/recurse/clear/thread",
-                    test_clear_thread);
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+        g_test_add_data_func(cases[i].path, &cases[i], test_case);
+    }
     return g_test_run();
 }
