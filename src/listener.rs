@@ -407,7 +407,7 @@ struct AcceptHandler<H: ListenerHost> {
 #[derive(Default)]
 struct BatchHint {
     /// 0: look; else the host time (ns) of the last wake-up in single mode.
-    single_since: std::sync::atomic::AtomicU64,
+    single_since: AtomicU64,
 }
 
 /// How close two wake-ups of a socket in single mode must be for a burst
@@ -417,13 +417,14 @@ struct BatchHint {
 pub const BURST_GAP_NS: u64 = 20_000;
 
 impl BatchHint {
-    /// Whether to look for a second client now (after the first).
-    fn burst_likely<H: Host>(&self) -> bool {
+    /// Whether to look for a second client now (after the first); `clock`
+    /// is the host's, read only in single mode.
+    fn burst_likely(&self, clock: impl FnOnce() -> Option<u64>) -> bool {
         let last = self.single_since.load(Relaxed);
         if last == 0 {
             return true;
         }
-        let Some(now) = H::clock_ns() else {
+        let Some(now) = clock() else {
             return true;
         };
         self.single_since.store(now, Relaxed);
@@ -431,8 +432,8 @@ impl BatchHint {
     }
 
     /// What the look found: a second client (burst mode) or nothing.
-    fn looked<H: Host>(&self, found: bool) {
-        let single = if found { 0 } else { H::clock_ns().unwrap_or(0) };
+    fn looked(&self, found: bool, clock: impl FnOnce() -> Option<u64>) {
+        let single = if found { 0 } else { clock().unwrap_or(0) };
         self.single_since.store(single, Relaxed);
     }
 }
@@ -845,13 +846,13 @@ impl<H: ListenerHost> Listener<H> {
                 // much less (and a burst goes on unpolled).  A shortage
                 // that starts mid-batch shows up at the next wake-up's
                 // first accept.
-                if i == 1 && !(handler.batch && handler.hint.burst_likely::<H>()) {
+                if i == 1 && !(handler.batch && handler.hint.burst_likely(H::clock_ns)) {
                     return 1;
                 }
                 let next = gate.with(|| {
                     if i == 1 {
                         let found = channel.pending();
-                        handler.hint.looked::<H>(found);
+                        handler.hint.looked(found, H::clock_ns);
                         if !found {
                             return None;
                         }
@@ -1049,5 +1050,43 @@ impl<H: ListenerHost> Drop for Listener<H> {
         self.disconnect();
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         st.client = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BatchHint, Relaxed, BURST_GAP_NS};
+
+    fn no_read() -> Option<u64> {
+        panic!("the clock is read only in single mode")
+    }
+
+    #[test]
+    fn batch_hint_learns_from_the_previous_wake_ups() {
+        let h = BatchHint::default();
+        // A new watch looks, without reading the clock.
+        assert!(h.burst_likely(no_read));
+        // The look found a second client: keep looking.
+        h.looked(true, no_read);
+        assert!(h.burst_likely(no_read));
+        // It found none after one client: single mode from now on.
+        h.looked(false, || Some(1_000));
+        // A client long after the last one: do not look.
+        let t = 1_000 + 10 * BURST_GAP_NS;
+        assert!(!h.burst_likely(|| Some(t)));
+        assert!(!h.burst_likely(|| Some(t + BURST_GAP_NS)));
+        // The loop came straight back: a burst is likely, look.
+        assert!(h.burst_likely(|| Some(t + BURST_GAP_NS + 1)));
+        h.looked(true, no_read);
+        assert!(h.burst_likely(no_read));
+    }
+
+    #[test]
+    fn batch_hint_without_a_clock_always_looks() {
+        let h = BatchHint::default();
+        h.looked(false, || None);
+        assert!(h.burst_likely(|| None));
+        h.single_since.store(5, Relaxed);
+        assert!(h.burst_likely(|| None));
     }
 }
