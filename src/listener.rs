@@ -412,8 +412,12 @@ struct BatchHint {
 
 /// How close two wake-ups of a socket in single mode must be for a burst
 /// to be likely (the loop came straight back to it).  A one-client
-/// wake-up costs a few microseconds even in QEMU; clients one at a time
-/// from other processes come further apart than this.
+/// wake-up and a loop round cost a few microseconds even in QEMU; clients
+/// that connect one at a time rarely come closer than this, and if they
+/// do, the look that follows costs one poll.  The gap runs from one
+/// wake-up's start to the next, so it includes the callback: a callback
+/// that takes longer keeps the socket in single mode (one client per
+/// wake-up, as upstream), as does a slowed-down run (valgrind).
 pub const BURST_GAP_NS: u64 = 20_000;
 
 impl BatchHint {

@@ -27,6 +27,14 @@
 //!   under its lock.  Dropping an AioContext watch or timer never calls
 //!   back synchronously; dropping a GSource watch or timer may release its
 //!   handler at once, so the state machine drops those after unlocking.
+//! - **A GSource watch's handler is never re-entered**, as with GLib's
+//!   default: a loop nested in its dispatch (on the same context) does
+//!   not call it again and does not spin on its still-readable socket,
+//!   and the watch serves the socket again once the dispatch returns.
+//!   (GLib gives this by blocking the source during every dispatch;
+//!   [`qemu`]'s GSource watches pay for it only when a nested loop finds
+//!   the socket readable, see `qemu::watch::SourceWatch`.)  An AioContext
+//!   fd handler may be re-entered by a nested `aio_poll`, as in QEMU.
 //! - **The handler owns what it uses**: every handler holds strong
 //!   references (the listener [`Host::Owner`], the registration, the
 //!   channel) so that "alive during dispatch" covers all of them.
