@@ -64,7 +64,9 @@ def main():
     plt = import_pyplot()
     fig, axes = plt.subplots(len(PANELS), 1, figsize=(12, 12))
     width = 0.8 / len(servers)
-    colors = plt.get_cmap("tab10").colors
+    # Distinct colours for up to 20 servers (e.g. a run that also measures
+    # an earlier commit's builds).
+    colors = plt.get_cmap("tab10" if len(servers) <= 10 else "tab20").colors
     for ax, (field, title, log) in zip(axes, PANELS):
         for i, label in enumerate(servers):
             xs, ys = [], []

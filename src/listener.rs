@@ -67,7 +67,9 @@
 //!   runs when the last clone goes, i.e. once it is replaced and no
 //!   callback that uses it is still running in any thread.
 //! - A wake-up accepts up to ACCEPT_BATCH clients, re-checking before each
-//!   that its registration is still the current one.  When accept fails
+//!   that its registration is still the current one.  It looks for a
+//!   second client only when a burst is likely (see `BatchHint`), so one
+//!   client per wake-up costs no system call more than upstream.  When accept fails
 //!   with a client still queued (out of fds or memory) the socket's watch
 //!   is replaced by a back-off timer in the same context, which re-arms it;
 //!   wait_client backs off the same way in its private loop.
@@ -371,6 +373,69 @@ struct AcceptHandler<H: ListenerHost> {
     batch: bool,
     /// The socket's fd uses (see the disconnect rule).
     gate: Arc<FdGate>,
+    /// Whether the next wake-up should look for a second client.
+    hint: BatchHint,
+}
+
+/// Whether a wake-up looks for a second client after the first one.
+///
+/// Looking costs a poll of the socket (an accept that finds nothing would
+/// cost QEMU a channel object made and finalized for nothing).  In a burst
+/// it pays for itself many times over (up to ACCEPT_BATCH clients per
+/// wake-up instead of one); with one client per wake-up, the common case,
+/// it is a system call more than upstream on every wake-up.  So a wake-up
+/// looks only when a burst is likely, learnt from the previous wake-ups:
+/// - after a wake-up that found a second client (or started the watch),
+///   it looks: bursts come in runs;
+/// - once a look found nothing after one client, the socket is in *single*
+///   mode: it stops looking, and only looks again when a wake-up comes
+///   less than BURST_GAP_NS after the previous one (the loop came straight
+///   back: clients arrive faster than it serves them one at a time).  A
+///   burst that starts in single mode thus costs one extra wake-up or two,
+///   not one per client; a client that arrives while the loop sleeps costs
+///   none.
+///
+/// The clock is the host's ([`Host::clock_ns`]); a host without one (the
+/// simulated host) always looks, as before.  It is a hint, not
+/// synchronisation: a wrong guess costs one system call or one wake-up,
+/// never a client (the socket stays readable and its watch dispatches
+/// again), so relaxed std atomics suffice, also under shuttle.
+#[derive(Default)]
+struct BatchHint {
+    /// 0: look; else the host time (ns) of the last wake-up in single mode.
+    single_since: AtomicU64,
+}
+
+/// How close two wake-ups of a socket in single mode must be for a burst
+/// to be likely (the loop came straight back to it).  A one-client
+/// wake-up and a loop round cost a few microseconds even in QEMU; clients
+/// that connect one at a time rarely come closer than this, and if they
+/// do, the look that follows costs one poll.  The gap runs from one
+/// wake-up's start to the next, so it includes the callback: a callback
+/// that takes longer keeps the socket in single mode (one client per
+/// wake-up, as upstream), as does a slowed-down run (valgrind).
+pub const BURST_GAP_NS: u64 = 20_000;
+
+impl BatchHint {
+    /// Whether to look for a second client now (after the first); `clock`
+    /// is the host's, read only in single mode.
+    fn burst_likely(&self, clock: impl FnOnce() -> Option<u64>) -> bool {
+        let last = self.single_since.load(Relaxed);
+        if last == 0 {
+            return true;
+        }
+        let Some(now) = clock() else {
+            return true;
+        };
+        self.single_since.store(now, Relaxed);
+        now.wrapping_sub(last) < BURST_GAP_NS
+    }
+
+    /// What the look found: a second client (burst mode) or nothing.
+    fn looked(&self, found: bool, clock: impl FnOnce() -> Option<u64>) {
+        let single = if found { 0 } else { clock().unwrap_or(0) };
+        self.single_since.store(single, Relaxed);
+    }
 }
 
 impl<H: ListenerHost> Drop for AcceptHandler<H> {
@@ -527,6 +592,7 @@ impl<H: ListenerHost> Listener<H> {
                 epoch: self.epoch.load(SeqCst),
                 batch: s.nonblocking,
                 gate: s.gate.clone(),
+                hint: BatchHint::default(),
             };
             s.watch = Some(match target {
                 Target::Glib(ctx) => Watch::Source(H::watch_source(&s.channel, ctx, handler)),
@@ -774,14 +840,22 @@ impl<H: ListenerHost> Listener<H> {
                     }
                 }
             } else {
-                // After one client, look before accepting again: a failed
-                // accept costs QEMU a channel object made and finalized
-                // for nothing, a poll much less (and a burst goes on
-                // unpolled).  A shortage that starts mid-batch shows up at
-                // the next wake-up's first accept.
+                // After one client, look before accepting again if a burst
+                // is likely (see BatchHint): a failed accept costs QEMU a
+                // channel object made and finalized for nothing, a poll
+                // much less (and a burst goes on unpolled).  A shortage
+                // that starts mid-batch shows up at the next wake-up's
+                // first accept.
+                if i == 1 && !(handler.batch && handler.hint.burst_likely(H::clock_ns)) {
+                    return 1;
+                }
                 let next = gate.with(|| {
-                    if i == 1 && (!handler.batch || !channel.pending()) {
-                        return None;
+                    if i == 1 {
+                        let found = channel.pending();
+                        handler.hint.looked(found, H::clock_ns);
+                        if !found {
+                            return None;
+                        }
                     }
                     channel.accept()
                 });
@@ -976,5 +1050,43 @@ impl<H: ListenerHost> Drop for Listener<H> {
         self.disconnect();
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         st.client = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BatchHint, Relaxed, BURST_GAP_NS};
+
+    fn no_read() -> Option<u64> {
+        panic!("the clock is read only in single mode")
+    }
+
+    #[test]
+    fn batch_hint_learns_from_the_previous_wake_ups() {
+        let h = BatchHint::default();
+        // A new watch looks, without reading the clock.
+        assert!(h.burst_likely(no_read));
+        // The look found a second client: keep looking.
+        h.looked(true, no_read);
+        assert!(h.burst_likely(no_read));
+        // It found none after one client: single mode from now on.
+        h.looked(false, || Some(1_000));
+        // A client long after the last one: do not look.
+        let t = 1_000 + 10 * BURST_GAP_NS;
+        assert!(!h.burst_likely(|| Some(t)));
+        assert!(!h.burst_likely(|| Some(t + BURST_GAP_NS)));
+        // The loop came straight back: a burst is likely, look.
+        assert!(h.burst_likely(|| Some(t + BURST_GAP_NS + 1)));
+        h.looked(true, no_read);
+        assert!(h.burst_likely(no_read));
+    }
+
+    #[test]
+    fn batch_hint_without_a_clock_always_looks() {
+        let h = BatchHint::default();
+        h.looked(false, || None);
+        assert!(h.burst_likely(|| None));
+        h.single_since.store(5, Relaxed);
+        assert!(h.burst_likely(|| None));
     }
 }

@@ -28,6 +28,14 @@
 //!   under its lock.  Dropping an AioContext watch or timer never calls
 //!   back synchronously; dropping a GSource watch or timer may release its
 //!   handler at once, so the state machine drops those after unlocking.
+//! - **A GSource watch's handler is never re-entered**, as with GLib's
+//!   default: a loop nested in its dispatch (on the same context) does
+//!   not call it again and does not spin on its still-readable socket,
+//!   and the watch serves the socket again once the dispatch returns.
+//!   (GLib gives this by blocking the source during every dispatch;
+//!   [`qemu`]'s GSource watches pay for it only when a nested loop finds
+//!   the socket readable, see `qemu::watch::SourceWatch`.)  An AioContext
+//!   fd handler may be re-entered by a nested `aio_poll`, as in QEMU.
 //! - **The handler owns what it uses**: every handler holds strong
 //!   references (the listener [`Host::Owner`], the registration, the
 //!   channel) so that "alive during dispatch" covers all of them.
@@ -159,4 +167,12 @@ pub trait Host: Sized + 'static {
     fn timer_aio<T: TimerHandler>(ctx: Self::AioCtx, ms: u32, handler: T) -> Self::Timer;
     /// Reports an internal problem (QEMU's `error_report`).
     fn report(msg: &str);
+
+    /// A monotonic clock in nanoseconds, never 0, for the listener's
+    /// guess whether a burst of clients is under way; None (the default)
+    /// if the host has none, and then the listener always assumes one may
+    /// be.
+    fn clock_ns() -> Option<u64> {
+        None
+    }
 }
