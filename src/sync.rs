@@ -15,3 +15,10 @@ pub use std::sync::{
     Condvar, Mutex, MutexGuard,
 };
 pub use std::sync::{Arc, Weak};
+
+/// Locks `m`, ignoring poisoning: a panic never leaves the listener's
+/// state half-updated in a way that matters more than refusing service
+/// forever would.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,30 +1,36 @@
 //! Accepting: the handler behind every async watch, batch accept and its
 //! hint, and the back-off when accept fails for lack of resources.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::{
+    ffi::CStr,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
 
-use super::{lock, Counters, FdGate, Listener, ListenerHost, Registration, Target, Trace, Watch};
+use super::{
+    Counters, FdGate, Listener, ListenerHost, Registration, State, Target, Trace, Watch,
+    ACCEPT_BATCH, BACKOFF_MS, BURST_GAP_NS,
+};
 use crate::{
     host::{ClientCallback, ReadyHandler, SocketChannel, TimerHandler},
-    sync::{Arc, Ordering::SeqCst, Weak},
+    sync::{lock, Arc, Ordering::SeqCst, Weak},
 };
 
 /// The handler behind every async watch: it serves the registration it
 /// was created for, and only while that registration is current.  It owns
 /// the listener reference that the dispatch uses (see the module doc).
-pub(super) struct AcceptHandler<H: ListenerHost> {
-    pub(super) owner: H::Owner,
-    pub(super) registration: Weak<Registration<H>>,
+struct AcceptHandler<H: ListenerHost> {
+    owner: H::Owner,
+    registration: Weak<Registration<H>>,
     /// The listener's `epoch` when this watch was armed: the watch serves
     /// while it has not moved.
-    pub(super) epoch: u64,
+    epoch: u64,
     /// The socket could be made non-blocking: else one accept per wake-up
     /// (a second one could block the whole event loop).
-    pub(super) batch: bool,
+    batch: bool,
     /// The socket's fd uses (see the disconnect rule).
-    pub(super) gate: Arc<FdGate>,
+    gate: Arc<FdGate>,
     /// Whether the next wake-up should look for a second client.
-    pub(super) hint: BatchHint,
+    hint: BatchHint,
 }
 
 /// Whether a wake-up looks for a second client after the first one.
@@ -51,20 +57,10 @@ pub(super) struct AcceptHandler<H: ListenerHost> {
 /// never a client (the socket stays readable and its watch dispatches
 /// again), so relaxed std atomics suffice, also under shuttle.
 #[derive(Default)]
-pub(super) struct BatchHint {
+struct BatchHint {
     /// 0: look; else the host time (ns) of the last wake-up in single mode.
     single_since: AtomicU64,
 }
-
-/// How close two wake-ups of a socket in single mode must be for a burst
-/// to be likely (the loop came straight back to it).  A one-client
-/// wake-up and a loop round cost a few microseconds even in QEMU; clients
-/// that connect one at a time rarely come closer than this, and if they
-/// do, the look that follows costs one poll.  The gap runs from one
-/// wake-up's start to the next, so it includes the callback: a callback
-/// that takes longer keeps the socket in single mode (one client per
-/// wake-up, as upstream), as does a slowed-down run (valgrind).
-pub const BURST_GAP_NS: u64 = 20_000;
 
 impl BatchHint {
     /// Whether to look for a second client now (after the first); `clock`
@@ -103,15 +99,6 @@ impl<H: ListenerHost> ReadyHandler<H> for AcceptHandler<H> {
     }
 }
 
-/// How many clients one wake-up accepts at most before returning to the
-/// event loop (so that a flood cannot starve the loop's other sources).
-pub const ACCEPT_BATCH: usize = 32;
-
-/// How long a socket pauses after accept failed for lack of resources
-/// (EMFILE, ENFILE, ENOBUFS, ENOMEM) with clients still queued.  They stay
-/// in the kernel backlog meanwhile; retrying at once would spin.
-pub const BACKOFF_MS: u32 = 100;
-
 /// The timer of a back-off: re-arms the socket's watch.
 struct BackoffHandler<H: ListenerHost> {
     owner: H::Owner,
@@ -147,6 +134,45 @@ pub(super) fn accept_first<C: SocketChannel>(channel: &C) -> Accepted<C> {
 }
 
 impl<H: ListenerHost> Listener<H> {
+    /// Creates the missing watches if a callback is set and no wait_client
+    /// runs.  Called with the lock held; creating a watch never calls back.
+    pub(super) fn arm(&self, st: &mut State<H>, owner: &H::Owner, by: &'static CStr) {
+        let Some(reg) = st.client.as_ref() else {
+            return;
+        };
+        if !reg.client.has_func() || !st.waiters.is_empty() {
+            return;
+        }
+        H::trace(
+            self,
+            Trace::Watch {
+                client: &reg.client,
+                target: reg.target,
+                by,
+            },
+        );
+        let target = reg.target;
+        let registration = Arc::downgrade(reg);
+        for s in st
+            .sockets
+            .iter_mut()
+            .filter(|s| !s.closed && s.watch.is_none() && s.backoff.is_none())
+        {
+            let handler = AcceptHandler::<H> {
+                owner: owner.clone(),
+                registration: registration.clone(),
+                epoch: self.epoch.load(SeqCst),
+                batch: s.nonblocking,
+                gate: s.gate.clone(),
+                hint: BatchHint::default(),
+            };
+            s.watch = Some(match target {
+                Target::Glib(ctx) => Watch::Source(H::watch_source(&s.channel, ctx, handler)),
+                Target::Aio(ctx) => Watch::Aio(H::watch_aio(&s.channel, ctx, handler)),
+            });
+        }
+    }
+
     /// Pauses `channel`'s watch for BACKOFF_MS: accept failed while a
     /// client is still queued, so the socket stays readable and retrying
     /// now would spin.  Runs inside the watch's own callback.
@@ -221,12 +247,6 @@ impl<H: ListenerHost> Listener<H> {
     /// lock.
     fn serving(&self, handler: &AcceptHandler<H>) -> bool {
         self.epoch.load(SeqCst) == handler.epoch && self.waiting.load(SeqCst) == 0
-    }
-
-    /// Invalidates every armed watch (see `epoch`).  Called with the lock
-    /// held when the registration changes or the listener disconnects.
-    pub(super) fn new_epoch(&self) {
-        self.epoch.fetch_add(1, SeqCst);
     }
 
     /// The watch callback: accepts up to ACCEPT_BATCH pending clients (the

@@ -1,8 +1,7 @@
 //! The fd gate: the uses of a listening fd in flight, and the end of them
 //! (the disconnect rule in the parent module's doc).
 
-use super::lock;
-use crate::sync::{AtomicUsize, Condvar, Mutex, Ordering::SeqCst};
+use crate::sync::{lock, AtomicUsize, Condvar, Mutex, Ordering::SeqCst};
 
 /// The uses of one listening socket's fd that are in flight, and the end
 /// of them: every use of the fd by the listener happens inside the gate

@@ -87,17 +87,11 @@ mod accept;
 mod gate;
 mod wait;
 
-use accept::{AcceptHandler, BatchHint};
-pub use accept::{ACCEPT_BATCH, BACKOFF_MS, BURST_GAP_NS};
 pub use gate::{FdGate, FdUse};
-use wait::Waiter;
 
 use crate::{
     host::{ClientCallback, Host, HostError, SocketChannel, WaitLoop},
-    sync::{
-        Ordering::SeqCst,
-        {Arc, Mutex, MutexGuard},
-    },
+    sync::{lock, Arc, AtomicBool, Mutex, Ordering::SeqCst},
 };
 
 /// What the state machine needs of a host beyond the primitives of
@@ -212,6 +206,23 @@ struct Disarmed<H: Host> {
     _timers: Vec<H::Timer>,
 }
 
+/// A `wait_client` in progress.
+struct Waiter<H: Host> {
+    main_loop: H::WaitLoop,
+    /// The private watches, while the loop waits for a client.
+    watches: Mutex<Vec<H::SourceWatch>>,
+    client: Mutex<Option<H::Channel>>,
+    /// Accept failed with a client still queued: pause, then retry.
+    backoff: AtomicBool,
+}
+
+impl<H: Host> Waiter<H> {
+    /// The private watches, to drop (destroy) after unlocking.
+    fn take_watches(&self) -> Vec<H::SourceWatch> {
+        std::mem::take(&mut *lock(&self.watches))
+    }
+}
+
 struct State<H: ListenerHost> {
     name: Option<CString>,
     sockets: Vec<Socket<H>>,
@@ -263,11 +274,24 @@ impl Counters {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic never leaves the state half-updated in a way that matters
-    // more than refusing service forever would.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// How many clients one wake-up accepts at most before returning to the
+/// event loop (so that a flood cannot starve the loop's other sources).
+pub const ACCEPT_BATCH: usize = 32;
+
+/// How long a socket pauses after accept failed for lack of resources
+/// (EMFILE, ENFILE, ENOBUFS, ENOMEM) with clients still queued.  They stay
+/// in the kernel backlog meanwhile; retrying at once would spin.
+pub const BACKOFF_MS: u32 = 100;
+
+/// How close two wake-ups of a socket in single mode must be for a burst
+/// to be likely (the loop came straight back to it).  A one-client
+/// wake-up and a loop round cost a few microseconds even in QEMU; clients
+/// that connect one at a time rarely come closer than this, and if they
+/// do, the look that follows costs one poll.  The gap runs from one
+/// wake-up's start to the next, so it includes the callback: a callback
+/// that takes longer keeps the socket in single mode (one client per
+/// wake-up, as upstream), as does a slowed-down run (valgrind).
+pub const BURST_GAP_NS: u64 = 20_000;
 
 impl<H: ListenerHost> Listener<H> {
     pub fn new() -> Self {
@@ -287,47 +311,14 @@ impl<H: ListenerHost> Listener<H> {
         }
     }
 
-    pub fn set_name(&self, name: Option<&CStr>) {
-        lock(&self.state).name = name.map(CStr::to_owned);
+    /// Invalidates every armed watch (see `epoch`).  Called with the lock
+    /// held when the registration changes or the listener disconnects.
+    fn new_epoch(&self) {
+        self.epoch.fetch_add(1, SeqCst);
     }
 
-    /// Creates the missing watches if a callback is set and no wait_client
-    /// runs.  Called with the lock held; creating a watch never calls back.
-    fn arm(&self, st: &mut State<H>, owner: &H::Owner, by: &'static CStr) {
-        let Some(reg) = st.client.as_ref() else {
-            return;
-        };
-        if !reg.client.has_func() || !st.waiters.is_empty() {
-            return;
-        }
-        H::trace(
-            self,
-            Trace::Watch {
-                client: &reg.client,
-                target: reg.target,
-                by,
-            },
-        );
-        let target = reg.target;
-        let registration = Arc::downgrade(reg);
-        for s in st
-            .sockets
-            .iter_mut()
-            .filter(|s| !s.closed && s.watch.is_none() && s.backoff.is_none())
-        {
-            let handler = AcceptHandler::<H> {
-                owner: owner.clone(),
-                registration: registration.clone(),
-                epoch: self.epoch.load(SeqCst),
-                batch: s.nonblocking,
-                gate: s.gate.clone(),
-                hint: BatchHint::default(),
-            };
-            s.watch = Some(match target {
-                Target::Glib(ctx) => Watch::Source(H::watch_source(&s.channel, ctx, handler)),
-                Target::Aio(ctx) => Watch::Aio(H::watch_aio(&s.channel, ctx, handler)),
-            });
-        }
+    pub fn set_name(&self, name: Option<&CStr>) {
+        lock(&self.state).name = name.map(CStr::to_owned);
     }
 
     /// Removes every watch and cancels every back-off (a new registration

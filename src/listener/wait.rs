@@ -3,22 +3,12 @@
 
 use super::{
     accept::{accept_first, Accepted},
-    lock, Counters, FdGate, Listener, ListenerHost, Trace, BACKOFF_MS,
+    Counters, FdGate, Listener, ListenerHost, Trace, Waiter, BACKOFF_MS,
 };
 use crate::{
     host::{Host, ReadyHandler, TimerHandler, WaitLoop},
-    sync::{Arc, AtomicBool, Mutex, Ordering::SeqCst},
+    sync::{lock, Arc, AtomicBool, Mutex, Ordering::SeqCst},
 };
-
-/// A `wait_client` in progress.
-pub(super) struct Waiter<H: Host> {
-    pub(super) main_loop: H::WaitLoop,
-    /// The private watches, while the loop waits for a client.
-    pub(super) watches: Mutex<Vec<H::SourceWatch>>,
-    pub(super) client: Mutex<Option<H::Channel>>,
-    /// Accept failed with a client still queued: pause, then retry.
-    pub(super) backoff: AtomicBool,
-}
 
 /// The handler of the private watches of wait_client, one per socket.
 struct WaitHandler<H: Host> {
@@ -45,13 +35,6 @@ impl<H: ListenerHost> ReadyHandler<H> for WaitHandler<H> {
         }
         waiter.main_loop.quit();
         true
-    }
-}
-
-impl<H: Host> Waiter<H> {
-    /// The private watches, to drop (destroy) after unlocking.
-    pub(super) fn take_watches(&self) -> Vec<H::SourceWatch> {
-        std::mem::take(&mut *lock(&self.watches))
     }
 }
 
