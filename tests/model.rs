@@ -17,9 +17,17 @@
 //!   registration's context; a back-off only after accept failed with a
 //!   client queued);
 //! - at most ACCEPT_BATCH clients per wake-up, and a wake-up stops early
-//!   only if something changed or accept failed; a wake-up that accepted
-//!   nothing while clients stay queued ends in a back-off (no spin); once
-//!   fds are back every queued client is served (back-off loses none);
+//!   only if something changed, accept failed, or its watch is in single
+//!   mode (see below); a wake-up that accepted nothing while clients stay
+//!   queued ends in a back-off (no spin); once fds are back every queued
+//!   client is served (back-off loses none);
+//! - the batch hint (`BatchHint` in src/listener.rs), on the sim's clock:
+//!   a wake-up that accepted one client may skip the look for a second
+//!   one (the sim records each look, `Event::Look`) only if its watch is
+//!   in single mode (its last look found nothing: a new watch always
+//!   looks), and then only while the watch stays armed in the
+//!   registration's context, so the level-triggered watch serves the
+//!   clients left queued;
 //! - wait_client returns one of the queued clients (or the one scheduled to
 //!   arrive), NULL at once on a dead listener and NULL when disconnected
 //!   meanwhile, and never blocks forever (the sim flags a hang);
@@ -452,6 +460,10 @@ struct Model {
     /// Sockets whose accept failed with a client queued since the
     /// registration last changed: only they may be backing off.
     fd_fail: BTreeSet<u64>,
+    /// Watches (by handler) in single mode: their last look for a second
+    /// client found none, so they may stop after one client (see
+    /// `BatchHint`).  A new watch looks.
+    single: BTreeSet<u64>,
     delivered: u64,
 }
 
@@ -593,9 +605,12 @@ impl Checker for Model {
             Event::FrameEnd {
                 frame,
                 kind,
+                ctx,
                 accepts,
                 fails,
-                ..
+                look,
+                keep,
+                handler,
             } => {
                 let at_start = self.frames.remove(frame).flatten();
                 if *accepts as usize > ACCEPT_BATCH {
@@ -611,6 +626,9 @@ impl Checker for Model {
                 if fails.iter().any(|p| *p) {
                     self.fd_fail.insert(chan);
                 }
+                // Whether the hint was in single mode when the dispatch
+                // decided not to look (see Event::Look).
+                let was_single = self.single.contains(handler);
                 let live = self.serving().is_some_and(|c| Some(c.id) == at_start)
                     && self.waiting == 0
                     && self.open.contains(&chan)
@@ -620,11 +638,23 @@ impl Checker for Model {
                     return Ok(());
                 }
                 let queued = w.queue(chan).len();
+                // Single mode: one client, no look, the hint in single
+                // mode (a new watch looks).
+                let single = *accepts == 1 && fails.is_empty() && look.is_none() && was_single;
                 if fails.is_empty() && (*accepts as usize) < ACCEPT_BATCH && queued > 0 {
-                    return Err(format!(
-                        "wake-up on socket {chan} stopped after {accepts} clients with \
-                         {queued} still queued and nothing changed"
-                    ));
+                    // Stopping early in single mode loses no client only
+                    // if the (level-triggered) watch stays armed, in the
+                    // registration's context: it dispatches again.
+                    let c = self.cur.expect("serving").ctx;
+                    let ws = w.async_watches(chan);
+                    let armed = ws == [c] && *ctx == c && (*keep || matches!(c, Ctx::A(_)));
+                    if !(single && armed) {
+                        return Err(format!(
+                            "wake-up on socket {chan} stopped after {accepts} clients with \
+                             {queued} still queued and nothing changed (looked: {look:?}, \
+                             single mode: {was_single}, watches {ws:?}, kept: {keep})"
+                        ));
+                    }
                 }
                 if *accepts == 0 && fails.iter().any(|p| *p) && queued > 0 {
                     let c = self.cur.expect("serving").ctx;
@@ -702,6 +732,17 @@ impl Checker for Model {
             }
             Event::Closed { chan } => {
                 self.open.remove(chan);
+            }
+            // The batch hint, when it learns (a nested dispatch of the same
+            // AioContext handler may look between an outer one's look and
+            // its end): a look that found nothing starts single mode, one
+            // that found a client ends it.
+            Event::Look { handler, found, .. } => {
+                if *found {
+                    self.single.remove(handler);
+                } else {
+                    self.single.insert(*handler);
+                }
             }
             Event::Accepted { .. } | Event::CallEnd { .. } => {}
             Event::Report(msg) => return Err(format!("host report: {msg}")),
