@@ -17,9 +17,20 @@
 //!   registration's context; a back-off only after accept failed with a
 //!   client queued);
 //! - at most ACCEPT_BATCH clients per wake-up, and a wake-up stops early
-//!   only if something changed or accept failed; a wake-up that accepted
-//!   nothing while clients stay queued ends in a back-off (no spin); once
-//!   fds are back every queued client is served (back-off loses none);
+//!   only if something changed, accept failed, or its watch is in single
+//!   mode (see below); a wake-up that accepted nothing while clients stay
+//!   queued ends in a back-off (no spin); once fds are back every queued
+//!   client is served (back-off loses none);
+//! - the batch hint (`BatchHint` in src/listener.rs), on the sim's clock
+//!   (virtual nanoseconds; `Tick` and `Trickle` let 1 µs to 160 µs pass
+//!   between wake-ups, around BURST_GAP_NS): a wake-up that accepted one
+//!   client may skip the look for a second one (the sim records each
+//!   look, `Event::Look`) only if its watch is in single mode (its last
+//!   look found nothing: a new watch always looks), and then only while
+//!   the watch stays armed in the registration's context, so the
+//!   level-triggered watch serves the clients left queued; the test
+//!   counts the wake-ups in single mode and those that looked again in
+//!   it, and fails if either never happens;
 //! - wait_client returns one of the queued clients (or the one scheduled to
 //!   arrive), NULL at once on a dead listener and NULL when disconnected
 //!   meanwhile, and never blocks forever (the sim flags a hang);
@@ -59,11 +70,11 @@ use std::{
     ffi::CString,
     fmt::Write as _,
     panic::{catch_unwind, AssertUnwindSafe},
-    sync::atomic::Ordering::Relaxed,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Instant,
 };
 
-use qio_net_listener::host::ClientCallback;
+use qio_net_listener::{host::ClientCallback, listener::BURST_GAP_NS};
 use sim::*;
 
 // ---------------------------------------------------------------------
@@ -127,6 +138,18 @@ enum Op {
     /// The next n accepts fail with the client still queued.
     FailAccepts(u8),
     Advance(u16),
+    /// Less than a millisecond passes (ns): around BURST_GAP_NS, the
+    /// largest gap between two wake-ups of a socket at which the listener
+    /// still looks for a second client once it stopped doing so.
+    Tick(u32),
+    /// `n` clients on socket `sock`, one at a time: each connects, `dt` ns
+    /// pass, and the current registration's context (the running
+    /// callback's, inside one) runs one iteration: wake-ups `dt` apart.
+    Trickle {
+        sock: u8,
+        n: u8,
+        dt: u32,
+    },
     /// One iteration of GMainContext i (0: default).
     Iterate(u8),
     /// One aio_poll of AioContext i (0: main).
@@ -163,6 +186,9 @@ impl Op {
             Op::Wait { how, dt } => format!("Wait {{ how: {how}, dt: {dt} }}"),
             Op::Connect { sock, n } => format!("Connect {{ sock: {sock}, n: {n} }}"),
             Op::Reset { sock } => format!("Reset {{ sock: {sock} }}"),
+            Op::Trickle { sock, n, dt } => {
+                format!("Trickle {{ sock: {sock}, n: {n}, dt: {dt} }}")
+            }
             Op::Exhaust { recover_ms } => format!("Exhaust {{ recover_ms: {recover_ms} }}"),
             other => format!("{other:?}"),
         }
@@ -218,6 +244,12 @@ impl Op {
             Op::Connect { sock, n } if *n > 1 => v.push(Op::Connect { sock: *sock, n: 1 }),
             Op::Open { n, fail } if *n > 1 || *fail != 0 => v.push(Op::Open { n: 1, fail: 0 }),
             Op::Advance(ms) if *ms > 1 => v.push(Op::Advance(*ms / 2)),
+            Op::Tick(ns) if *ns > 1 => v.push(Op::Tick(*ns / 2)),
+            Op::Trickle { sock, n, dt } if *n > 1 => v.push(Op::Trickle {
+                sock: *sock,
+                n: *n - 1,
+                dt: *dt,
+            }),
             Op::Own(n) if *n > 1 => v.push(Op::Own(1)),
             _ => {}
         }
@@ -283,6 +315,8 @@ enum K {
     Recover,
     FailAccepts,
     Advance,
+    Tick,
+    Trickle,
     Iterate,
     Poll,
     Drain,
@@ -306,6 +340,8 @@ const TOP: &[(u32, K)] = &[
     (3, K::Recover),
     (2, K::FailAccepts),
     (6, K::Advance),
+    (5, K::Tick),
+    (5, K::Trickle),
     (11, K::Iterate),
     (11, K::Poll),
     (4, K::Drain),
@@ -328,6 +364,7 @@ const INSIDE: &[(u32, K)] = &[
     (1, K::Recover),
     (1, K::FailAccepts),
     (1, K::Advance),
+    (2, K::Tick),
     (5, K::Iterate),
     (4, K::Poll),
     (8, K::Own),
@@ -397,6 +434,12 @@ fn gen_op(r: &mut Rng, table: &[(u32, K)], depth: u32) -> Op {
         K::Recover => Op::Recover,
         K::FailAccepts => Op::FailAccepts(1 + r.below(2) as u8),
         K::Advance => Op::Advance([1, 50, 99, 100, 101, 250][r.below(6) as usize]),
+        K::Tick => Op::Tick(gen_gap(r)),
+        K::Trickle => Op::Trickle {
+            sock: r.below(4) as u8,
+            n: [2, 3, 4, 6][r.below(4) as usize],
+            dt: gen_gap(r),
+        },
         K::Iterate => Op::Iterate(r.below(2) as u8),
         K::Poll => Op::Poll(r.below(2) as u8),
         K::Drain => Op::Drain,
@@ -404,6 +447,13 @@ fn gen_op(r: &mut Rng, table: &[(u32, K)], depth: u32) -> Op {
         K::DropRef => Op::DropRef,
         K::Unrelated => Op::Unrelated,
     }
+}
+
+/// A time between two wake-ups, in ns: well below BURST_GAP_NS, just
+/// below, at, just above, or well above it.
+fn gen_gap(r: &mut Rng) -> u32 {
+    let gap = BURST_GAP_NS as u32;
+    [gap / 20, gap / 2, gap - 1, gap, gap + 1, 8 * gap][r.below(6) as usize]
 }
 
 fn gen_run(seed: u64) -> Vec<Op> {
@@ -452,7 +502,58 @@ struct Model {
     /// Sockets whose accept failed with a client queued since the
     /// registration last changed: only they may be backing off.
     fd_fail: BTreeSet<u64>,
+    /// Watches (by handler) in single mode: their last look for a second
+    /// client found none, so they may stop after one client (see
+    /// `BatchHint`).  A new watch looks.
+    single: BTreeSet<u64>,
+    /// The virtual time (ns) each watch's last wake-up ended.
+    last_wakeup: BTreeMap<u64, u64>,
+    /// Dispatches running that looked in single mode (whether they found
+    /// a client), counted when they end if they were live.
+    resumed: BTreeMap<u64, bool>,
     delivered: u64,
+}
+
+/// How often the listener's batch hint did what (for the report and the
+/// assertions that both modes occur), counted on live wake-ups.
+struct HintStats {
+    /// A look after one client found none: single mode begins.
+    to_single: AtomicU64,
+    /// Wake-ups in single mode that accepted one client and did not look.
+    single: AtomicU64,
+    /// ... of which with clients still queued (served by the next one).
+    single_queued: AtomicU64,
+    /// Wake-ups in single mode that looked again (close to the previous
+    /// one: a burst is likely).
+    resumed: AtomicU64,
+    /// ... of which found a second client: back to burst mode.
+    resumed_found: AtomicU64,
+    /// ... of which came after some time passed (less than BURST_GAP_NS,
+    /// rather than at the same virtual instant).
+    resumed_later: AtomicU64,
+    /// Wake-ups in single mode less than a millisecond after the previous
+    /// one (at least BURST_GAP_NS).
+    single_sub_ms: AtomicU64,
+}
+
+// Per thread: the tests of this binary run in parallel, and only
+// model_random_sequences reports (and asserts on) what its seeds did.
+thread_local! {
+    static HINT: HintStats = const {
+        HintStats {
+            to_single: AtomicU64::new(0),
+            single: AtomicU64::new(0),
+            single_queued: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            resumed_found: AtomicU64::new(0),
+            resumed_later: AtomicU64::new(0),
+            single_sub_ms: AtomicU64::new(0),
+        }
+    };
+}
+
+fn count(c: impl FnOnce(&HintStats) -> &AtomicU64) {
+    HINT.with(|h| c(h).fetch_add(1, Relaxed));
 }
 
 impl Model {
@@ -593,9 +694,12 @@ impl Checker for Model {
             Event::FrameEnd {
                 frame,
                 kind,
+                ctx,
                 accepts,
                 fails,
-                ..
+                look,
+                keep,
+                handler,
             } => {
                 let at_start = self.frames.remove(frame).flatten();
                 if *accepts as usize > ACCEPT_BATCH {
@@ -611,6 +715,14 @@ impl Checker for Model {
                 if fails.iter().any(|p| *p) {
                     self.fd_fail.insert(chan);
                 }
+                // Whether the hint was in single mode when the dispatch
+                // decided not to look (see Event::Look).
+                let was_single = self.single.contains(handler);
+                let resumed = self.resumed.remove(frame);
+                let since = self
+                    .last_wakeup
+                    .insert(*handler, w.now_ns())
+                    .map(|t| w.now_ns() - t);
                 let live = self.serving().is_some_and(|c| Some(c.id) == at_start)
                     && self.waiting == 0
                     && self.open.contains(&chan)
@@ -620,11 +732,42 @@ impl Checker for Model {
                     return Ok(());
                 }
                 let queued = w.queue(chan).len();
+                // Single mode: one client, no look, the hint in single
+                // mode (a new watch looks).
+                let single = *accepts == 1 && fails.is_empty() && look.is_none() && was_single;
+                if single {
+                    count(|h| &h.single);
+                    if since.is_some_and(|t| t < sim::NS_PER_MS) {
+                        count(|h| &h.single_sub_ms);
+                    }
+                }
+                if fails.is_empty() && *accepts == 1 && *look == Some(false) {
+                    count(|h| &h.to_single);
+                }
+                if let Some(found) = resumed {
+                    count(|h| &h.resumed);
+                    if found {
+                        count(|h| &h.resumed_found);
+                    }
+                    if since.is_some_and(|t| t > 0) {
+                        count(|h| &h.resumed_later);
+                    }
+                }
                 if fails.is_empty() && (*accepts as usize) < ACCEPT_BATCH && queued > 0 {
-                    return Err(format!(
-                        "wake-up on socket {chan} stopped after {accepts} clients with \
-                         {queued} still queued and nothing changed"
-                    ));
+                    // Stopping early in single mode loses no client only
+                    // if the (level-triggered) watch stays armed, in the
+                    // registration's context: it dispatches again.
+                    let c = self.cur.expect("serving").ctx;
+                    let ws = w.async_watches(chan);
+                    let armed = ws == [c] && *ctx == c && (*keep || matches!(c, Ctx::A(_)));
+                    if !(single && armed) {
+                        return Err(format!(
+                            "wake-up on socket {chan} stopped after {accepts} clients with \
+                             {queued} still queued and nothing changed (looked: {look:?}, \
+                             single mode: {was_single}, watches {ws:?}, kept: {keep})"
+                        ));
+                    }
+                    count(|h| &h.single_queued);
                 }
                 if *accepts == 0 && fails.iter().any(|p| *p) && queued > 0 {
                     let c = self.cur.expect("serving").ctx;
@@ -702,6 +845,24 @@ impl Checker for Model {
             }
             Event::Closed { chan } => {
                 self.open.remove(chan);
+            }
+            // The batch hint, when it learns (a nested dispatch of the same
+            // AioContext handler may look between an outer one's look and
+            // its end): a look that found nothing starts single mode, one
+            // that found a client ends it.
+            Event::Look {
+                frame,
+                handler,
+                found,
+            } => {
+                let was_single = if *found {
+                    self.single.remove(handler)
+                } else {
+                    !self.single.insert(*handler)
+                };
+                if was_single {
+                    self.resumed.insert(*frame, *found);
+                }
             }
             Event::Accepted { .. } | Event::CallEnd { .. } => {}
             Event::Report(msg) => return Err(format!("host report: {msg}")),
@@ -948,28 +1109,23 @@ fn perform(op: &Op, cb_owner: Option<&Owner>) {
         Op::Recover => restore_fds(),
         Op::FailAccepts(n) => fail_accepts(u32::from(*n)),
         Op::Advance(ms) => advance(u64::from(*ms)),
+        Op::Tick(ns) => advance_ns(u64::from(*ns)),
+        Op::Trickle { sock, n, dt } => {
+            if let Some(port) = port_of(*sock) {
+                for _ in 0..*n {
+                    connect(port);
+                    advance_ns(u64::from(*dt));
+                    own_iterations(1);
+                }
+            }
+        }
         Op::Iterate(i) => {
             iterate(h(|h| h.g[*i as usize % 2]));
         }
         Op::Poll(i) => {
             aio_poll(h(|h| h.a[*i as usize % 2]), false);
         }
-        Op::Own(n) => {
-            let t = h(|h| {
-                h.running
-                    .last()
-                    .copied()
-                    .or_else(|| h.cur.as_ref().map(|c| c.1))
-            });
-            if let Some(t) = t {
-                for _ in 0..*n {
-                    match target(t) {
-                        Target::Glib(g) => iterate(g),
-                        Target::Aio(a) => aio_poll(a, false),
-                    };
-                }
-            }
-        }
+        Op::Own(n) => own_iterations(*n),
         Op::Drain => {
             if cb_owner.is_none() {
                 drain_all(200);
@@ -985,6 +1141,25 @@ fn perform(op: &Op, cb_owner: Option<&Owner>) {
             if o.is_some() {
                 api(Api::DropRef, || drop(o));
             }
+        }
+    }
+}
+
+/// `n` iterations of the running callback's own context, or at the top
+/// level of the current registration's.
+fn own_iterations(n: u8) {
+    let t = h(|h| {
+        h.running
+            .last()
+            .copied()
+            .or_else(|| h.cur.as_ref().map(|c| c.1))
+    });
+    if let Some(t) = t {
+        for _ in 0..n {
+            match target(t) {
+                Target::Glib(g) => iterate(g),
+                Target::Aio(a) => aio_poll(a, false),
+            };
         }
     }
 }
@@ -1259,6 +1434,24 @@ fn regressions() -> Vec<Vec<Op>> {
             Connect { sock: 0, n: 3 },
             Poll(1),
         ],
+        // Single mode: after a look found no second client, a wake-up
+        // 1 µs later (at a virtual instant BURST_GAP_NS after the look's)
+        // accepts one of three clients and does not look; the watch
+        // dispatches again for the rest.
+        vec![
+            Open { n: 1, fail: 0 },
+            Set {
+                t: Default,
+                func: true,
+                script: vec![],
+            },
+            Trickle {
+                sock: 0,
+                n: 1,
+                dt: 1000,
+            },
+            Connect { sock: 2, n: 3 },
+        ],
         // GSource: the callback clears, unrefs and iterates its context.
         vec![
             Open { n: 1, fail: 0 },
@@ -1338,8 +1531,48 @@ fn model_random_sequences() {
         STATS.unrelated_on_reused.load(Relaxed),
         STATS.self_removed.load(Relaxed),
     );
+    let hint = |c: fn(&HintStats) -> &AtomicU64| HINT.with(|h| c(h).load(Relaxed));
+    eprintln!(
+        "model: batch hint: {} wake-ups entered single mode (a look found no second client), \
+         {} wake-ups in single mode (one client, no look; {} with clients still queued, \
+         served by the next wake-up; {} less than 1 ms after the previous one), {} looked \
+         again in single mode (the wake-up within BURST_GAP_NS of the previous one; {} found \
+         a second client; {} after time passed)",
+        hint(|h| &h.to_single),
+        hint(|h| &h.single),
+        hint(|h| &h.single_queued),
+        hint(|h| &h.single_sub_ms),
+        hint(|h| &h.resumed),
+        hint(|h| &h.resumed_found),
+        hint(|h| &h.resumed_later),
+    );
     if seeds >= SEEDS {
         assert!(total.ops >= 100_000, "only {} operations", total.ops);
+        // Both modes of the batch hint and the transitions between them
+        // occur (the sim's clock and the Tick/Trickle operations).
+        for (what, n) in [
+            ("entered single mode", hint(|h| &h.to_single)),
+            ("ran in single mode", hint(|h| &h.single)),
+            (
+                "stopped in single mode with clients queued",
+                hint(|h| &h.single_queued),
+            ),
+            ("looked again in single mode", hint(|h| &h.resumed)),
+            (
+                "found a burst again in single mode",
+                hint(|h| &h.resumed_found),
+            ),
+            (
+                "ran in single mode less than 1 ms after the previous",
+                hint(|h| &h.single_sub_ms),
+            ),
+            (
+                "looked again in single mode after time passed",
+                hint(|h| &h.resumed_later),
+            ),
+        ] {
+            assert!(n > 0, "no wake-up {what}");
+        }
     }
 }
 
@@ -1392,6 +1625,47 @@ fn issue6_release_inside_nested_aio_poll() {
         assert!(test_ref.lock().unwrap().is_none());
         guard.finish();
     }
+}
+
+/// The batch hint on the sim's clock, step by step: a look that finds no
+/// second client puts the watch in single mode; a wake-up BURST_GAP_NS or
+/// more after the previous one accepts one client and does not look (the
+/// others stay queued, the watch dispatches again); one that comes sooner
+/// looks again and drains the burst.
+#[test]
+fn batch_hint_single_mode_and_burst_resumption() {
+    let guard = begin();
+    let (owner, sock, port) = listener_with_socket();
+    let c = Client::new(Some(std::sync::Arc::new(|_: &Owner, _: &Channel| {})));
+    owner
+        .listener()
+        .set_client(&owner, c, Target::Glib(GCtx::DEFAULT));
+    let queued = || world(|w| w.queue(sock).len());
+    let reads = || world(|w| w.clock_reads());
+    // A new watch looks (without reading the clock) and finds nothing.
+    connect(port);
+    iterate(GCtx::DEFAULT);
+    assert_eq!((queued(), reads()), (0, 1), "looked, then single mode");
+    // BURST_GAP_NS later: one client per wake-up, no look.
+    for _ in 0..3 {
+        connect(port);
+    }
+    advance_ns(BURST_GAP_NS);
+    iterate(GCtx::DEFAULT);
+    assert_eq!((queued(), reads()), (2, 2), "single mode: one client");
+    // Just under the gap later: the loop came straight back, look.
+    advance_ns(BURST_GAP_NS - 1);
+    iterate(GCtx::DEFAULT);
+    assert_eq!(queued(), 0, "burst mode again: the rest in one wake-up");
+    // A look that found a second client: burst mode, whatever the time.
+    for _ in 0..2 {
+        connect(port);
+    }
+    advance(1);
+    iterate(GCtx::DEFAULT);
+    assert_eq!(queued(), 0, "burst mode: no clock needed");
+    drop(owner);
+    guard.finish();
 }
 
 /// Regression (found by this model, fixed in 9846fe3): when

@@ -205,6 +205,7 @@ impl World {
             handler: h.id,
             accepts: 0,
             fails: Vec::new(),
+            look: None,
         });
         self.emit(Event::FrameStart {
             frame: id,
@@ -214,8 +215,9 @@ impl World {
         id
     }
 
-    /// Ends a dispatch; true if it was a watch's and did nothing at all.
-    pub(super) fn frame_end(&mut self, id: u64) -> bool {
+    /// Ends a dispatch whose handler returned `keep`; true if it was a
+    /// watch's and did nothing at all.
+    pub(super) fn frame_end(&mut self, id: u64, keep: bool) -> bool {
         let Some(pos) = self.frames.iter().position(|f| f.id == id) else {
             self.violation(format!("sim: frame {id} lost"));
             return false;
@@ -232,6 +234,9 @@ impl World {
             ctx: f.ctx,
             accepts: f.accepts,
             fails: f.fails,
+            look: f.look,
+            keep,
+            handler: f.handler,
         });
         idle
     }
@@ -291,7 +296,7 @@ pub fn aio_context_new() -> ACtx {
 pub(super) fn dispatch(h: HArc, kind: FrameKind, ctx: Ctx) -> (bool, bool) {
     let fid = world(|w| w.frame_start(&h, kind, ctx));
     let keep = (h.f)();
-    let idle = world(|w| w.frame_end(fid));
+    let idle = world(|w| w.frame_end(fid, keep));
     drop(h);
     if idle {
         bump(&STATS.idle_dispatches);

@@ -134,6 +134,11 @@ impl Host for Sim {
         Timer::Aio { ctx, tid }
     }
 
+    /// The virtual clock in nanoseconds, never 0 (see `World::clock_ns`).
+    fn clock_ns() -> Option<u64> {
+        try_world(World::clock_ns)
+    }
+
     fn report(msg: &str) {
         let msg = msg.to_owned();
         world(|w| {

@@ -84,8 +84,10 @@
 //! - AioContext: its internal locking and list_lock, polling mode,
 //!   `aio_notify` other than an explicit kick, BHs other than one-shot, and
 //!   which thread owns a context (any thread may poll any context);
-//! - time: one virtual millisecond clock, only advanced by the test or by a
-//!   loop with nothing else to do;
+//! - time: one virtual clock (timers and scheduled events in milliseconds,
+//!   the host clock `clock_ns` in nanoseconds, never 0), only advanced by
+//!   the test or by a loop with nothing else to do: no time passes inside
+//!   a dispatch or a callback unless the test lets it;
 //! - threads outside shuttle: without the `shuttle` feature a world is run
 //!   by one thread, so cross-thread races are only explored in
 //!   tests/concurrency.rs, where every world access is a scheduling point
@@ -279,16 +281,30 @@ pub enum Event {
     },
     /// `fails` has one entry per failed accept: whether a client was still
     /// queued after it.
+    /// `look`: what the poll for a second client found, if the dispatch
+    /// made one (see `Frame::look`); `keep`: what the handler returned
+    /// (false: a GSource watch removes itself); `handler`: the handler
+    /// dispatched (the same for every dispatch of one watch).
     FrameEnd {
         frame: u64,
         kind: FrameKind,
         ctx: Ctx,
         accepts: u32,
         fails: Vec<bool>,
+        look: Option<bool>,
+        keep: bool,
+        handler: u64,
     },
     Accepted {
         chan: u64,
         conn: ConnId,
+    },
+    /// A dispatch that accepted a client polled its socket (the look for
+    /// a second client, see `Frame::look`): what it found.
+    Look {
+        frame: u64,
+        handler: u64,
+        found: bool,
     },
     Call {
         reg: u64,
@@ -333,10 +349,19 @@ pub struct Frame {
     handler: u64,
     pub accepts: u32,
     pub fails: Vec<bool>,
+    /// What the "another client queued?" poll (`pending()`) made after
+    /// this dispatch accepted a client found, if it made one: the
+    /// listener's look for a second client of the batch.
+    pub look: Option<bool>,
 }
 
 pub struct World {
+    /// The virtual time in whole milliseconds (`ns / NS_PER_MS`).
     now: u64,
+    /// The virtual time in nanoseconds.
+    ns: u64,
+    /// Reads of the host clock (`Host::clock_ns`).
+    clock_reads: u64,
     next: u64,
     next_port: u16,
     next_gctx: u32,
@@ -381,6 +406,8 @@ impl World {
         actxs.insert(ACtx::MAIN, ARec::default());
         World {
             now: 0,
+            ns: 0,
+            clock_reads: 0,
             next: 0,
             next_port: 1000,
             next_gctx: 1,

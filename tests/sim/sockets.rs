@@ -430,12 +430,28 @@ impl SocketChannel for Channel {
         .map(|id| Channel { id })
     }
 
-    /// Reads the fd number, then polls it (as accept).
+    /// Reads the fd number, then polls it (as accept).  A poll after the
+    /// dispatch accepted a client is its look for a second one: recorded
+    /// in the frame (`Frame::look`).
     fn pending(&self) -> bool {
         let Some(fd) = world(|w| w.fd_of(self.id, "poll")) else {
             return false;
         };
-        world(|w| w.on_fd(fd, self.id, "poll").is_some_and(|s| w.readable(s)))
+        world(|w| {
+            let found = w.on_fd(fd, self.id, "poll").is_some_and(|s| w.readable(s));
+            let look = w.innermost().filter(|f| f.accepts > 0).map(|f| {
+                f.look = Some(found);
+                (f.id, f.handler)
+            });
+            if let Some((frame, handler)) = look {
+                w.emit(Event::Look {
+                    frame,
+                    handler,
+                    found,
+                });
+            }
+            found
+        })
     }
 
     fn close(&self) {

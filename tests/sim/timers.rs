@@ -1,5 +1,11 @@
 //! The virtual clock: scheduled events (connections, recovery, actions),
-//! GLib timeout sources and QEMUTimers.
+//! GLib timeout sources and QEMUTimers, and the host's monotonic clock
+//! (`Host::clock_ns`).
+//!
+//! Time is kept in nanoseconds; timers, scheduled events and `now()` count
+//! whole milliseconds (QEMU's and GLib's timer unit), the host clock reads
+//! the nanoseconds, so a test can let less than a millisecond pass between
+//! two wake-ups (`advance_ns`), as the listener's burst guess needs.
 
 use super::*;
 
@@ -106,8 +112,42 @@ impl World {
     }
 }
 
+/// Nanoseconds in a millisecond of the virtual clock.
+pub const NS_PER_MS: u64 = 1_000_000;
+
+impl World {
+    /// Moves the clock forward to `ns` (never back).
+    fn set_ns(&mut self, ns: u64) {
+        self.ns = self.ns.max(ns);
+        self.now = self.ns / NS_PER_MS;
+    }
+
+    /// The virtual time in nanoseconds.
+    pub fn now_ns(&self) -> u64 {
+        self.ns
+    }
+
+    /// What `Host::clock_ns` reads: the virtual time in nanoseconds, plus
+    /// one so that it is never 0 (the listener takes 0 for "no time").
+    pub fn clock_ns(&mut self) -> u64 {
+        self.clock_reads += 1;
+        self.ns + 1
+    }
+
+    /// How many times the listener read the clock.
+    pub fn clock_reads(&self) -> u64 {
+        self.clock_reads
+    }
+}
+
+/// The virtual time in whole milliseconds.
 pub fn now() -> u64 {
     world(|w| w.now)
+}
+
+/// The virtual time in nanoseconds.
+pub fn now_ns() -> u64 {
+    world(|w| w.ns)
 }
 
 /// A client connects at virtual time `at`.
@@ -156,19 +196,30 @@ pub fn scheduled() -> usize {
     world(|w| w.sched.len())
 }
 
-/// Advances the virtual clock to `t`, running the scheduled events due on
-/// the way (in the calling thread).
+/// Advances the virtual clock to `t` ms, running the scheduled events due
+/// on the way (in the calling thread).
 pub fn advance_to(t: u64) {
+    advance_to_ns(t.saturating_mul(NS_PER_MS));
+}
+
+/// Advances the virtual clock to `t` ns, running the scheduled events due
+/// on the way (in the calling thread).
+pub fn advance_to_ns(t: u64) {
     loop {
         let next = world(|w| {
-            let k = w.sched.keys().next().copied().filter(|(at, _)| *at <= t);
+            let k = w
+                .sched
+                .keys()
+                .next()
+                .copied()
+                .filter(|(at, _)| at.saturating_mul(NS_PER_MS) <= t);
             match k {
                 Some(k) => {
-                    w.now = w.now.max(k.0);
+                    w.set_ns(k.0.saturating_mul(NS_PER_MS));
                     w.sched.remove(&k)
                 }
                 None => {
-                    w.now = w.now.max(t);
+                    w.set_ns(t);
                     None
                 }
             }
@@ -184,8 +235,14 @@ pub fn advance_to(t: u64) {
     }
 }
 
+/// Lets `ms` milliseconds pass.
 pub fn advance(ms: u64) {
-    advance_to(now() + ms);
+    advance_ns(ms.saturating_mul(NS_PER_MS));
+}
+
+/// Lets `ns` nanoseconds pass.
+pub fn advance_ns(ns: u64) {
+    advance_to_ns(now_ns().saturating_add(ns));
 }
 
 /// A one-shot timer: dropping it cancels it.
