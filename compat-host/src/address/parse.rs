@@ -284,6 +284,10 @@ pub(crate) unsafe fn uri_bytes(addr: *const sys::SocketAddress) -> Vec<u8> {
                     if u.has_tight && !u.tight {
                         s.extend_from_slice(b",tight=off");
                     }
+                } else if bytes(u.path).is_empty() {
+                    // "unix:" alone does not parse; an empty path (a
+                    // temporary socket when listening) needs an option.
+                    s.extend_from_slice(b",abstract=off");
                 }
                 s
             }
@@ -348,6 +352,10 @@ mod tests {
             "fd:3",
             "fd:monitor-name",
             "vsock:2:1234",
+            // Found by the socket_parse fuzz target: "unix:,tight=off"
+            // parsed, but its socket_uri() "unix:" did not.
+            "unix:,abstract=off",
+            "unix:,abstract=on",
         ] {
             let a = parse_ok(s);
             // SAFETY: a valid address.
@@ -381,6 +389,16 @@ mod tests {
             assert!((*u.0).u.q_unix.abstract_ && !(*u.0).u.q_unix.has_tight);
             assert_eq!(text((*u.0).u.q_unix.path), "@x");
         }
+    }
+
+    #[test]
+    fn empty_unix_path_round_trips() {
+        let a = parse_ok("unix:,tight=off");
+        // SAFETY: a valid address.
+        let u = unsafe { uri(a.0) };
+        assert_eq!(u, "unix:,abstract=off");
+        // SAFETY: as above.
+        assert_eq!(unsafe { uri(parse_ok(&u).0) }, u);
     }
 
     #[test]
