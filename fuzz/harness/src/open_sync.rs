@@ -20,7 +20,7 @@ use qemucompat::sys;
 use qio_net_listener::ffi::*;
 
 use crate::{
-    address::{check_bound, Addr, Bound},
+    address::{check_bound, Addr, Bound, Expect},
     support::{process, take_error, FdCheck},
 };
 
@@ -89,6 +89,10 @@ pub fn run(data: &[u8]) {
                 );
                 assert!(n > nsioc, "open_sync({addr:?}) = 0 but no new channel");
                 assert!(now_connected, "open_sync({addr:?}) = 0 but not connected");
+                assert!(
+                    expect != Expect::Fail,
+                    "open_sync({addr:?}) = 0 for a bad address"
+                );
                 for i in nsioc..n {
                     // SAFETY: a live listener, an unset error; the address
                     // returned is ours to free.

@@ -567,6 +567,7 @@ fn open(i: usize, addr: &Addr, num: i8) {
     match rc {
         0 => {
             assert!(msg.is_none(), "open_sync = 0 with an error");
+            assert!(expect != Expect::Fail, "open_sync = 0 for a bad address");
             adopt_new_channels(i);
             let after = with(|s| s.listeners[i].nsioc);
             assert!(after > before, "open_sync = 0 without a new channel");

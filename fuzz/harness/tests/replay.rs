@@ -1,0 +1,32 @@
+//! Replays the committed fuzz corpus (`fuzz/corpus/<target>/`) through the
+//! same harness functions as the fuzz targets, on the stable toolchain:
+//! a finding that comes back fails this test (a panic in a harness).
+
+use std::{fs, path::Path, time::Instant};
+
+#[test]
+fn replay_fuzz_corpus() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+    // One test, one thread: the harnesses share the main loop (the thread
+    // that first runs one is its home) and count the process's fds.
+    for (name, run) in qio_fuzz_harness::TARGETS {
+        let dir = root.join(name);
+        let mut files: Vec<_> = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.expect("corpus entry").path())
+            .collect();
+        files.sort();
+        let start = Instant::now();
+        for f in &files {
+            let data = fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            eprintln!("{name}: {}", f.display());
+            run(&data);
+        }
+        assert!(
+            !files.is_empty(),
+            "no corpus for {name} in {}",
+            dir.display()
+        );
+        eprintln!("{name}: {} inputs in {:?}", files.len(), start.elapsed());
+    }
+}
