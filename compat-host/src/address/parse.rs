@@ -249,7 +249,9 @@ pub(super) fn host_port(host: &str, port: &str) -> String {
 }
 
 fn host_port_bytes(host: &[u8], port: &[u8]) -> Vec<u8> {
-    if host.contains(&b':') {
+    // A host that starts with '[' needs them too, or it would be taken
+    // for an IPv6 literal when parsed back.
+    if host.contains(&b':') || host.starts_with(b"[") {
         [b"[", host, b"]:", port].concat()
     } else {
         [host, b":", port].concat()
@@ -356,6 +358,9 @@ mod tests {
             // parsed, but its socket_uri() "unix:" did not.
             "unix:,abstract=off",
             "unix:,abstract=on",
+            // Found by the fuzz target too: the host "[x" was written
+            // without brackets, which does not parse back.
+            "tcp:[[x]:5001",
         ] {
             let a = parse_ok(s);
             // SAFETY: a valid address.
