@@ -524,10 +524,14 @@ impl Fd {
             }
             Fd::Negative(n) => (-(i64::from(*n).abs()).max(1)).to_string(),
             Fd::Unopened(n) => (i64::from(lim) + i64::from(*n)).to_string(),
-            Fd::Garbage(s) => match s.trim().parse::<i64>() {
-                Ok(n) if (0..i64::from(lim)).contains(&n) => format!("z{s}"),
-                _ => s.clone(),
-            },
+            Fd::Garbage(s) => {
+                // What C sees: the text up to a NUL.
+                let c = s.split('\0').next().unwrap_or("");
+                match c.trim().parse::<i64>() {
+                    Ok(n) if (0..i64::from(lim)).contains(&n) => format!("z{s}"),
+                    _ => s.clone(),
+                }
+            }
             Fd::Null => return ptr::null_mut(),
         };
         g_strdup_bytes(text.as_bytes())

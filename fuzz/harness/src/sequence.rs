@@ -27,6 +27,7 @@ use std::{
     cell::{Cell, RefCell},
     ffi::{c_char, c_void},
     ptr,
+    time::{Duration, Instant},
 };
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -876,24 +877,32 @@ fn finish() {
         }
         iterate(Loop::All, 2);
     }
-    // Listeners kept alive by their watches: a client each.
-    for _ in 0..4 {
-        let targets: Vec<Target> = with(|s| {
-            s.listeners
-                .iter()
-                .filter(|x| !x.finalized)
-                .flat_map(|x| x.targets.clone())
-                .collect()
-        });
-        if targets.is_empty() && with(|s| s.listeners.iter().all(|x| x.finalized)) {
+    // Listeners kept alive by their watches: a client each, then the
+    // loops, until all are finalized (bounded: a slow machine gets more
+    // rounds, a listener that never goes away fails below).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for round in 0.. {
+        if with(|s| s.listeners.iter().all(|x| x.finalized)) || Instant::now() > deadline {
             break;
         }
-        for t in targets {
-            if let Some(c) = t.connect() {
-                with(|s| s.clients.push(c));
+        if round % 8 == 0 {
+            let targets: Vec<Target> = with(|s| {
+                s.listeners
+                    .iter()
+                    .filter(|x| !x.finalized)
+                    .flat_map(|x| x.targets.clone())
+                    .collect()
+            });
+            for t in targets {
+                if let Some(c) = t.connect() {
+                    with(|s| s.clients.push(c));
+                }
             }
         }
-        iterate(Loop::All, 4);
+        iterate(Loop::All, 2);
+        if round >= 8 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     iterate(Loop::All, 4);
     drop_clients();
