@@ -653,13 +653,16 @@ pub unsafe fn check_bound(a: *const sys::SocketAddress, expect: &Expect) -> Opti
                     Expect::Ports(lo, hi) if (lo..=hi).contains(&port) => {}
                     _ => panic!("expected {expect:?}, bound {host}:{port}"),
                 }
+                // Clients go to the bound address itself (127.x.y.z is
+                // not 127.0.0.1), or to loopback for a wildcard one.
                 let target = match ip {
-                    std::net::IpAddr::V4(_) => {
+                    std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
                         std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port))
                     }
-                    std::net::IpAddr::V6(_) => {
+                    std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
                         std::net::SocketAddr::from((Ipv6Addr::LOCALHOST, port))
                     }
+                    ip => std::net::SocketAddr::from((ip, port)),
                 };
                 Some(Target::Inet(target))
             }
@@ -738,7 +741,13 @@ impl Target {
     pub fn connect(&self) -> Option<Client> {
         let (fd, storage, len) = match self {
             Target::Inet(sa) => {
-                assert!(sa.ip().is_loopback(), "SAFETY RULE: connect to {sa}");
+                let loopback = match sa.ip() {
+                    std::net::IpAddr::V4(v4) => v4.is_loopback(),
+                    std::net::IpAddr::V6(v6) => {
+                        v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|m| m.is_loopback())
+                    }
+                };
+                assert!(loopback, "SAFETY RULE: connect to {sa}");
                 let s = socket(
                     if sa.is_ipv4() {
                         libc::AF_INET

@@ -51,6 +51,7 @@ pub fn run(data: &[u8]) {
     let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
+    crate::support::trace_input(&input);
     let fds = FdCheck::start();
     let mut bound = Bound::default();
     let pre = if input.prebind {

@@ -930,6 +930,7 @@ pub fn run(data: &[u8]) {
     let Ok(ops) = Vec::<Op>::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
+    crate::support::trace_input(&ops);
     let fds = FdCheck::start();
     with(|s| *s = State::default());
     new_listener();

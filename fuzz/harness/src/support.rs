@@ -169,3 +169,11 @@ pub(crate) unsafe fn c_bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
     // SAFETY: caller's contract.
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())
 }
+
+/// With `QIO_FUZZ_TRACE` set, prints the decoded input (to triage a
+/// finding: `QIO_FUZZ_TRACE=1 fuzz/target/.../<target> <file>`).
+pub(crate) fn trace_input(input: &impl std::fmt::Debug) {
+    if std::env::var_os("QIO_FUZZ_TRACE").is_some() {
+        eprintln!("{input:#?}");
+    }
+}

@@ -4,8 +4,23 @@
 
 use std::{fs, path::Path, time::Instant};
 
+/// `QIO_FUZZ_FILE=<target>:<file> cargo test -p qio-fuzz-harness --test
+/// replay` runs one input instead (an artifact to triage; add
+/// `QIO_FUZZ_TRACE=1` to print it decoded).
+fn replay_one(spec: &str) {
+    let (name, file) = spec.split_once(':').expect("QIO_FUZZ_FILE=<target>:<file>");
+    let (_, run) = qio_fuzz_harness::TARGETS
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no target {name}"));
+    run(&fs::read(file).unwrap_or_else(|e| panic!("{file}: {e}")));
+}
+
 #[test]
 fn replay_fuzz_corpus() {
+    if let Ok(spec) = std::env::var("QIO_FUZZ_FILE") {
+        return replay_one(&spec);
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus");
     // One test, one thread: the harnesses share the main loop (the thread
     // that first runs one is its home) and count the process's fds.
