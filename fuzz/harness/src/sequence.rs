@@ -95,6 +95,16 @@ enum Loop {
     All,
 }
 
+/// After a client connects.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Then {
+    Nothing,
+    /// wait_client(), if the listener is held and the client queued.
+    Wait,
+    /// Iterates a loop 1 to 4 times (callbacks run).
+    Iterate(Loop, u8),
+}
+
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Index {
     Small(u8),
@@ -152,12 +162,12 @@ enum Op {
         l: u8,
         aio: bool,
     },
-    /// A client to the nth channel of any listener still alive; with
-    /// `wait`, wait_client() on it if the client is queued.
+    /// A client to the nth channel of any listener still alive, then
+    /// what `then` says.
     Connect {
         l: u8,
         n: u8,
-        wait: bool,
+        then: Then,
     },
     /// wait_client() on a listener that is not connected: NULL at once.
     WaitIdle(u8),
@@ -672,7 +682,7 @@ fn client_queued(i: usize) -> bool {
     n > 0 && fds.iter().any(|f| f.revents & libc::POLLIN != 0)
 }
 
-fn connect(l: u8, n: u8, wait: bool) {
+fn connect(l: u8, n: u8, then: Then) {
     let pick = with(|s| {
         if s.connects >= MAX_CONNECTS {
             return None;
@@ -694,7 +704,11 @@ fn connect(l: u8, n: u8, wait: bool) {
     };
     with(|s| s.clients.push(client));
     let (refs, connected) = with(|s| (s.listeners[i].refs, s.listeners[i].connected));
-    if wait && refs > 0 && connected && client_queued(i) {
+    if let Then::Iterate(which, times) = then {
+        iterate(which, times % 4 + 1);
+        return;
+    }
+    if matches!(then, Then::Wait) && refs > 0 && connected && client_queued(i) {
         // SAFETY: a live listener with a client queued: returns at once.
         let c = unsafe { qio_net_listener_wait_client(lp(i)) };
         assert!(
@@ -809,7 +823,7 @@ fn step(op: &Op) {
                 set(i, k, None);
             }
         }
-        Op::Connect { l, n, wait } => connect(l, n, wait),
+        Op::Connect { l, n, then } => connect(l, n, then),
         Op::WaitIdle(l) => {
             if let Some(i) = held(l) {
                 if !with(|s| s.listeners[i].connected) {
