@@ -776,10 +776,11 @@ impl Target {
                     *d = *s as libc::c_char;
                 }
                 let base = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+                // A path of the full 108 bytes has no room for a NUL.
                 let len = if *abstract_ && !*tight {
                     size_of::<libc::sockaddr_un>()
                 } else {
-                    base + off + n + usize::from(!*abstract_)
+                    (base + off + n + usize::from(!*abstract_)).min(size_of::<libc::sockaddr_un>())
                 };
                 (s, st, len as libc::socklen_t)
             }
