@@ -2,7 +2,7 @@
 //! same harness functions as the fuzz targets, on the stable toolchain:
 //! a finding that comes back fails this test (a panic in a harness).
 
-use std::{fs, path::Path, time::Instant};
+use std::{fs, panic::catch_unwind, path::Path, time::Instant};
 
 /// `QIO_FUZZ_FILE=<target>:<file> cargo test -p qio-fuzz-harness --test
 /// replay` runs one input instead (an artifact to triage; add
@@ -34,8 +34,12 @@ fn replay_fuzz_corpus() {
         let start = Instant::now();
         for f in &files {
             let data = fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-            eprintln!("{name}: {}", f.display());
-            run(&data);
+            if catch_unwind(|| run(&data)).is_err() {
+                panic!(
+                    "{name}: {} fails (QIO_FUZZ_FILE={name}:{0} to run it alone)",
+                    f.display()
+                );
+            }
         }
         assert!(
             !files.is_empty(),
