@@ -306,18 +306,22 @@ unsafe extern "C" fn on_client(l: *mut QIONetListener, client: *mut Sioc, data: 
     r.running.set(r.running.get() + 1);
     r.calls.set(r.calls.get() + 1);
     if with(|s| s.cleanup) {
-        // As a QEMU caller that is done: a last registration (whose
-        // notify proves finalize), then disconnect.
-        set(
-            i,
-            Kind::Glib(GlibCtx::Default),
-            Some(new_reg(Action::Count, true)),
-        );
-        disconnect(i);
+        last_registration_and_disconnect(i);
     } else {
         act(i, r.action, client);
     }
     r.running.set(r.running.get() - 1);
+}
+
+/// As a QEMU caller that is done with listener `i`: a last registration
+/// (whose notify, at finalize, proves finalize), then disconnect.
+fn last_registration_and_disconnect(i: usize) {
+    set(
+        i,
+        Kind::Glib(GlibCtx::Default),
+        Some(new_reg(Action::Count, true)),
+    );
+    disconnect(i);
 }
 
 fn act(i: usize, action: Action, client: *mut Sioc) {
@@ -879,12 +883,7 @@ fn finish() {
     for i in 0..n {
         let refs = with(|s| s.listeners[i].refs);
         if refs > 0 {
-            set(
-                i,
-                Kind::Glib(GlibCtx::Default),
-                Some(new_reg(Action::Count, true)),
-            );
-            disconnect(i);
+            last_registration_and_disconnect(i);
             for _ in 0..refs {
                 unref(i);
             }
