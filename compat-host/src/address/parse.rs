@@ -128,8 +128,10 @@ fn parse_inet(s: &[u8]) -> Result<(sys::InetSocketAddress, Vec<u8>, Vec<u8>)> {
 /// ("http") are left to getaddrinfo(), which fails on unknown ones.
 pub(super) fn check_port(port: &[u8]) -> Result<()> {
     // getaddrinfo() parses numeric services with strtoul(): leading
-    // blanks and a '+' are accepted there too.
-    let t = port.trim_ascii_start();
+    // blanks (C's isspace(), vertical tab included) and a '+' are
+    // accepted there too.
+    let blank = |b: &u8| b" \t\n\x0b\x0c\r".contains(b);
+    let t = &port[port.iter().position(|b| !blank(b)).unwrap_or(port.len())..];
     let digits = t.strip_prefix(b"+").unwrap_or(t);
     if !digits.is_empty()
         && digits.iter().all(u8::is_ascii_digit)
@@ -524,7 +526,10 @@ mod tests {
             parse_ok(ok);
         }
         let before = open_fds();
-        for port in ["99999", "65536", " 70000"] {
+        // "\x0b": the bytes rewrite of check_port() had left the vertical
+        // tab out of the blanks, and getaddrinfo() took "\x0b70000" as
+        // port 4464.
+        for port in ["99999", "65536", " 70000", "\x0b70000", "\t+70000"] {
             let a = inet_with_port(port);
             let want = format!("port {port} out of range");
             assert_eq!(resolve_err(&a), want);
