@@ -94,7 +94,7 @@ pub enum Port {
 
 /// Ports whose text is unusual: zero in other spellings, out of range,
 /// negative, not decimal.
-pub const ODD_PORTS: [&str; 14] = [
+pub const ODD_PORTS: [&str; 16] = [
     "+0",
     " 0",
     "00",
@@ -109,6 +109,8 @@ pub const ODD_PORTS: [&str; 14] = [
     " 65536",
     "0x10",
     "1e3",
+    "\x0b70000",
+    "\t+70000",
 ];
 
 #[derive(Arbitrary, Debug, Clone)]
