@@ -58,6 +58,18 @@ mod channel;
 mod aio;
 mod main_loop;
 
+/// A new AioContext of its own, for Rust programs that link the host as a
+/// crate (the fuzz harness polls one without blocking).  Not a C export:
+/// no C program of the contract makes an AioContext other than through an
+/// IOThread.
+///
+/// # Safety
+/// `errp` is NULL or a valid `Error **` (QEMU's conventions).
+pub unsafe fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::AioContext {
+    // SAFETY: the caller's contract is the callee's.
+    unsafe { aio::aio_context_new(errp) }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

@@ -11,12 +11,18 @@ use crate::sys;
 
 /// A new `g_malloc`ed copy of `s` (C code frees it with `g_free`).
 pub fn g_strdup(s: &str) -> *mut c_char {
-    let len = s.len();
+    g_strdup_bytes(s.as_bytes())
+}
+
+/// A new `g_malloc`ed, NUL-terminated copy of `b` (which may hold any
+/// byte but NUL: a NUL would end the C string early).
+pub fn g_strdup_bytes(b: &[u8]) -> *mut c_char {
+    let len = b.len();
     // SAFETY: g_malloc never returns NULL (it aborts); we write len bytes
     // plus the terminator into the len + 1 bytes it returned.
     unsafe {
         let p = sys::g_malloc(len + 1) as *mut u8;
-        std::ptr::copy_nonoverlapping(s.as_ptr(), p, len);
+        std::ptr::copy_nonoverlapping(b.as_ptr(), p, len);
         *p.add(len) = 0;
         p as *mut c_char
     }

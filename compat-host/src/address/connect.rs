@@ -3,14 +3,14 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use super::{
-    connect_fd, fd_from_str, new_socket,
+    bytes, connect_fd, fd_from_str, new_socket,
     parse::{check_port, host_port},
     resolver::{ai_family, getaddrinfo},
     set_keepalive,
     sockaddr::{gai_error, vsock_sockaddr},
     text, Result, SockAddr,
 };
-use crate::{error::ErrorImpl, sys, util::cstr};
+use crate::{error::ErrorImpl, sys};
 
 fn inet_connect(a: &sys::InetSocketAddress) -> Result<OwnedFd> {
     if a.host.is_null() || a.port.is_null() {
@@ -19,7 +19,7 @@ fn inet_connect(a: &sys::InetSocketAddress) -> Result<OwnedFd> {
     // SAFETY: the address owns NUL-terminated strings.
     let (host, port) = unsafe { (text(a.host), text(a.port)) };
     let what = host_port(&host, &port);
-    check_port(&port)?;
+    check_port(port.as_bytes())?;
     let family = ai_family(a)?;
     let mut flags = libc::AI_V4MAPPED;
     if a.has_numeric && a.numeric {
@@ -68,14 +68,12 @@ fn inet_connect(a: &sys::InetSocketAddress) -> Result<OwnedFd> {
 fn unix_connect(a: &sys::UnixSocketAddress) -> Result<OwnedFd> {
     let abstract_ = a.has_abstract && a.abstract_;
     // SAFETY: the address owns a NUL-terminated path (or NULL).
-    let path: Vec<u8> = unsafe { cstr(a.path) }
-        .map(|p| p.as_bytes().to_vec())
-        .unwrap_or_default();
+    let path = unsafe { bytes(a.path) };
     if path.is_empty() && !abstract_ {
         return Err(ErrorImpl::new("unix connect: no path specified"));
     }
-    let shown = String::from_utf8_lossy(&path).into_owned();
-    let sa = SockAddr::unix(&path, abstract_, !a.has_tight || a.tight)
+    let shown = String::from_utf8_lossy(path).into_owned();
+    let sa = SockAddr::unix(path, abstract_, !a.has_tight || a.tight)
         .ok_or_else(|| ErrorImpl::new(format!("UNIX socket path '{shown}' is too long")))?;
     let sock = new_socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)
         .map_err(|e| ErrorImpl::with_errno(e, "Failed to create socket"))?;

@@ -2,10 +2,10 @@
 //! stack), unix (path and abstract), vsock and fd addresses.
 
 use std::{
-    ffi::{c_int, CStr, CString},
+    ffi::{c_int, CStr, CString, OsStr},
     os::{
         fd::{AsFd, AsRawFd, OwnedFd},
-        unix::ffi::OsStringExt,
+        unix::ffi::{OsStrExt, OsStringExt},
     },
 };
 
@@ -19,20 +19,20 @@ use nix::{
 };
 
 use super::{
-    bind_fd, fd_from_str, listen_fd, new_socket,
+    bind_fd, bytes, fd_from_str, listen_fd, new_socket,
     parse::{check_port, host_port},
     resolver::{ai_family, getaddrinfo},
     set_blocking, set_cloexec, set_keepalive,
     sockaddr::{gai_error, vsock_sockaddr},
     text, Result, SockAddr,
 };
-use crate::{error::ErrorImpl, sys, util::cstr};
+use crate::{error::ErrorImpl, sys};
 
 fn parse_port(port: &str) -> Result<u16> {
     if port.is_empty() {
         return Err(ErrorImpl::new("port not specified"));
     }
-    check_port(port)?;
+    check_port(port.as_bytes())?;
     let n: u64 = port
         .parse()
         .map_err(|_| ErrorImpl::new(format!("can't convert to a number: {port}")))?;
@@ -164,14 +164,17 @@ fn unlink(path: &CStr) -> std::result::Result<(), c_int> {
 }
 
 /// A fresh, unused path for a socket in the temporary directory.
-fn temp_socket_path() -> Result<String> {
+fn temp_socket_path() -> Result<Vec<u8>> {
     // SAFETY: g_get_tmp_dir returns a string GLib keeps alive.
-    let dir = unsafe { text(sys::g_get_tmp_dir()) };
-    let templ = format!("{dir}/qemu-socket-XXXXXX");
-    let (fd, path) = unistd::mkstemp(templ.as_str()).map_err(|e| {
+    let dir = unsafe { bytes(sys::g_get_tmp_dir()) };
+    let templ = [dir, b"/qemu-socket-XXXXXX"].concat();
+    let (fd, path) = unistd::mkstemp(OsStr::from_bytes(&templ)).map_err(|e| {
         ErrorImpl::with_errno(
             e as c_int,
-            format!("Failed to make a temporary socket {templ}"),
+            format!(
+                "Failed to make a temporary socket {}",
+                String::from_utf8_lossy(&templ)
+            ),
         )
     })?;
     drop(fd);
@@ -183,20 +186,18 @@ fn temp_socket_path() -> Result<String> {
             format!("Failed to unlink socket {}", path.to_string_lossy()),
         )
     })?;
-    Ok(path.to_string_lossy().into_owned())
+    Ok(path.into_bytes())
 }
 
 fn unix_listen(a: &sys::UnixSocketAddress, num: c_int) -> Result<OwnedFd> {
     let abstract_ = a.has_abstract && a.abstract_;
     let tight = !a.has_tight || a.tight;
     // SAFETY: the address owns a NUL-terminated path (or NULL).
-    let mut path: Vec<u8> = unsafe { cstr(a.path) }
-        .map(|p| p.as_bytes().to_vec())
-        .unwrap_or_default();
+    let mut path: Vec<u8> = unsafe { bytes(a.path) }.to_vec();
     let sock = new_socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)
         .map_err(|e| ErrorImpl::with_errno(e, "Failed to create Unix socket"))?;
     if path.is_empty() && !abstract_ {
-        path = temp_socket_path()?.into_bytes();
+        path = temp_socket_path()?;
     }
     let shown = String::from_utf8_lossy(&path).into_owned();
     let too_long = || ErrorImpl::new(format!("UNIX socket path '{shown}' is too long"));
@@ -461,6 +462,40 @@ mod tests {
                 let local = local_sockaddr(l.as_raw_fd()).unwrap().to_address().unwrap();
                 assert_eq!(uri(local.0), s);
                 drop(connect(a.0).unwrap());
+            }
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    /// Found by the open_sync fuzz target: a unix path or abstract name
+    /// that is not UTF-8 was bound as its lossy text ("\xff" became
+    /// "\u{fffd}") and reported so.  Bytes are kept when binding,
+    /// connecting and in the local address.
+    #[test]
+    fn unix_names_that_are_not_utf8() {
+        let d = tmpdir("bytes");
+        let mut path = d.as_os_str().as_bytes().to_vec();
+        path.extend_from_slice(b"/\xff\xfe.sock");
+        let name = format!("qemucompat-test-{}-", std::process::id()).into_bytes();
+        for (spec, want, abstract_) in [
+            ([b"unix:", &path[..]].concat(), path.clone(), false),
+            (
+                [b"unix:", &name[..], b"\xc3,abstract=on"].concat(),
+                [&name[..], b"\xc3"].concat(),
+                true,
+            ),
+        ] {
+            let a = parse::parse(&spec).unwrap();
+            // SAFETY: valid addresses; descriptors are owned.
+            unsafe {
+                let l = listen(a.0, 5).unwrap();
+                let local = local_sockaddr(l.as_raw_fd()).unwrap().to_address().unwrap();
+                assert_eq!(bytes((*local.0).u.q_unix.path), &want[..]);
+                assert_eq!((*local.0).u.q_unix.abstract_, abstract_);
+                drop(connect(a.0).unwrap());
+            }
+            if !abstract_ {
+                assert!(lstat_is_socket(&CString::new(want).unwrap()) == Some(true));
             }
         }
         std::fs::remove_dir_all(d).unwrap();

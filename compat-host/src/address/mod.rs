@@ -33,7 +33,7 @@ pub(crate) use self::{
 };
 
 use std::{
-    ffi::{c_char, c_int},
+    ffi::{c_char, c_int, CStr},
     mem::size_of,
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
@@ -77,6 +77,20 @@ unsafe fn text(p: *const c_char) -> String {
     unsafe { cstr(p) }
         .map(|s| s.into_owned())
         .unwrap_or_default()
+}
+
+/// The bytes of a C string owned by an address (NULL reads as empty):
+/// paths and names are bytes, only messages show them as text.
+///
+/// # Safety
+/// `p` is NULL or NUL-terminated, and outlives the result.
+unsafe fn bytes<'a>(p: *const c_char) -> &'a [u8] {
+    if p.is_null() {
+        b""
+    } else {
+        // SAFETY: caller's contract.
+        unsafe { CStr::from_ptr(p) }.to_bytes()
+    }
 }
 
 /// A zeroed, `g_malloc`ed SocketAddress of type `ty`.

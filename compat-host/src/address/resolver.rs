@@ -133,7 +133,7 @@ fn resolve_inet(a: &sys::InetSocketAddress) -> Result<Vec<AddrBox>> {
     }
     // SAFETY: the address owns NUL-terminated strings (port may be NULL).
     let (host, port) = unsafe { (text(a.host), text(a.port)) };
-    check_port(&port)?;
+    check_port(port.as_bytes())?;
     let family = ai_family(a)?;
     let mut flags = libc::AI_PASSIVE;
     if a.has_numeric && a.numeric {

@@ -14,7 +14,7 @@ use super::{new_address, text, AddrBox, Result};
 use crate::{
     error::{errno, ErrorImpl},
     sys,
-    util::g_strdup,
+    util::{g_strdup, g_strdup_bytes},
 };
 
 /// A socket address in the kernel's format.
@@ -144,12 +144,12 @@ impl SockAddr {
                 let u = unsafe { &mut (*a.0).u.q_unix };
                 if n > 0 && bytes[0] == 0 {
                     // Linux abstract namespace: the name may hold any byte.
-                    u.path = g_strdup(&String::from_utf8_lossy(&bytes[1..]));
+                    u.path = g_strdup_bytes(&bytes[1..]);
                     (u.has_abstract, u.abstract_) = (true, true);
                     (u.has_tight, u.tight) = (true, n < un.sun_path.len());
                 } else {
                     let end = bytes.iter().position(|&b| b == 0).unwrap_or(n);
-                    u.path = g_strdup(&String::from_utf8_lossy(&bytes[..end]));
+                    u.path = g_strdup_bytes(&bytes[..end]);
                 }
                 Ok(a)
             }

@@ -10,7 +10,7 @@ pub(crate) fn open_fds() -> usize {
 }
 
 pub(crate) fn parse_ok(s: &str) -> AddrBox {
-    parse(s).unwrap_or_else(|e| panic!("{s}: {}", e.message()))
+    parse(s.as_bytes()).unwrap_or_else(|e| panic!("{s}: {}", e.message()))
 }
 
 pub(crate) fn listen_err(s: &str) -> String {
