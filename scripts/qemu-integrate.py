@@ -172,6 +172,27 @@ class Qemu:
         self.git("commit", "-q", "-s", "-m", msg)
 
 
+def add_to_cargo_lock(q, packages):
+    """Adds workspace path packages to rust/Cargo.lock, in cargo's order
+    (what `cargo metadata` would write, without needing the network)."""
+    text = q.read("rust/Cargo.lock")
+    head, sep, rest = text.partition("[[package]]\n")
+    if not sep:
+        raise IntegrationError("rust/Cargo.lock: no [[package]]")
+    blocks = [b.rstrip("\n") + "\n" for b in rest.split("\n[[package]]\n")]
+    for name, deps in packages:
+        block = f'name = "{name}"\nversion = "0.1.0"\n'
+        if deps:
+            block += "dependencies = [\n" + "".join(f' "{d}",\n' for d in deps) + "]\n"
+        blocks.append(block)
+
+    def key(b):
+        m = re.match(r'name = "([^"]+)"\nversion = "([^"]+)"', b)
+        return (m.group(1), [int(x) if x.isdigit() else x for x in re.split(r"[.+-]", m.group(2))])
+    blocks.sort(key=key)
+    q.write("rust/Cargo.lock", head + "[[package]]\n" + "\n[[package]]\n".join(blocks))
+
+
 # --------------------------------------------------------------------------
 # The series
 
@@ -217,6 +238,9 @@ def patch_io_sys(q):
             .replace("@INCLUDES@", "\n".join(host_includes())))
     for f in ("lib.rs", "Cargo.toml"):
         shutil.copyfile(TEMPLATES / "bindings/io-sys" / f, q.path(f"{SYS_DIR}/{f}"))
+    # For cargo (make clippy, rustdoc): the bindings meson generated, as
+    # in the other bindings crates.
+    os.symlink("../build.rs", q.path(f"{SYS_DIR}/build.rs"))
     # QEMU's own C helpers of the listener, declared in the bindings, live
     # with the listener's sources (next patch); this patch only needs the
     # header.
@@ -289,6 +313,12 @@ def patch_listener(q):
         shutil.copyfile(TEMPLATES / "io/net-listener" / f, q.path(f"{LISTENER_DIR}/{f}"))
     q.edit("rust/meson.build", "subdir('bindings/io-sys')\n",
            "subdir('bindings/io-sys')\nsubdir('io/net-listener')\n")
+    q.edit("rust/Cargo.toml", '    "hw/timer/hpet",\n',
+           '    "hw/timer/hpet",\n    "io/net-listener",\n')
+    add_to_cargo_lock(q, [
+        ("io-sys", ["glib-sys"]),
+        ("qio-net-listener", ["glib-sys", "io-sys", "libc"]),
+    ])
     q.edit("MAINTAINERS", "F: io/\nF: include/io/\n",
            "F: io/\nF: include/io/\nF: rust/io/\nF: rust/bindings/io-sys/\n")
     q.commit(
@@ -317,7 +347,8 @@ The state machine is written against a small host interface, whose
 implementation over QEMU's C API (src/host/qemu) is the only unsafe
 code; the C ABI is in src/ffi.rs.  Nothing links the libraries yet.
 """,
-        [LISTENER_DIR, "rust/meson.build", "MAINTAINERS"])
+        [LISTENER_DIR, "rust/meson.build", "rust/Cargo.toml", "rust/Cargo.lock",
+         "MAINTAINERS"])
 
 
 def patch_link(q):
