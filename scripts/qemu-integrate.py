@@ -172,9 +172,10 @@ class Qemu:
         self.git("commit", "-q", "-s", "-m", msg)
 
 
-def add_to_cargo_lock(q, packages):
-    """Adds workspace path packages to rust/Cargo.lock, in cargo's order
-    (what `cargo metadata` would write, without needing the network)."""
+def add_to_cargo_lock(q, packages, add_deps=None):
+    """Adds workspace path packages (and dependencies of existing ones) to
+    rust/Cargo.lock, in cargo's order (what `cargo metadata` would write,
+    without needing the network)."""
     text = q.read("rust/Cargo.lock")
     head, sep, rest = text.partition("[[package]]\n")
     if not sep:
@@ -185,6 +186,18 @@ def add_to_cargo_lock(q, packages):
         if deps:
             block += "dependencies = [\n" + "".join(f' "{d}",\n' for d in deps) + "]\n"
         blocks.append(block)
+    for name, deps in (add_deps or {}).items():
+        for i, b in enumerate(blocks):
+            if b.startswith(f'name = "{name}"\n'):
+                m = re.search(r"dependencies = \[\n(.*?)\]\n", b, re.S)
+                if not m:
+                    raise IntegrationError(f"rust/Cargo.lock: {name} has no dependencies")
+                have = re.findall(r'"([^"]+)"', m.group(1))
+                listed = "".join(f' "{d}",\n' for d in sorted(set(have + deps)))
+                blocks[i] = b[:m.start(1)] + listed + b[m.end(1):]
+                break
+        else:
+            raise IntegrationError(f"rust/Cargo.lock: no package {name}")
 
     def key(b):
         m = re.match(r'name = "([^"]+)"\nversion = "([^"]+)"', b)
@@ -378,6 +391,23 @@ endif
            "  message('Rust enabled but it is only used by system emulators.')\n",
            "  message('Rust enabled: used by io\\'s net listener and the system emulators.')\n")
 
+    # QEMU's chardev crate links libchardev, whose char-socket.c calls
+    # the listener: the crate brings the listener's rlib to whatever
+    # rustc links with it (its tests, the emulators).
+    q.edit("rust/chardev/meson.build",
+           "  link_with: [_bql_rs, _migration_rs, _qom_rs, _util_rs],\n",
+           "  link_with: [_bql_rs, _migration_rs, _qom_rs, _util_rs, _qio_net_listener_rs],\n")
+    q.edit("rust/chardev/src/lib.rs", "pub use chardev_sys as bindings;\n",
+           """pub use chardev_sys as bindings;
+
+// libchardev's char-socket.c calls io's QIONetListener, which is Rust
+// (rust/io/net-listener): whatever links this crate links the listener.
+extern crate qio_net_listener as _;
+""")
+    q.edit("rust/chardev/Cargo.toml", 'util = { path = "../util" }\n',
+           'util = { path = "../util" }\nqio-net-listener = { path = "../io/net-listener" }\n')
+    add_to_cargo_lock(q, [], add_deps={"chardev": ["qio-net-listener"]})
+
     q.edit("meson.build", "# Other build targets\n", """if have_rust
   # io's net listener is Rust (rust/io/net-listener) and each binary
   # must hold one Rust standard library.  The system emulators above
@@ -411,6 +441,10 @@ linker links it:
   Rust devices, unconditionally; rustc keeps its #[no_mangle] functions
   for the C callers, and the emulator has the one std of its root crate.
   Every system emulator is therefore linked by rustc when Rust is on.
+  The other binaries that rustc links with libchardev's objects (the
+  Rust tests of rust/hw/core) get the rlib from QEMU's chardev crate,
+  which now names it with "extern crate": libchardev's char-socket.c
+  calls the listener.
 
 - The C compiler links the tools (qemu-nbd, qemu-storage-daemon) and the
   unit and qtest binaries.  They get qio_net_listener_c, a C static
@@ -428,7 +462,8 @@ configurations without system emulators.
 The listener's C helpers (QEMU's static inline timer functions, trace
 events: {SHIM_C}) are compiled with io's objects.
 """,
-        ["io/meson.build", f"{LISTENER_DIR}/meson.build", "rust/meson.build", "meson.build"])
+        ["io/meson.build", f"{LISTENER_DIR}/meson.build", "rust/meson.build", "meson.build",
+         "rust/chardev", "rust/Cargo.lock"])
 
 
 def main():
@@ -443,6 +478,9 @@ def main():
         patch_io_sys(q)
         patch_listener(q)
         patch_link(q)
+        left = q.git("status", "--porcelain", "--untracked-files=no", capture=True)
+        if left.strip():
+            raise IntegrationError(f"changes left out of the series:\n{left}")
     except (IntegrationError, subprocess.CalledProcessError) as e:
         print(f"qemu-integrate: {e}", file=sys.stderr)
         return 1
