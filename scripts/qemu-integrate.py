@@ -18,10 +18,11 @@ listener (system emulators, qemu-nbd, qemu-storage-daemon, unit tests)
 with ours, and `--disable-rust` builds io/net-listener.c as before.
 
 What goes where in QEMU's tree:
-  rust/io/net-listener/src/      our src/ (src/host/qemu/bindings.rs
-                                 replaced by qemu/rust/io/net-listener/
-                                 bindings.rs: the declarations come from
-                                 the io-sys crate, not from OUT_DIR)
+  rust/io/net-listener/src/      our src/, with the ADAPTATIONS below and
+                                 src/host/qemu/bindings.rs replaced by
+                                 qemu/rust/io/net-listener/bindings.rs
+                                 (the declarations come from the io-sys
+                                 crate, not from OUT_DIR)
   rust/io/net-listener/*         qemu/rust/io/net-listener/ (meson.build,
                                  Cargo.toml, staticlib.rs)
   rust/bindings/io-sys/          qemu/rust/bindings/io-sys/: lib.rs,
@@ -29,8 +30,10 @@ What goes where in QEMU's tree:
                                  src/host/qemu/host.h; meson.build with the
                                  allowlist parsed from our build.rs
   io/trace-events                + our qemu/trace-events
-  io/meson.build, meson.build,
-  rust/meson.build, MAINTAINERS  edited in place
+  io/meson.build, meson.build,   edited in place (rust/chardev: the
+  rust/meson.build, rust/chardev, crate names the listener's rlib)
+  rust/Cargo.toml, Cargo.lock,
+  MAINTAINERS
 
 The script never builds anything; it only writes and commits files.
 """
