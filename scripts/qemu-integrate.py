@@ -39,7 +39,6 @@ The script never builds anything; it only writes and commits files.
 """
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -252,11 +251,10 @@ def patch_io_sys(q):
     q.write(f"{SYS_DIR}/wrapper.h",
             (TEMPLATES / "bindings/io-sys/wrapper.h.in").read_text()
             .replace("@INCLUDES@", "\n".join(host_includes())))
-    for f in ("lib.rs", "Cargo.toml"):
+    # build.rs: for cargo (make clippy, rustdoc), the bindings meson
+    # generated, as in the other bindings crates.
+    for f in ("lib.rs", "Cargo.toml", "build.rs"):
         shutil.copyfile(TEMPLATES / "bindings/io-sys" / f, q.path(f"{SYS_DIR}/{f}"))
-    # For cargo (make clippy, rustdoc): the bindings meson generated, as
-    # in the other bindings crates.
-    os.symlink("../build.rs", q.path(f"{SYS_DIR}/build.rs"))
     # QEMU's own C helpers of the listener, declared in the bindings, live
     # with the listener's sources (next patch); this patch only needs the
     # header.
@@ -282,6 +280,8 @@ subdir('bindings/io-sys')
 if not have_system
   subdir_done()
 """)
+    q.edit("MAINTAINERS", "F: io/\nF: include/io/\n",
+           "F: io/\nF: include/io/\nF: rust/io/\nF: rust/bindings/io-sys/\n")
     q.commit(
         "rust: add io-sys, the bindings of the Rust net listener",
         f"""
@@ -300,11 +300,11 @@ Hence it depends on no other QEMU crate, and rust/meson.build sets up
 glib-sys and libc before it returns for configurations without system
 emulators.
 
-{SHIM_H} declares the listener's C helpers (QEMU's static
-inline timer functions and its trace events), which come with the
-listener's sources.
+The listener's C helpers (QEMU's static inline timer functions and its
+trace events), which come with the listener's sources, are declared in
+{SHIM_H}.
 """,
-        [SYS_DIR, SHIM_H, "rust/meson.build"])
+        [SYS_DIR, SHIM_H, "rust/meson.build", "MAINTAINERS"])
 
 
 def patch_listener(q):
@@ -335,8 +335,6 @@ def patch_listener(q):
         ("io-sys", ["glib-sys"]),
         ("qio-net-listener", ["glib-sys", "io-sys", "libc"]),
     ])
-    q.edit("MAINTAINERS", "F: io/\nF: include/io/\n",
-           "F: io/\nF: include/io/\nF: rust/io/\nF: rust/bindings/io-sys/\n")
     q.commit(
         "rust: add the QIONetListener crate",
         """
@@ -349,10 +347,11 @@ A Rust implementation of io/net-listener.c with the same C API
 
 What it does better than net-listener.c:
 
-- any AioContext can drive the accept (qio_net_listener_set_client_aio_func
-  asserts on anything but the main loop's today), and whatever a dispatch
-  uses stays alive until it returns, whatever the callback does (clear
-  the callback, disconnect, drop the last reference, run a nested loop);
+- any AioContext can drive the accept (today
+  qio_net_listener_set_client_aio_func asserts on anything but the main
+  loop's), and whatever a dispatch uses stays alive until it returns,
+  whatever the callback does (clear the callback, disconnect, drop the
+  last reference, run a nested loop);
 - one wake-up accepts up to 32 queued clients;
 - out of file descriptors with clients queued, the socket pauses for
   100 ms instead of spinning;
@@ -363,8 +362,7 @@ The state machine is written against a small host interface, whose
 implementation over QEMU's C API (src/host/qemu) is the only unsafe
 code; the C ABI is in src/ffi.rs.  Nothing links the libraries yet.
 """,
-        [LISTENER_DIR, "rust/meson.build", "rust/Cargo.toml", "rust/Cargo.lock",
-         "MAINTAINERS"])
+        [LISTENER_DIR, "rust/meson.build", "rust/Cargo.toml", "rust/Cargo.lock"])
 
 
 def patch_link(q):
@@ -454,16 +452,17 @@ linker links it:
   library holding the listener and a standard library.  It is added to
   the io, chardev and blockdev dependencies only after the emulators
   are defined: the callers of the listener (blockdev-nbd.c, qemu-nbd.c,
-  char-socket.c, vhost-user-server.c through blockdev) reach the C-linked
-  binaries through those, while the emulators, which took the older
-  dependency objects through system_ss, never see the library.
+  char-socket.c, vhost-user-server.c through blockdev) reach the
+  C-linked binaries through those, while the emulators, which took the
+  older dependency objects through system_ss, never see the library.
 
 This also works with --disable-system --enable-tools --enable-rust:
 rust/meson.build builds the listener's crates before it returns for
 configurations without system emulators.
 
 The listener's C helpers (QEMU's static inline timer functions, trace
-events: {SHIM_C}) are compiled with io's objects.
+events) are compiled with io's objects, from
+{SHIM_C}.
 """,
         ["io/meson.build", f"{LISTENER_DIR}/meson.build", "rust/meson.build", "meson.build",
          "rust/chardev", "rust/Cargo.lock"])
