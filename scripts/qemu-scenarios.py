@@ -15,8 +15,10 @@ sockets in a temporary directory.  With --bin DIR, the tools:
             QMP.  Passes if blockdev-add answers within --timeout seconds;
             a server whose accept is GMainContext-driven hangs instead.
 
-With --system PATH, a qemu-system binary (any target with `-machine virt`,
-e.g. qemu-system-aarch64), its guest paused (-S, -nodefaults, no display):
+With --system PATH, a qemu-system binary of any target, on the target's
+default machine (`-machine none` where the target has no default, as
+aarch64; --machine to choose), its guest paused (-S, -nodefaults, no
+display):
 
   chardev   a chardev socket server (server=on,wait=off) carrying an HMP
             monitor takes two clients in turn: the second, connected while
@@ -231,17 +233,30 @@ def scenario_deadlock(bins, tmp, timeout):
 
 
 class System:
-    """One qemu-system process: a paused `virt` machine, no devices, no
-    display, a QMP server on a unix socket; stderr goes to a log file."""
+    """One qemu-system process: a paused machine (the target's default),
+    no devices, no display, a QMP server on a unix socket; stderr goes to
+    a log file."""
 
     data_dirs = []  # -L DIR options, from the command line
+    machine = []  # -machine NAME, from the command line or the binary
+
+    @staticmethod
+    def default_machine(binary):
+        """The target's default machine, or `none` (every target has it)
+        for targets without a default (aarch64, arm, riscv...)."""
+        out = subprocess.run([binary, "-machine", "help"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        for line in out.splitlines():
+            if line.rstrip().endswith("(default)"):
+                return line.split()[0]
+        return "none"
 
     def __init__(self, binary, tmp, name, timeout, extra=()):
         self.name = name
         self.log = os.path.join(tmp, f"{name}.log")
         qmp_path = os.path.join(tmp, f"{name}.qmp")
         with open(self.log, "w") as log:
-            self.proc = spawn([binary, "-machine", "virt", "-nodefaults", "-display", "none",
+            self.proc = spawn([binary, *System.machine, "-nodefaults", "-display", "none",
                                "-S", "-qmp", f"unix:{qmp_path},server=on,wait=off",
                                *System.data_dirs, *extra],
                               stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -504,6 +519,8 @@ def main():
     ap.add_argument("-L", dest="data_dir", action="append", default=[],
                     help="QEMU's -L (data directory: keymaps for -vnc), for a "
                          "qemu-system binary moved out of its build tree")
+    ap.add_argument("--machine", help="qemu-system's -machine (default: the "
+                                      "target's default machine, else none)")
     ap.add_argument("--timeout", type=float, default=10.0,
                     help="bound of each wait in seconds (migration: 6 times it)")
     ap.add_argument("scenarios", nargs="*", metavar="SCENARIO",
@@ -515,6 +532,8 @@ def main():
     if not a.bin and not a.system:
         ap.error("give --bin DIR, --system PATH or both")
     System.data_dirs = [opt for d in a.data_dir for opt in ("-L", d)]
+    if a.system:
+        System.machine = ["-machine", a.machine or System.default_machine(a.system)]
     selected = a.scenarios or ((list(TOOL_SCENARIOS) if a.bin else []) +
                                (list(SYSTEM_SCENARIOS) if a.system else []))
     bins = {}
