@@ -41,5 +41,5 @@ include!(concat!(env!("OUT_DIR"), "/bindings.inc.rs"));
 // SAFETY: the channel functions the net listener calls on a shared channel
 // (accept, close, shutdown, set_blocking, watches) are called from any
 // thread by QEMU itself; the one field it reads, `fd`, is read only where
-// no close can run (see rust/io/net-listener/src/listener.rs).
+// no close can run (see rust/io/net-listener/src/listener/gate.rs).
 unsafe impl Sync for QIOChannelSocket {}
