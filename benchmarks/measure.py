@@ -28,7 +28,7 @@ from the same callgrind runs, per client as above:
     own = entry - accept - finalize - callback
 
   entry     inclusive cost of the listener's watch callback, the function
-            the event loop calls: qio_net_listener::host::qemu::watch::
+            the event loop calls: qio_net_listener::qemu::watch::
             {aio_ready,source_ready} for ours, qio_net_listener_aio_func or
             qio_net_listener_channel_func for QEMU's (the largest of those
             found, since the aio one calls the other);
@@ -70,8 +70,8 @@ PATTERNS = ("seq", "burst")
 RUN_TIMEOUT = 900  # seconds for one traced run: a functional failure
 
 ENTRY_FUNCS = (
-    "qio_net_listener::host::qemu::watch::aio_ready",
-    "qio_net_listener::host::qemu::watch::source_ready",
+    "qio_net_listener::qemu::watch::aio_ready",
+    "qio_net_listener::qemu::watch::source_ready",
     "qio_net_listener_aio_func",
     "qio_net_listener_channel_func",
 )

@@ -86,7 +86,7 @@ static void test_counters(gconstpointer opaque)
  * Clients one at a time put the socket in single mode (no look for a
  * second client after the first); a burst queued after them is still
  * served in batches: the loop comes straight back to the socket, so the
- * listener looks again (src/listener/accept.rs, BatchHint).
+ * listener looks again (core/src/listener/accept.rs, BatchHint).
  */
 static void test_single_then_burst(gconstpointer opaque)
 {

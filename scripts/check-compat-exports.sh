@@ -1,7 +1,7 @@
 #!/bin/sh
 # Keeps the compat host's C API to its contract (compat-host/libqemucompat.map):
 # 1. libqemucompat.so exports exactly the symbols the map lists;
-# 2. each of them is declared by the listener's bindings (HOST_FUNCTIONS in
+# 2. each of them is declared by the listener's bindings (HOST_FUNCTIONS in io-sys's
 #    build.rs), referenced by the listener's archive (its C shims call
 #    static inlines' callees), or referenced by a C test, the example or a
 #    benchmark built in BUILD_DIR (undefined or copy-relocated dynamic

@@ -12,11 +12,16 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo clippy --workspace --all-targets --locked --features shuttle -- -D warnings
+cargo clippy -p qio-net-listener-core --all-targets --locked --features shuttle -- -D warnings
+echo "== the core crate (state machine, simulated host) depends on std alone"
+deps=$(cargo tree --locked -p qio-net-listener-core --edges normal,build --prefix none)
+if [ "$(printf '%s\n' "$deps" | wc -l)" -ne 1 ]; then
+    echo "qio-net-listener-core has dependencies:"; printf '%s\n' "$deps"; exit 1
+fi
 echo "== cargo test (incl. the simulated host's model-based sequences)"
 cargo test --workspace --locked
 echo "== shuttle: the cross-thread paths model-checked on the simulated host"
-cargo test --locked --features shuttle --test concurrency
+cargo test --locked -p qio-net-listener-core --features shuttle --test concurrency
 
 echo "== meson test"
 [ -d build ] || meson setup build

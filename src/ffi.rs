@@ -24,17 +24,15 @@ use std::{
     },
 };
 
-pub use crate::host::qemu::{QIONetListener, QIONetListenerClientFunc};
+pub use crate::qemu::{QIONetListener, QIONetListenerClientFunc};
 use crate::{
-    host::{
-        qemu::{
-            self as host, gpointer, AioContext, AioCtx, Channel, ClientSpec, Error, GDestroyNotify,
-            GMainContext, GlibContext, Object, Owner, QIOChannelSocket, QemuHost, SocketAddress,
-            TypeInfo, Visitor,
-        },
-        Host,
-    },
+    host::Host,
     listener::{Counters, Listener, Target},
+    qemu::{
+        self as host, gpointer, AioContext, AioCtx, Channel, ClientSpec, Error, GDestroyNotify,
+        GMainContext, GlibContext, Object, Owner, QIOChannelSocket, QemuHost, SocketAddress,
+        TypeInfo, Visitor,
+    },
 };
 
 const TYPE_QIO_NET_LISTENER: &CStr = c"qio-net-listener";
@@ -536,7 +534,7 @@ mod tests {
     use std::ffi::CStr;
 
     use super::*;
-    use crate::host::{qemu::LocalError, HostError};
+    use crate::{host::HostError, qemu::LocalError};
 
     fn message(e: &mut LocalError) -> String {
         // SAFETY: the error is set and owned by `e`.

@@ -18,7 +18,7 @@ use std::{
 };
 
 use qemucompat::sys as compat;
-use qio_net_listener::{ffi::*, host::qemu::QIOChannelSocket as Sioc};
+use qio_net_listener::{ffi::*, qemu::QIOChannelSocket as Sioc};
 
 /// Tests share the main loop and count process-wide things; run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -32,7 +32,7 @@ use std::{
 
 use arbitrary::{Arbitrary, Unstructured};
 use qemucompat::sys;
-use qio_net_listener::{ffi::*, host::qemu::QIOChannelSocket as Sioc};
+use qio_net_listener::{ffi::*, qemu::QIOChannelSocket as Sioc};
 
 use crate::{
     address::{check_bound, Addr, Bound, Client, Expect, Target},

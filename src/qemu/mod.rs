@@ -9,7 +9,6 @@
 //! callback triple), `watch.rs` (watches, timers, wait_client's loop) and
 //! the channel, error and address handles below.
 
-pub mod bindings;
 mod object;
 mod watch;
 
@@ -19,12 +18,17 @@ use std::{
     ptr::{self, NonNull},
 };
 
-use bindings as sys;
-pub use bindings::{
-    gpointer, AioContext, Error, GDestroyNotify, GMainContext, Object, QIOChannelSocket,
-    SocketAddress, TypeInfo, Visitor,
+/// The host API's declarations: GLib's from glib-sys, QEMU's from the
+/// io-sys bindings crate.  Nothing outside this module uses them directly.
+pub(crate) mod sys {
+    pub use glib_sys::*;
+    pub use io_sys::*;
+}
+pub use object::{ClientSpec, Opaque, Owner, QIONetListener, QIONetListenerClientFunc};
+pub use sys::{
+    gpointer, AioContext, Error, GDestroyNotify, GMainContext, Object, SocketAddress, TypeInfo,
+    Visitor,
 };
-pub use object::{ClientSpec, Owner, QIONetListener, QIONetListenerClientFunc};
 pub use watch::{AioWatch, OneShotTimer, PrivateLoop, SourceWatch};
 
 use crate::{
@@ -61,7 +65,7 @@ impl Host for QemuHost {
     fn new_channel() -> Channel {
         // SAFETY: qio_channel_socket_new never fails and returns a new
         // reference, which the handle takes over.
-        unsafe { ObjectRef::from_new(sys::qio_channel_socket_new()) }.expect("channel")
+        unsafe { ObjectRef::from_new(sys::qio_channel_socket_new().cast()) }.expect("channel")
     }
 
     fn listen(
@@ -74,7 +78,7 @@ impl Host for QemuHost {
         // SAFETY: the channel and address are live; errp is NULL or points
         // into a LocalError owned by our caller.
         unsafe {
-            sys::qio_channel_socket_listen_sync(channel.as_ptr(), addr.as_ptr(), backlog, errp) == 0
+            sys::qio_channel_socket_listen_sync(channel.raw(), addr.as_ptr(), backlog, errp) == 0
         }
     }
 
@@ -170,14 +174,22 @@ pub fn report(msg: &str) {
 /// (transitively) the QOM `Object` header.
 pub unsafe trait QomType {}
 
-// SAFETY: QOM instance structs from the host's headers, Object first.
+/// A `QIOChannelSocket` instance as the listener shares it across threads.
+/// C owns and mutates it (QEMU's Rust wraps such structs the same way, an
+/// `Opaque<T>` in a newtype); Rust only passes its pointer to C and reads
+/// `fd` (see [`Channel`]).  C signatures see the same type: the wrapper is
+/// transparent.
+#[repr(transparent)]
+pub struct QIOChannelSocket(Opaque<sys::QIOChannelSocket>);
+
+// SAFETY: a QOM instance struct from the host's headers, Object first.
 unsafe impl QomType for QIOChannelSocket {}
 
 // SAFETY: the channel functions the listener calls on a shared channel
 // (accept, poll of its fd, close, shutdown, set_blocking, watches) are
 // called from any thread by QEMU itself; the one field read from Rust,
 // `fd`, is read only inside the socket's fd gate, where no close runs
-// (crate::listener, the disconnect rule).
+// (the listener's disconnect rule, core/src/listener/gate.rs).
 unsafe impl Sync for QIOChannelSocket {}
 
 /// A strong reference to a QOM object (`object_ref`/`object_unref`), as
@@ -397,6 +409,11 @@ pub unsafe fn resolve(addr: *mut SocketAddress, errp: *mut *mut Error) -> Option
 pub type Channel = ObjectRef<QIOChannelSocket>;
 
 impl ObjectRef<QIOChannelSocket> {
+    /// The C instance, for the host's channel functions.
+    fn raw(&self) -> *mut sys::QIOChannelSocket {
+        self.as_ptr().cast()
+    }
+
     fn ioc(&self) -> *mut sys::QIOChannel {
         // A QIOChannelSocket starts with its QIOChannel parent (QOM).
         self.as_ptr().cast()
@@ -408,7 +425,7 @@ impl ObjectRef<QIOChannelSocket> {
     /// `errp` is NULL or a valid `Error **`.
     pub unsafe fn local_address(&self, errp: *mut *mut Error) -> *mut SocketAddress {
         // SAFETY: the channel is live; errp per contract.
-        unsafe { sys::qio_channel_socket_get_local_address(self.as_ptr(), errp) }
+        unsafe { sys::qio_channel_socket_get_local_address(self.raw(), errp) }
     }
 }
 
@@ -431,7 +448,7 @@ impl SocketChannel for Channel {
         // Polled directly rather than relying on errno surviving the
         // host's error path after a failed accept.
         // SAFETY: the channel is live; fd is a plain int field.
-        let fd = unsafe { (*self.as_ptr()).fd };
+        let fd = unsafe { (*self.raw()).fd };
         if fd < 0 {
             return false;
         }
@@ -460,10 +477,7 @@ impl SocketChannel for Channel {
         // SAFETY: the channel is live; a non-NULL result is a new reference
         // that the returned handle takes over.
         unsafe {
-            ObjectRef::from_new(sys::qio_channel_socket_accept(
-                self.as_ptr(),
-                ptr::null_mut(),
-            ))
+            ObjectRef::from_new(sys::qio_channel_socket_accept(self.raw(), ptr::null_mut()).cast())
         }
     }
 }

@@ -128,8 +128,8 @@ use std::{
 };
 
 #[allow(unused_imports)] // not every test binary uses both
-pub use qio_net_listener::listener::{Target, ACCEPT_BATCH, BACKOFF_MS};
-use qio_net_listener::{
+pub use qio_net_listener_core::listener::{Target, ACCEPT_BATCH, BACKOFF_MS};
+use qio_net_listener_core::{
     host::{ClientCallback, Host, HostError, ReadyHandler, SocketChannel, TimerHandler, WaitLoop},
     listener::{Listener, ListenerHost},
     sync::{Arc, Mutex, Weak},

@@ -107,9 +107,6 @@
 
 #![cfg(feature = "shuttle")]
 
-// The library's C ABI refers to the host's symbols: link the compat host.
-extern crate qemucompat as _;
-
 mod sim;
 
 use std::{
@@ -117,7 +114,7 @@ use std::{
     time::Instant,
 };
 
-use qio_net_listener::host::ClientCallback;
+use qio_net_listener_core::host::ClientCallback;
 use shuttle::{
     scheduler::{DfsScheduler, PctScheduler, RandomScheduler},
     thread, Config, Runner,

@@ -1,7 +1,8 @@
 //! The host boundary: the small interface the listener's state machine is
 //! written against.
 //!
-//! Production uses one implementation, [`qemu::QemuHost`]: QEMU's C API
+//! Production uses one implementation, `QemuHost` (the `qio-net-listener`
+//! crate, `src/qemu/`): QEMU's C API
 //! (QOM, `QIOChannelSocket`, GSource watches, AioContext fd handlers, bottom
 //! halves and timers, `Error`), provided either by real QEMU or by the
 //! standalone compat host, chosen at link time.  Tests also run the state
@@ -20,7 +21,7 @@
 //!   `g_main_context_iteration`) in which the host's own release of the
 //!   handler would otherwise run.  It is released once, after no call of it
 //!   can still be running.  (GLib gives this for GSource callback data; for
-//!   AioContext fd handlers and timers, [`qemu`] takes a reference for each
+//!   AioContext fd handlers and timers, `QemuHost` takes a reference for each
 //!   dispatch.)
 //! - **Dropping a watch stops new dispatches at once** for that socket; an
 //!   AioContext watch must be dropped before a new handler for the same fd
@@ -33,8 +34,8 @@
 //!   not call it again and does not spin on its still-readable socket,
 //!   and the watch serves the socket again once the dispatch returns.
 //!   (GLib gives this by blocking the source during every dispatch;
-//!   [`qemu`]'s GSource watches pay for it only when a nested loop finds
-//!   the socket readable, see `qemu::watch::SourceWatch`.)  An AioContext
+//!   `QemuHost`'s GSource watches pay for it only when a nested loop
+//!   finds the socket readable, see its `SourceWatch`.)  An AioContext
 //!   fd handler may be re-entered by a nested `aio_poll`, as in QEMU.
 //! - **The handler owns what it uses**: every handler holds strong
 //!   references (the listener [`Host::Owner`], the registration, the
@@ -47,8 +48,6 @@
 //!
 //! This module knows nothing of the listener: the state machine
 //! (`crate::listener`) adds what it needs of a host on top of [`Host`].
-
-pub mod qemu;
 
 use std::{ffi::CStr, fmt::Debug};
 

@@ -32,9 +32,7 @@ use std::{
     },
 };
 
-use super::{
-    bindings as sys, gpointer, report, AioCtx, Channel, GMainContext, GlibContext, QemuHost,
-};
+use super::{gpointer, report, sys, AioCtx, Channel, GMainContext, GlibContext, QemuHost};
 use crate::host::{ReadyHandler, TimerHandler, WaitLoop};
 
 struct WatchData<R> {

@@ -1,6 +1,6 @@
 /*
  * Host API functions that QEMU defines static inline (so they have no
- * symbol to link against): src/host/shim.c wraps them, compiled against
+ * symbol to link against): shim.c wraps them, compiled against
  * the host's own headers.  Hidden: the listener library exports none.
  */
 #ifndef QIO_NET_LISTENER_HOST_SHIM_H

@@ -21,7 +21,7 @@
 //!   mode (see below); a wake-up that accepted nothing while clients stay
 //!   queued ends in a back-off (no spin); once fds are back every queued
 //!   client is served (back-off loses none);
-//! - the batch hint (`BatchHint` in src/listener.rs), on the sim's clock
+//! - the batch hint (`BatchHint` in src/listener/accept.rs), on the sim's clock
 //!   (virtual nanoseconds; `Tick` and `Trickle` let 1 µs to 160 µs pass
 //!   between wake-ups, around BURST_GAP_NS): a wake-up that accepted one
 //!   client may skip the look for a second one (the sim records each
@@ -59,9 +59,6 @@
 
 #![cfg(not(feature = "shuttle"))]
 
-// The library's C ABI refers to the host's symbols: link the compat host.
-extern crate qemucompat as _;
-
 mod sim;
 
 use std::{
@@ -74,7 +71,7 @@ use std::{
     time::Instant,
 };
 
-use qio_net_listener::{host::ClientCallback, listener::BURST_GAP_NS};
+use qio_net_listener_core::{host::ClientCallback, listener::BURST_GAP_NS};
 use sim::*;
 
 // ---------------------------------------------------------------------
