@@ -18,6 +18,8 @@ deps=$(cargo tree --locked -p qio-net-listener-core --edges normal,build --prefi
 if [ "$(printf '%s\n' "$deps" | wc -l)" -ne 1 ]; then
     echo "qio-net-listener-core has dependencies:"; printf '%s\n' "$deps"; exit 1
 fi
+echo "== rustc 1.83 (QEMU's minimum): the workspace builds, the core's tests pass"
+sh scripts/check-msrv.sh
 echo "== cargo test (incl. the simulated host's model-based sequences)"
 cargo test --workspace --locked
 echo "== shuttle: the cross-thread paths model-checked on the simulated host"

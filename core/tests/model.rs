@@ -679,6 +679,10 @@ impl Model {
 }
 
 impl Checker for Model {
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
     fn event(&mut self, ev: &Event, w: &World) -> Result<(), String> {
         if trace() {
             eprintln!("    [t={}] {ev:?}", w.now());

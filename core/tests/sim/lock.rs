@@ -284,10 +284,7 @@ pub fn set_checker(c: Box<dyn Checker>) {
 pub fn with_checker<C: Checker, R>(f: impl FnOnce(&mut C, &World) -> Result<R, String>) -> R {
     let r = world(|w| {
         let mut c = w.checker.take().expect("no checker");
-        let r = {
-            let any: &mut dyn Any = c.as_mut();
-            f(any.downcast_mut::<C>().expect("checker type"), w)
-        };
+        let r = f(c.as_any_mut().downcast_mut::<C>().expect("checker type"), w);
         w.checker = Some(c);
         match r {
             Ok(r) => Some(r),

@@ -333,6 +333,10 @@ pub enum Event {
 /// Sees every event, in order, with the world as it is at that point.
 pub trait Checker: Any + Send {
     fn event(&mut self, ev: &Event, w: &World) -> Result<(), String>;
+
+    /// `self` as `Any`, for downcasting (trait upcasting needs rustc 1.86;
+    /// the workspace's floor is QEMU's 1.83).
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
 // ---------------------------------------------------------------------
@@ -496,8 +500,7 @@ impl World {
     }
 
     pub fn checker_mut<C: Checker>(&mut self) -> Option<&mut C> {
-        let c: &mut dyn Any = self.checker.as_mut()?.as_mut();
-        c.downcast_mut::<C>()
+        self.checker.as_mut()?.as_any_mut().downcast_mut::<C>()
     }
 
     fn innermost(&mut self) -> Option<&mut Frame> {
