@@ -10,25 +10,27 @@ would send with `git format-patch`; every commit builds:
 
   1. io: add trace events of the Rust net listener
   2. rust: add io-sys, the bindings of the Rust net listener
-  3. rust: add the QIONetListener crate
+  3. rust: add the QIONetListener crates
   4. io: build the Rust QIONetListener instead of net-listener.c with Rust
 
 After it, `configure --enable-rust` builds every binary that uses the
 listener (system emulators, qemu-nbd, qemu-storage-daemon, unit tests)
 with ours, and `--disable-rust` builds io/net-listener.c as before.
 
-What goes where in QEMU's tree:
-  rust/io/net-listener/src/      our src/, with the ADAPTATIONS below and
-                                 src/host/qemu/bindings.rs replaced by
-                                 qemu/rust/io/net-listener/bindings.rs
-                                 (the declarations come from the io-sys
-                                 crate, not from OUT_DIR)
-  rust/io/net-listener/*         qemu/rust/io/net-listener/ (meson.build,
-                                 Cargo.toml, staticlib.rs)
-  rust/bindings/io-sys/          qemu/rust/bindings/io-sys/: lib.rs,
-                                 Cargo.toml; wrapper.h from our
-                                 src/host/qemu/host.h; meson.build with the
-                                 allowlist parsed from our build.rs
+What goes where in QEMU's tree (our crates are laid out as QEMU's, so
+our sources go in unchanged):
+  rust/io/net-listener-core/     our core/ (src/ only; its tests run on
+                                 the simulated host in our repository),
+                                 with qemu/rust/io/net-listener-core/
+                                 (meson.build, Cargo.toml)
+  rust/io/net-listener/          our src/ (the QEMU host and the C ABI),
+                                 with qemu/rust/io/net-listener/
+                                 (meson.build, Cargo.toml, staticlib.rs)
+  rust/bindings/io-sys/          our bindings/io-sys/ (lib.rs, shim.c,
+                                 shim.h), with qemu/rust/bindings/io-sys/:
+                                 Cargo.toml, build.rs, wrapper.h with the
+                                 includes of our wrapper.h, meson.build
+                                 with the allowlist of our io-sys build.rs
   io/trace-events                + our qemu/trace-events
   io/meson.build, meson.build,   edited in place (rust/chardev: the
   rust/meson.build, rust/chardev, crate names the listener's rlib)
@@ -49,23 +51,11 @@ OURS = Path(__file__).resolve().parent.parent
 TEMPLATES = OURS / "qemu" / "rust"
 
 LISTENER_DIR = "rust/io/net-listener"
+CORE_DIR = "rust/io/net-listener-core"
 SYS_DIR = "rust/bindings/io-sys"
-SHIM_H = f"{LISTENER_DIR}/src/host/qemu/shim.h"
-SHIM_C = f"{LISTENER_DIR}/src/host/qemu/shim.c"
+SHIM_C = f"{SYS_DIR}/shim.c"
 
 SPDX = "SPDX-License-Identifier: GPL-2.0-or-later"
-
-# Where our sources, as they are today, do not fit QEMU's crate layout:
-# (file under src/, text, replacement, why).  Each is a change for our
-# own tree (under #[cfg(MESON)] or by moving the item into the bindings
-# crate) once the crates are re-layered; until then the copy is adapted.
-ADAPTATIONS = [
-    ("host/qemu/mod.rs",
-     "unsafe impl Sync for QIOChannelSocket {}\n",
-     "// (implemented in io-sys: QIOChannelSocket is defined there)\n",
-     "the orphan rule: QIOChannelSocket is io-sys's type"),
-]
-
 
 class IntegrationError(Exception):
     pass
@@ -76,18 +66,18 @@ class IntegrationError(Exception):
 
 
 def build_rs_allowlist():
-    """The bindgen allowlist of our build.rs, as bindgen command-line
+    """The bindgen allowlist of io-sys's build.rs, as bindgen command-line
     arguments: HOST_FUNCTIONS and the allowlist_var/allowlist_type calls.
-    build.rs stays the one place that lists them."""
-    text = (OURS / "build.rs").read_text()
+    That build.rs stays the one place that lists them."""
+    text = (OURS / "bindings/io-sys/build.rs").read_text()
     m = re.search(r"const HOST_FUNCTIONS: &\[&str\] = &\[(.*?)\];", text, re.S)
     if not m:
-        raise IntegrationError("build.rs: HOST_FUNCTIONS not found")
+        raise IntegrationError("bindings/io-sys/build.rs: HOST_FUNCTIONS not found")
     functions = re.findall(r'"([^"]+)"', m.group(1))
     variables = re.findall(r'\.allowlist_var\("([^"]+)"\)', text)
     types = re.findall(r'\.allowlist_type\("([^"]+)"\)', text)
     if not functions or not types:
-        raise IntegrationError("build.rs: empty allowlist")
+        raise IntegrationError("bindings/io-sys/build.rs: empty allowlist")
     args = []
     for kind, names in (("function", functions), ("var", variables), ("type", types)):
         for n in names:
@@ -96,20 +86,31 @@ def build_rs_allowlist():
 
 
 def host_includes():
-    """The #include lines of src/host/qemu/host.h, shim.h at its place in
-    QEMU's tree."""
+    """The #include lines of our io-sys wrapper.h (shim.h sits beside it
+    in QEMU's tree too)."""
     lines = []
-    for line in (OURS / "src/host/qemu/host.h").read_text().splitlines():
+    for line in (OURS / "bindings/io-sys/wrapper.h").read_text().splitlines():
         m = re.match(r'\s*#\s*include\s+"([^"]+)"', line)
-        if not m:
-            continue
-        inc = m.group(1)
-        if inc == "shim.h":
-            inc = SHIM_H
-        lines.append(f'#include "{inc}"')
+        if m:
+            lines.append(f'#include "{m.group(1)}"')
     if not lines:
-        raise IntegrationError("src/host/qemu/host.h: no #include")
+        raise IntegrationError("bindings/io-sys/wrapper.h: no #include")
     return lines
+
+
+def copy_sources(q, src, dest):
+    """Our sources under src, unchanged but for an SPDX line, to dest in
+    QEMU's tree; returns the paths written."""
+    written = []
+    for p in sorted(src.rglob("*")):
+        if not p.is_file() or p.suffix not in (".rs", ".c", ".h"):
+            continue
+        rel = f"{dest}/{p.relative_to(src)}"
+        q.write(rel, with_spdx(p, p.read_text()))
+        written.append(rel)
+    if not written:
+        raise IntegrationError(f"{src}: no sources")
+    return written
 
 
 def with_spdx(path, text):
@@ -253,13 +254,14 @@ def patch_io_sys(q):
             .replace("@INCLUDES@", "\n".join(host_includes())))
     # build.rs: for cargo (make clippy, rustdoc), the bindings meson
     # generated, as in the other bindings crates.
-    for f in ("lib.rs", "Cargo.toml", "build.rs"):
+    for f in ("Cargo.toml", "build.rs"):
         shutil.copyfile(TEMPLATES / "bindings/io-sys" / f, q.path(f"{SYS_DIR}/{f}"))
-    # QEMU's own C helpers of the listener, declared in the bindings, live
-    # with the listener's sources (next patch); this patch only needs the
-    # header.
-    shim_h = OURS / "src/host/qemu/shim.h"
-    q.write(SHIM_H, with_spdx(shim_h, shim_h.read_text()))
+    # lib.rs only includes the generated file; shim.c/shim.h are the C
+    # helpers it declares (QEMU's static inline timer functions, trace
+    # events), compiled with io's objects (last patch).
+    for f in ("lib.rs", "shim.h", "shim.c"):
+        p = OURS / "bindings/io-sys" / f
+        q.write(f"{SYS_DIR}/{f}", with_spdx(p, p.read_text()))
 
     # Set up glib-sys and libc, and build io-sys, before the part of
     # rust/meson.build that only system emulators need.
@@ -301,48 +303,41 @@ glib-sys and libc before it returns for configurations without system
 emulators.
 
 The listener's C helpers (QEMU's static inline timer functions and its
-trace events), which come with the listener's sources, are declared in
-{SHIM_H}.
+trace events) are declared in shim.h and defined in shim.c beside
+wrapper.h; nothing compiles shim.c yet.
 """,
-        [SYS_DIR, SHIM_H, "rust/meson.build", "MAINTAINERS"])
+        [SYS_DIR, "rust/meson.build", "MAINTAINERS"])
 
 
 def patch_listener(q):
-    src = OURS / "src"
-    for p in sorted(src.rglob("*")):
-        if not p.is_file() or p.suffix not in (".rs", ".c", ".h"):
-            continue
-        rel = p.relative_to(src)
-        if str(rel) in ("host/qemu/host.h", "host/qemu/bindings.rs"):
-            continue
-        text = p.read_text()
-        for f, old, new, _why in ADAPTATIONS:
-            if str(rel) == f:
-                if text.count(old) != 1:
-                    raise IntegrationError(f"src/{f}: adaptation no longer applies: {old!r}")
-                text = text.replace(old, new)
-        q.write(f"{LISTENER_DIR}/src/{rel}", with_spdx(p, text))
-    q.write(f"{LISTENER_DIR}/src/host/qemu/bindings.rs",
-            with_spdx(Path("x.rs"),
-                      (TEMPLATES / "io/net-listener/bindings.rs").read_text()))
+    copy_sources(q, OURS / "core/src", f"{CORE_DIR}/src")
+    for f in ("meson.build", "Cargo.toml"):
+        shutil.copyfile(TEMPLATES / "io/net-listener-core" / f, q.path(f"{CORE_DIR}/{f}"))
+    copy_sources(q, OURS / "src", f"{LISTENER_DIR}/src")
     for f in ("meson.build", "Cargo.toml", "staticlib.rs"):
         shutil.copyfile(TEMPLATES / "io/net-listener" / f, q.path(f"{LISTENER_DIR}/{f}"))
     q.edit("rust/meson.build", "subdir('bindings/io-sys')\n",
-           "subdir('bindings/io-sys')\nsubdir('io/net-listener')\n")
+           "subdir('bindings/io-sys')\nsubdir('io/net-listener-core')\n"
+           "subdir('io/net-listener')\n")
     q.edit("rust/Cargo.toml", '    "hw/timer/hpet",\n',
-           '    "hw/timer/hpet",\n    "io/net-listener",\n')
+           '    "hw/timer/hpet",\n    "io/net-listener",\n    "io/net-listener-core",\n')
     add_to_cargo_lock(q, [
         ("io-sys", ["glib-sys"]),
-        ("qio-net-listener", ["glib-sys", "io-sys", "libc"]),
+        ("qio-net-listener", ["glib-sys", "io-sys", "libc", "qio-net-listener-core"]),
+        ("qio-net-listener-core", []),
     ])
     q.commit(
-        "rust: add the QIONetListener crate",
+        "rust: add the QIONetListener crates",
         """
 A Rust implementation of io/net-listener.c with the same C API
-(include/io/net-listener.h unchanged), as two libraries:
+(include/io/net-listener.h unchanged), in two crates:
 
-- qio_net_listener, an rlib, for binaries that rustc links;
-- qio_net_listener_c, a C static library made from it, for binaries
+- qio-net-listener-core (rust/io/net-listener-core): the state machine,
+  written against a small host interface, on std alone;
+- qio-net-listener (rust/io/net-listener): that interface implemented
+  over QEMU's C API (the only unsafe code, in src/qemu) and the C ABI
+  (src/ffi.rs), built as an rlib, for binaries that rustc links, and as
+  qio_net_listener_c, a C static library made from it, for binaries
   that the C compiler links.
 
 What it does better than net-listener.c:
@@ -358,11 +353,9 @@ What it does better than net-listener.c:
 - qio_net_listener_disconnect() waits for uses of the listening sockets
   in flight, so a file descriptor number is never reused under it.
 
-The state machine is written against a small host interface, whose
-implementation over QEMU's C API (src/host/qemu) is the only unsafe
-code; the C ABI is in src/ffi.rs.  Nothing links the libraries yet.
+Nothing links the libraries yet.
 """,
-        [LISTENER_DIR, "rust/meson.build", "rust/Cargo.toml", "rust/Cargo.lock"])
+        [CORE_DIR, LISTENER_DIR, "rust/meson.build", "rust/Cargo.toml", "rust/Cargo.lock"])
 
 
 def patch_link(q):
