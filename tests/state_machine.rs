@@ -1,7 +1,7 @@
 //! Rust tests of the listener's state machine through its C ABI, on the
 //! compat host: registration lifetimes (notify exactly once, never while a
-//! callback runs), idempotent set/disconnect, wait_client on a dead
-//! listener, AioContext watches in an IOThread, cross-thread churn.
+//! callback runs), idempotent set/disconnect, `wait_client` on a dead
+//! listener, `AioContext` watches in an `IOThread`, cross-thread churn.
 //! Real loopback sockets and real event loops throughout.
 
 use std::{
@@ -432,7 +432,7 @@ fn one_wakeup_accepts_a_bounded_batch() {
     drop(clients);
 }
 
-/// Fills every free fd number below a lowered RLIMIT_NOFILE, so that the
+/// Fills every free fd number below a lowered `RLIMIT_NOFILE`, so that the
 /// next accept fails with EMFILE; dropping the result frees them again.
 struct FdExhaustion {
     fds: Vec<i32>,

@@ -131,7 +131,7 @@ fn print_line(level: Option<&str>, msg: &str) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
-/// QEMU's error_handle(): the one place an error reaches its destination.
+/// QEMU's `error_handle()`: the one place an error reaches its destination.
 ///
 /// # Safety
 /// As [`ErrorImpl::propagate`].

@@ -1,10 +1,10 @@
-//! QEMU's main loop (`qemu/main-loop.h`) and the IOThread helper of
-//! QEMU's unit tests (`iothread.h`), on top of the AioContext (`aio`).
+//! QEMU's main loop (`qemu/main-loop.h`) and the `IOThread` helper of
+//! QEMU's unit tests (`iothread.h`), on top of the `AioContext` (`aio`).
 //!
 //! `qemu_init_main_loop()` makes the calling thread the main thread and
-//! creates the main AioContext, whose GSource it attaches to GLib's default
-//! `GMainContext`: iterating that context (`g_main_loop_run`) also runs the AioContext, while `AIO_WAIT_WHILE` in
-//! the main thread runs only the AioContext, as in QEMU.  Before
+//! creates the main `AioContext`, whose `GSource` it attaches to `GLib`'s default
+//! `GMainContext`: iterating that context (`g_main_loop_run`) also runs the `AioContext`, while `AIO_WAIT_WHILE` in
+//! the main thread runs only the `AioContext`, as in QEMU.  Before
 //! `qemu_init_main_loop()`, `qemu_get_aio_context()` is NULL (as the header
 //! promises): programs and tests call it first, once, from the thread they
 //! want as main thread.
@@ -67,7 +67,7 @@ pub extern "C" fn iothread_new() -> *mut sys::IOThread {
 ///
 /// # Safety
 /// `iothread` came from [`iothread_new`], is joined once and not used
-/// afterwards; not called from the IOThread itself.
+/// afterwards; not called from the `IOThread` itself.
 #[no_mangle]
 pub unsafe extern "C" fn iothread_join(iothread: *mut sys::IOThread) {
     if !iothread.is_null() {
@@ -198,7 +198,7 @@ mod tests {
         assert_eq!(never.load(Ordering::SeqCst), 0);
     }
 
-    /// One blocking iteration of GLib's default context.
+    /// One blocking iteration of `GLib`'s default context.
     fn iterate_default_context() {
         // SAFETY: the default context may be iterated by any thread.
         unsafe { glib_sys::g_main_context_iteration(ptr::null_mut(), 1) };

@@ -28,9 +28,9 @@ pub fn g_strdup_bytes(b: &[u8]) -> *mut c_char {
     }
 }
 
-/// A new GSource of the `#[repr(C)]` type `T` (whose first field is the
-/// `GSource`, the rest zero-filled by GLib), named `name`, that polls `fd`
-/// for `condition`: the AioContext's and the channel watches' shape.
+/// A new `GSource` of the `#[repr(C)]` type `T` (whose first field is the
+/// `GSource`, the rest zero-filled by `GLib`), named `name`, that polls `fd`
+/// for `condition`: the `AioContext`'s and the channel watches' shape.
 /// Returns the source and the tag of its fd.
 ///
 /// # Safety
@@ -109,7 +109,7 @@ pub mod testing {
 
     /// Runs the single test `name` of this test binary in a new process
     /// (where [`in_child`] is true), for behaviour that ends the process
-    /// (abort, exit).  A fresh process instead of fork(), because a forked
+    /// (abort, exit).  A fresh process instead of `fork()`, because a forked
     /// child of the multi-threaded harness can inherit held locks.
     pub fn run_child(name: &str) -> Output {
         Command::new(std::env::current_exe().expect("test binary path"))

@@ -1,11 +1,11 @@
 //! The scalar visitors of qapi/visitor.h, as property accessors use them.
 //!
-//! QEMU moves a property's value through a QObject: the getter visits it
-//! into a QObject output visitor, the setter reads it from a QObject input
+//! QEMU moves a property's value through a `QObject`: the getter visits it
+//! into a `QObject` output visitor, the setter reads it from a `QObject` input
 //! visitor, and `object_property_get_uint()` and friends convert between
-//! the QObject and a C scalar.  Here the QObject is a [`Scalar`], and a
+//! the `QObject` and a C scalar.  Here the `QObject` is a [`Scalar`], and a
 //! visitor is an input (one scalar to hand out, as often as asked, like a
-//! QObject input visitor at its root) or an output (room for one scalar).
+//! `QObject` input visitor at its root) or an output (room for one scalar).
 //! The conversions and error messages are those of QEMU 10.2's
 //! `qobject-input-visitor.c` and `qapi-visit-core.c`.
 
@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// A value in transit between a property accessor and its caller (QEMU's
-/// QNum, QBool and QString).
+/// `QNum`, `QBool` and `QString`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Scalar {
     Int(i64),
@@ -31,7 +31,7 @@ pub(crate) enum Scalar {
 }
 
 impl Scalar {
-    /// QEMU's qnum_get_try_uint().
+    /// QEMU's `qnum_get_try_uint()`.
     pub(crate) fn as_uint(&self) -> Option<u64> {
         match *self {
             Scalar::Uint(u) => Some(u),
@@ -40,7 +40,7 @@ impl Scalar {
         }
     }
 
-    /// QEMU's qnum_get_try_int().
+    /// QEMU's `qnum_get_try_int()`.
     pub(crate) fn as_int(&self) -> Option<i64> {
         match *self {
             Scalar::Int(i) => Some(i),
@@ -88,7 +88,7 @@ unsafe fn visitor<'a>(v: *mut sys::Visitor) -> &'a mut VisitorImpl {
     unsafe { &mut *v.cast::<VisitorImpl>() }
 }
 
-/// QEMU's full_name() at the root of an input visit.
+/// QEMU's `full_name()` at the root of an input visit.
 ///
 /// # Safety
 /// `name` is NULL or NUL-terminated.
@@ -103,7 +103,7 @@ fn wrong_type(name: &str, expected: &str) -> QError {
     ))
 }
 
-/// QERR_INVALID_PARAMETER_VALUE.
+/// `QERR_INVALID_PARAMETER_VALUE`.
 fn bad_value(name: &str, expects: &str) -> QError {
     ErrorImpl::new(format!("Parameter '{name}' expects {expects}"))
 }
@@ -143,7 +143,7 @@ unsafe fn finish<T>(r: Result<T, QError>, obj: *mut T, errp: *mut *mut sys::Erro
     }
 }
 
-/// QEMU's qobject_input_type_uint64(): negative integers are accepted
+/// QEMU's `qobject_input_type_uint64()`: negative integers are accepted
 /// (and wrap) for backward compatibility.
 fn input_uint64(s: &Scalar, name: &str) -> Result<u64, QError> {
     match *s {
@@ -159,10 +159,10 @@ fn input_int64(s: &Scalar, name: &str) -> Result<i64, QError> {
 
 /// An integer type of the visits, and how it travels as a [`Scalar`].
 trait VisitInt: Copy {
-    /// QEMU's name of the type in range errors ("uint8_t").
+    /// QEMU's name of the type in range errors ("`uint8_t`").
     const RANGE: &'static str;
     fn to_scalar(self) -> Scalar;
-    /// QEMU's 64-bit input visit (type_uint64 or type_int64), then the
+    /// QEMU's 64-bit input visit (`type_uint64` or `type_int64`), then the
     /// value if it fits the type.
     fn from_scalar(s: &Scalar, full_name: &str) -> Result<Option<Self>, QError>;
 }
@@ -185,7 +185,7 @@ visit_int_impl!(input_uint64, Uint: u8 => "uint8_t", u64 => "uint64");
 visit_int_impl!(input_int64, Int: i64 => "int64");
 
 /// Every integer visit: a 64-bit visit, then (input only) QEMU's range
-/// check of visit_type_uintN/intN, whose error names the field by its bare
+/// check of `visit_type_uintN/intN`, whose error names the field by its bare
 /// name.
 ///
 /// # Safety

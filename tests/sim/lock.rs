@@ -191,7 +191,7 @@ pub fn begin() -> SimGuard {
     install(WorldLock::Fine(Mutex::new(World::new())))
 }
 
-/// A world whose host calls are atomic (see WorldLock::Coarse).
+/// A world whose host calls are atomic (see `WorldLock::Coarse`).
 #[cfg(feature = "shuttle")]
 pub fn begin_coarse() -> SimGuard {
     install(WorldLock::Coarse(std::sync::Mutex::new(World::new())))

@@ -1,4 +1,4 @@
-//! Listening sockets: socket_listen() for inet (port ranges, dual
+//! Listening sockets: `socket_listen()` for inet (port ranges, dual
 //! stack), unix (path and abstract), vsock and fd addresses.
 
 use std::{
@@ -239,10 +239,10 @@ fn vsock_listen(a: &sys::VsockSocketAddress, num: c_int) -> Result<OwnedFd> {
     Ok(sock)
 }
 
-/// The Rust side of socket_listen().
+/// The Rust side of `socket_listen()`.
 ///
 /// # Safety
-/// `addr` is a valid SocketAddress.
+/// `addr` is a valid `SocketAddress`.
 pub(crate) unsafe fn listen(addr: *const sys::SocketAddress, num: c_int) -> Result<OwnedFd> {
     // SAFETY: caller's contract; the tag selects the union member.
     unsafe {
@@ -467,7 +467,7 @@ mod tests {
         std::fs::remove_dir_all(d).unwrap();
     }
 
-    /// Found by the open_sync fuzz target: a unix path or abstract name
+    /// Found by the `open_sync` fuzz target: a unix path or abstract name
     /// that is not UTF-8 was bound as its lossy text ("\xff" became
     /// "\u{fffd}") and reported so.  Bytes are kept when binding,
     /// connecting and in the local address.

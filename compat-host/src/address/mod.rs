@@ -12,7 +12,7 @@
 //! This file holds the allocation and freeing of QAPI addresses and the
 //! small wrappers of the socket calls; [`parse`] the text syntax,
 //! [`sockaddr`] the kernel's address format, [`listen`] and [`connect`]
-//! opening sockets, [`resolver`] getaddrinfo() and the DNS resolver.
+//! opening sockets, [`resolver`] `getaddrinfo()` and the DNS resolver.
 
 mod connect;
 mod listen;
@@ -93,7 +93,7 @@ unsafe fn bytes<'a>(p: *const c_char) -> &'a [u8] {
     }
 }
 
-/// A zeroed, `g_malloc`ed SocketAddress of type `ty`.
+/// A zeroed, `g_malloc`ed `SocketAddress` of type `ty`.
 fn new_address(ty: sys::SocketAddressType) -> *mut sys::SocketAddress {
     // SAFETY: g_malloc0 aborts rather than returning NULL; all-zero is a
     // valid SocketAddress (NULL strings, false flags).
@@ -106,7 +106,7 @@ fn new_address(ty: sys::SocketAddressType) -> *mut sys::SocketAddress {
 /// A deep copy of `src` (every string duplicated).
 ///
 /// # Safety
-/// `src` is a valid SocketAddress.
+/// `src` is a valid `SocketAddress`.
 pub(crate) unsafe fn clone_address(src: *const sys::SocketAddress) -> *mut sys::SocketAddress {
     // SAFETY: caller's contract; the union member read is the one the tag
     // selects, and the copy's strings are replaced by duplicates.
@@ -147,7 +147,7 @@ unsafe fn free_inet_members(a: &mut sys::InetSocketAddress) {
 }
 
 /// # Safety
-/// `obj` is NULL or a `g_malloc`ed SocketAddress owning its strings.
+/// `obj` is NULL or a `g_malloc`ed `SocketAddress` owning its strings.
 #[no_mangle]
 pub unsafe extern "C" fn qapi_free_SocketAddress(obj: *mut sys::SocketAddress) {
     if obj.is_null() {
@@ -173,7 +173,7 @@ pub unsafe extern "C" fn qapi_free_SocketAddress(obj: *mut sys::SocketAddress) {
     }
 }
 
-/// Owns a C SocketAddress until it is handed out, so error paths free it.
+/// Owns a C `SocketAddress` until it is handed out, so error paths free it.
 #[derive(Debug)]
 pub(crate) struct AddrBox(pub(crate) *mut sys::SocketAddress);
 
@@ -271,7 +271,7 @@ fn is_socket(fd: RawFd) -> bool {
     fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
 }
 
-/// QEMU's socket_get_fd(): the address owns the descriptor, so one that
+/// QEMU's `socket_get_fd()`: the address owns the descriptor, so one that
 /// turns out not to be a socket is closed, as QEMU does.
 fn fd_from_str(s: &str) -> Result<OwnedFd> {
     let fd: RawFd = s.parse().map_err(|_| {
@@ -333,7 +333,7 @@ pub(crate) unsafe fn qemu_set_blocking(fd: c_int, block: bool, errp: *mut *mut s
     unsafe { ok_or_set(set_blocking(fd, block), errp) }.is_some()
 }
 
-/// QEMU's socket_init(): nothing to set up outside Windows.
+/// QEMU's `socket_init()`: nothing to set up outside Windows.
 #[no_mangle]
 pub extern "C" fn socket_init() -> c_int {
     0

@@ -1,4 +1,4 @@
-//! QEMU's address syntax: socket_parse() and socket_uri().
+//! QEMU's address syntax: `socket_parse()` and `socket_uri()`.
 //!
 //! Both work on bytes, as QEMU's C does: a path or name that is not UTF-8
 //! is kept byte for byte (Linux paths are bytes); only error messages
@@ -55,7 +55,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// QEMU's inet_parse(): "HOST:PORT" or "[V6]:PORT", then options.
+/// QEMU's `inet_parse()`: "HOST:PORT" or "[V6]:PORT", then options.
 /// Returns the address with NULL strings plus the host and port.
 fn parse_inet(s: &[u8]) -> Result<(sys::InetSocketAddress, Vec<u8>, Vec<u8>)> {
     let segs = split_commas(s);
@@ -122,10 +122,10 @@ fn parse_inet(s: &[u8]) -> Result<(sys::InetSocketAddress, Vec<u8>, Vec<u8>)> {
     Ok((a, host.to_vec(), port.to_vec()))
 }
 
-/// Rejects a numeric port above 65535, which getaddrinfo() would silently
+/// Rejects a numeric port above 65535, which `getaddrinfo()` would silently
 /// take modulo 65536 ("99999" is port 34463), with the message QEMU's
-/// inet_listen_saddr() gives for its own range check.  Service names
-/// ("http") are left to getaddrinfo(), which fails on unknown ones.
+/// `inet_listen_saddr()` gives for its own range check.  Service names
+/// ("http") are left to `getaddrinfo()`, which fails on unknown ones.
 pub(super) fn check_port(port: &[u8]) -> Result<()> {
     // getaddrinfo() parses numeric services with strtoul(): leading
     // blanks (C's isspace(), vertical tab included) and a '+' are
@@ -171,7 +171,7 @@ fn parse_unix(s: &[u8]) -> Result<(sys::UnixSocketAddress, Vec<u8>)> {
     Ok((a, segs[..first_opt].join(&b',')))
 }
 
-/// QEMU's vsock_parse(): "CID:PORT", each at most 32 characters.
+/// QEMU's `vsock_parse()`: "CID:PORT", each at most 32 characters.
 fn parse_vsock(s: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
     let err = || ErrorImpl::new(format!("error parsing address '{}'", shown(s)));
     let colon = s.iter().position(|&b| b == b':').ok_or_else(err)?;
@@ -260,13 +260,13 @@ fn host_port_bytes(host: &[u8], port: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The text of `addr` in socket_parse() syntax, byte for byte.  Like
-/// QEMU's socket_uri() it leaves out inet flags (ipv4, ipv6, numeric,
+/// The text of `addr` in `socket_parse()` syntax, byte for byte.  Like
+/// QEMU's `socket_uri()` it leaves out inet flags (ipv4, ipv6, numeric,
 /// keep-alive), but it keeps what changes the meaning: the port range and
 /// abstract/tight.
 ///
 /// # Safety
-/// `addr` is a valid SocketAddress.
+/// `addr` is a valid `SocketAddress`.
 pub(crate) unsafe fn uri_bytes(addr: *const sys::SocketAddress) -> Vec<u8> {
     // SAFETY: caller's contract; the tag selects the union member.
     unsafe {
@@ -310,7 +310,7 @@ pub(crate) unsafe fn uri_bytes(addr: *const sys::SocketAddress) -> Vec<u8> {
 /// [`uri_bytes`] as text (lossy), for tests.
 ///
 /// # Safety
-/// `addr` is a valid SocketAddress.
+/// `addr` is a valid `SocketAddress`.
 #[cfg(test)]
 pub(crate) unsafe fn uri(addr: *const sys::SocketAddress) -> String {
     // SAFETY: caller's contract.
@@ -318,7 +318,7 @@ pub(crate) unsafe fn uri(addr: *const sys::SocketAddress) -> String {
 }
 
 /// # Safety
-/// `addr` is a valid SocketAddress.
+/// `addr` is a valid `SocketAddress`.
 #[no_mangle]
 pub unsafe extern "C" fn socket_uri(addr: *mut sys::SocketAddress) -> *mut c_char {
     // SAFETY: caller's contract.
@@ -436,7 +436,7 @@ mod tests {
         );
     }
 
-    /// Found by the socket_parse fuzz target: strings were read lossily,
+    /// Found by the `socket_parse` fuzz target: strings were read lossily,
     /// so "fd:\xed" gave the name "\u{fffd}" and a unix path that is not
     /// UTF-8 named another file.  Bytes are kept, both ways.
     #[test]
@@ -484,7 +484,7 @@ mod tests {
     }
 
     /// An inet address with `port` put in by hand, as QEMU code that
-    /// builds an InetSocketAddress does (no socket_parse() check).
+    /// builds an `InetSocketAddress` does (no `socket_parse()` check).
     fn inet_with_port(port: &str) -> AddrBox {
         let a = parse_ok("127.0.0.1:0");
         // SAFETY: a is an inet address we own; its old port is freed.

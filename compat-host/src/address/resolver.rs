@@ -1,5 +1,5 @@
-//! Name resolution: getaddrinfo() as the listen and connect paths use
-//! it, and QEMU's QIODNSResolver (io/dns-resolver.h).
+//! Name resolution: `getaddrinfo()` as the listen and connect paths use
+//! it, and QEMU's `QIODNSResolver` (io/dns-resolver.h).
 
 use std::{
     ffi::{c_int, CString},
@@ -21,7 +21,7 @@ use crate::{
     util::g_strdup,
 };
 
-/// One getaddrinfo() result.
+/// One `getaddrinfo()` result.
 pub(super) struct Resolved {
     pub(super) family: c_int,
     pub(super) protocol: c_int,
@@ -82,7 +82,7 @@ pub(super) fn getaddrinfo(
     Ok(out)
 }
 
-/// QEMU's inet_ai_family_from_address().
+/// QEMU's `inet_ai_family_from_address()`.
 pub(super) fn ai_family(a: &sys::InetSocketAddress) -> Result<c_int> {
     let v4_on = a.has_ipv4 && a.ipv4;
     let v6_on = a.has_ipv6 && a.ipv6;
@@ -177,7 +177,7 @@ fn resolve_inet(a: &sys::InetSocketAddress) -> Result<Vec<AddrBox>> {
 }
 
 /// # Safety
-/// `addr` is a valid SocketAddress; `naddrs`/`addrs` valid out
+/// `addr` is a valid `SocketAddress`; `naddrs`/`addrs` valid out
 /// parameters; `errp` a valid `Error **` or NULL.
 #[no_mangle]
 pub unsafe extern "C" fn qio_dns_resolver_lookup_sync(

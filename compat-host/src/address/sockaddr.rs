@@ -1,5 +1,5 @@
-//! The kernel's socket addresses (sockaddr_storage) and their
-//! conversion to and from SocketAddress.
+//! The kernel's socket addresses (`sockaddr_storage`) and their
+//! conversion to and from `SocketAddress`.
 
 use std::{
     ffi::{c_char, c_int},
@@ -109,7 +109,7 @@ impl SockAddr {
         unsafe { Ok((text(host.as_ptr()), text(serv.as_ptr()))) }
     }
 
-    /// QEMU's socket_sockaddr_to_address().
+    /// QEMU's `socket_sockaddr_to_address()`.
     pub(crate) fn to_address(self) -> Result<AddrBox> {
         match self.family() {
             libc::AF_INET | libc::AF_INET6 => {
@@ -179,7 +179,7 @@ pub(super) fn gai_error(rc: c_int) -> String {
     unsafe { text(libc::gai_strerror(rc)) }
 }
 
-/// getsockname() or getpeername() of `fd`.  Inlined, so each caller
+/// `getsockname()` or `getpeername()` of `fd`.  Inlined, so each caller
 /// calls its function directly.
 #[inline(always)]
 fn query(

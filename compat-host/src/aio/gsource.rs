@@ -1,5 +1,5 @@
-//! The context as a GSource: GLib's prepare/check/dispatch/finalize run
-//! the same `aio_poll` pass from a GMainContext, and the C entry points
+//! The context as a `GSource`: `GLib`'s prepare/check/dispatch/finalize run
+//! the same `aio_poll` pass from a `GMainContext`, and the C entry points
 //! that create and reference a context.
 
 use std::{
@@ -132,11 +132,11 @@ mod tests {
     }
 
     /// Runs blocking iterations of `gctx` until `done`; false if 5 s
-    /// passed first (a GLib timeout wakes the iteration then, so a context
+    /// passed first (a `GLib` timeout wakes the iteration then, so a context
     /// that never wakes up fails the test instead of hanging it).
     ///
     /// # Safety
-    /// `gctx` is a live GMainContext that this thread may iterate.
+    /// `gctx` is a live `GMainContext` that this thread may iterate.
     unsafe fn iterate_until(gctx: *mut sys::GMainContext, done: impl Fn() -> bool) -> bool {
         let expired = AtomicBool::new(false);
         // SAFETY: `expired` outlives the source, destroyed below.
@@ -163,7 +163,7 @@ mod tests {
         done()
     }
 
-    /// A GMainContext alone runs the context: its timers (the iteration
+    /// A `GMainContext` alone runs the context: its timers (the iteration
     /// sleeps until the timer's deadline) and its BHs (scheduling one
     /// wakes the iteration).
     #[test]

@@ -1,12 +1,12 @@
-//! QEMU's AioContext event loop (`qemu/aio.h`, `qemu/timer.h`): fd
+//! QEMU's `AioContext` event loop (`qemu/aio.h`, `qemu/timer.h`): fd
 //! handlers, bottom halves (BHs) and timers, run by `aio_poll()` in the
-//! context's home thread or, through the context's GSource, by a GLib main
+//! context's home thread or, through the context's `GSource`, by a `GLib` main
 //! loop.
 //!
 //! As in QEMU, an `AioContext` *is* a `GSource`: the C pointer points at a
 //! `GSource` allocated by `g_source_new`, followed by a pointer to the Rust
 //! state ([`Inner`]).  `aio_context_ref`/`unref` are `g_source_ref`/`unref`
-//! and the GSource's `finalize` frees the Rust state, closing its fds.
+//! and the `GSource`'s `finalize` frees the Rust state, closing its fds.
 //!
 //! The state is an epoll fd holding every handler's fd (level-triggered)
 //! plus an eventfd that `aio_notify` writes, the handler table, the queue
@@ -24,7 +24,7 @@
 //!    calling it, so once `aio_set_fd_handler(.., NULL, NULL, ..)` returns,
 //!    no dispatch *starts* calling the removed handler, in any thread.  A
 //!    replaced handler likewise gets the new callback and opaque.
-//! 2. BHs run only inside `aio_poll`/the GSource dispatch of their context,
+//! 2. BHs run only inside `aio_poll`/the `GSource` dispatch of their context,
 //!    and only one thread at a time runs a given context (a second thread
 //!    waits until the first leaves; see [`Inner::enter`]).
 //! 3. Therefore a handler call that was already in progress when the
@@ -47,14 +47,14 @@
 //!   timer's deadline is converted to the monotonic clock when armed, so
 //!   it does not follow later wall-clock jumps.
 //! - The home thread (for `in_aio_context_home_thread`) is the thread that
-//!   created the context or last ran it with `aio_poll`/GLib.
+//!   created the context or last ran it with `aio_poll`/`GLib`.
 //!
 //! # Files
 //!
 //! This file holds the shared state and the thread bookkeeping; [`poll`]
-//! the epoll loop and fd handlers, [`gsource`] the GSource glue and the
+//! the epoll loop and fd handlers, [`gsource`] the `GSource` glue and the
 //! context's creation, [`bh`] bottom halves, [`timer`] timers and clocks,
-//! [`thread`] a thread running a context (QEMU's IOThread).
+//! [`thread`] a thread running a context (QEMU's `IOThread`).
 
 mod bh;
 mod gsource;
@@ -96,7 +96,7 @@ pub(crate) use self::{
     timer::{aio_timer_new, qemu_clock_get_ms, qemu_clock_get_ns, timer_free, timer_mod},
 };
 
-/// What C's `AioContext *` points at: the GSource GLib allocated, then our
+/// What C's `AioContext *` points at: the `GSource` `GLib` allocated, then our
 /// state.  `g_source_new` zero-fills the bytes after the `GSource`.
 #[repr(C)]
 struct AioContext {
@@ -138,7 +138,7 @@ impl Callback {
 }
 
 /// Hashes an fd as itself: every dispatch looks its handler up, and the
-/// default SipHash costs more than the rest of that lookup.
+/// default `SipHash` costs more than the rest of that lookup.
 #[derive(Default)]
 struct FdHasher(u64);
 
@@ -175,7 +175,7 @@ struct State {
 }
 
 impl State {
-    /// The `epoll_wait`/GLib timeout in ms: 0 if a BH or timer is ready.
+    /// The `epoll_wait`/`GLib` timeout in ms: 0 if a BH or timer is ready.
     /// The clock is only read if a timer is armed.
     fn timeout_ms(&self, now: impl FnOnce() -> i64) -> c_int {
         if !self.bhs.is_empty() {
@@ -202,11 +202,11 @@ struct Owner {
     depth: u32,
     /// Threads waiting in `enter` for the context: only then does leaving
     /// it wake them (a condvar notify is a system call even with no one
-    /// to wake, and it would be one per aio_poll).
+    /// to wake, and it would be one per `aio_poll`).
     waiters: u32,
 }
 
-/// The Rust state of one AioContext.
+/// The Rust state of one `AioContext`.
 pub struct Inner {
     epoll: Epoll,
     eventfd: EventFd,
@@ -233,12 +233,12 @@ pub(crate) fn thread_id() -> u64 {
     THREAD_ID.with(|id| *id)
 }
 
-/// Makes `ctx` the calling thread's current context (IOThreads).
+/// Makes `ctx` the calling thread's current context (`IOThread`s).
 pub(crate) fn set_current_context(ctx: *mut sys::AioContext) {
     CURRENT.with(|c| c.set(ctx));
 }
 
-/// The main-loop AioContext (one reference kept forever), NULL until the
+/// The main-loop `AioContext` (one reference kept forever), NULL until the
 /// main loop (`main_loop.rs`) sets it up.
 static MAIN_CTX: AtomicPtr<sys::AioContext> = AtomicPtr::new(ptr::null_mut());
 /// [`thread_id`] of the main thread, 0 until then.
@@ -318,7 +318,7 @@ impl Inner {
 }
 
 /// # Safety
-/// `ctx` is a live AioContext made by [`aio_context_new`].
+/// `ctx` is a live `AioContext` made by [`aio_context_new`].
 unsafe fn inner_ref<'a>(ctx: *mut sys::AioContext) -> &'a Inner {
     // SAFETY: per the contract, `inner` was set at creation and stays
     // valid until finalize, which needs the caller's reference gone.

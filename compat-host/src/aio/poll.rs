@@ -36,7 +36,7 @@ pub(super) struct Handler {
     opaque: Opaque,
 }
 
-/// epoll_ctl on an fd that C names by number.
+/// `epoll_ctl` on an fd that C names by number.
 fn epoll_ctl(
     epoll: &Epoll,
     op: EpollOp,

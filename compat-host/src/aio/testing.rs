@@ -1,4 +1,4 @@
-//! Test helpers shared by the AioContext tests.
+//! Test helpers shared by the `AioContext` tests.
 
 use std::{
     ffi::{c_int, c_void},

@@ -1,5 +1,5 @@
-//! A thread that runs a new AioContext until stopped: what QEMU's
-//! IOThread is (`main_loop.rs` gives it the C API of `iothread.h`), and
+//! A thread that runs a new `AioContext` until stopped: what QEMU's
+//! `IOThread` is (`main_loop.rs` gives it the C API of `iothread.h`), and
 //! what the tests here run a context in another thread with.
 
 use std::{

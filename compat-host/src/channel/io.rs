@@ -1,4 +1,4 @@
-//! Reading and writing (io/channel.h): one recv()/send() or all of a
+//! Reading and writing (io/channel.h): one `recv()/send()` or all of a
 //! buffer, blocking mode and close.
 
 use std::{
@@ -26,7 +26,7 @@ fn wait_fd(fd: RawFd, events: libc::c_short) {
     unsafe { libc::poll(&mut p, 1, -1) };
 }
 
-/// One recv()/send(): count, 0 at EOF, or `QIO_CHANNEL_ERR_BLOCK`.
+/// One `recv()/send()`: count, 0 at EOF, or `QIO_CHANNEL_ERR_BLOCK`.
 ///
 /// # Safety
 /// `ioc` is a live channel; `buf` valid for `len` bytes.

@@ -1,4 +1,4 @@
-//! QIOChannelSocket (io/channel-socket.h): a channel's socket and its
+//! `QIOChannelSocket` (io/channel-socket.h): a channel's socket and its
 //! addresses, connect, listen and accept.
 
 use std::{
@@ -25,7 +25,7 @@ static SOCKET_TYPE: CachedType = CachedType::new(TYPE_QIO_CHANNEL_SOCKET);
 // Socket channel internals
 
 /// Removes the socket file of a unix listener, as QEMU's
-/// socket_listen_cleanup() does when a listening channel closes.
+/// `socket_listen_cleanup()` does when a listening channel closes.
 fn listen_cleanup(fd: RawFd) {
     let Ok(sa) = address::local_sockaddr(fd) else {
         return;
@@ -129,8 +129,8 @@ fn store_addr(dst: &mut sys::sockaddr_storage, len: &mut sys::socklen_t, src: &S
     *len = src.len;
 }
 
-/// A new SocketAddress for a recorded address, or NULL and an error: the
-/// C result of the get_local/remote_address functions.
+/// A new `SocketAddress` for a recorded address, or NULL and an error: the
+/// C result of the `get_local/remote_address` functions.
 ///
 /// # Safety
 /// `errp` is a valid `Error **` or NULL.
@@ -184,7 +184,7 @@ unsafe fn install(sioc: *mut sys::QIOChannelSocket, fd: OwnedFd, listening: bool
 }
 
 /// # Safety
-/// `ioc` is a live socket channel, `addr` a valid SocketAddress, `errp`
+/// `ioc` is a live socket channel, `addr` a valid `SocketAddress`, `errp`
 /// a valid `Error **` or NULL.
 #[no_mangle]
 pub unsafe extern "C" fn qio_channel_socket_connect_sync(
@@ -250,7 +250,7 @@ pub unsafe extern "C" fn qio_channel_socket_get_remote_address(
 /// once accept4 has succeeded (QEMU creates it first and drops it on
 /// failure): the failed accept that ends every batch of the listener then
 /// costs the system call alone, and with a NULL `errp` no error is built,
-/// as QEMU's error_setg_errno() builds none.
+/// as QEMU's `error_setg_errno()` builds none.
 ///
 /// # Safety
 /// `ioc` is a live socket channel; `errp` a valid `Error **` or NULL.

@@ -1,13 +1,13 @@
-//! Watches on a channel's fd: GSources like QEMU's io/channel-watch.c,
-//! and AioContext fd handlers.
+//! Watches on a channel's fd: `GSource`s like QEMU's io/channel-watch.c,
+//! and `AioContext` fd handlers.
 
 use std::{ffi::c_void, ptr};
 
 use super::socket_of;
 use crate::{sys, util::new_fd_source};
 
-/// QEMU's QIOChannelFDSource, with the fd registered through
-/// g_source_add_unix_fd().
+/// QEMU's `QIOChannelFDSource`, with the fd registered through
+/// `g_source_add_unix_fd()`.
 #[repr(C)]
 struct FdSource {
     parent: sys::GSource,
@@ -125,7 +125,7 @@ pub unsafe extern "C" fn qio_channel_add_watch(
 
 /// # Safety
 /// `ioc` is a live socket channel; `func`/`user_data`/`notify` follow
-/// GLib's callback rules; `context` NULL or a live GMainContext.
+/// `GLib`'s callback rules; `context` NULL or a live `GMainContext`.
 pub(crate) unsafe fn qio_channel_add_watch_full(
     ioc: *mut sys::QIOChannel,
     condition: sys::GIOCondition,
@@ -171,7 +171,7 @@ pub unsafe extern "C" fn qio_channel_add_watch_source(
 
 /// # Safety
 /// `ioc` is a live socket channel; the contexts are NULL or live; the
-/// handlers follow aio_set_fd_handler()'s rules.
+/// handlers follow `aio_set_fd_handler()`'s rules.
 #[no_mangle]
 pub unsafe extern "C" fn qio_channel_set_aio_fd_handler(
     ioc: *mut sys::QIOChannel,

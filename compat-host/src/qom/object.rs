@@ -1,6 +1,6 @@
-//! Instances (qom/object.h): `object_new` with QEMU's instance_init
+//! Instances (qom/object.h): `object_new` with QEMU's `instance_init`
 //! order, reference counts, finalize (properties first, then every
-//! instance_finalize, most derived first), dynamic casts; and the root
+//! `instance_finalize`, most derived first), dynamic casts; and the root
 //! type `object`.
 
 use std::{
@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{sys, util::cstr};
 
-/// QEMU's TYPE_OBJECT, the root of every type.
+/// QEMU's `TYPE_OBJECT`, the root of every type.
 const OBJECT_INFO: sys::TypeInfo = sys::TypeInfo {
     abstract_: true,
     class_size: size_of::<sys::ObjectClass>(),
@@ -82,15 +82,15 @@ impl CachedType {
 type InstanceFn = unsafe extern "C" fn(*mut sys::Object);
 
 /// What creating an instance of a type takes, as QEMU's
-/// object_new_with_type() works it out.
+/// `object_new_with_type()` works it out.
 struct Layout {
     /// The class, as an address (`*mut ObjectClass`).
     class: usize,
     size: usize,
     align: usize,
-    /// The types' instance_init, the root's first.
+    /// The types' `instance_init`, the root's first.
     init: Vec<InstanceFn>,
-    /// Their instance_post_init, the most derived first.
+    /// Their `instance_post_init`, the most derived first.
     post_init: Vec<InstanceFn>,
 }
 

@@ -1,13 +1,13 @@
 //! Target `api_sequence`: sequences of calls through the C ABI on the
 //! compat host, with real loopback and unix clients and the loops driven
 //! without blocking (`g_main_context_iteration(ctx, FALSE)`,
-//! `aio_poll(ctx, false)`): new, ref/unref, set_name, open_sync, add,
-//! set_client_func(_full) and set_client_aio_func on the default and a
-//! private GMainContext, the main and a private AioContext, with
+//! `aio_poll(ctx, false)`): new, ref/unref, `set_name`, `open_sync`, add,
+//! `set_client_func`(_full) and `set_client_aio_func` on the default and a
+//! private `GMainContext`, the main and a private `AioContext`, with
 //! callbacks that clear, re-set, replace, toggle, disconnect, unref or
-//! nest loops from inside; wait_client only with a client queued (or on a
+//! nest loops from inside; `wait_client` only with a client queued (or on a
 //! listener that is not connected, where it must return at once);
-//! disconnect, is_connected, nsioc, sioc, get_local_address with any
+//! disconnect, `is_connected`, nsioc, sioc, `get_local_address` with any
 //! index; and the NULL listener everywhere.
 //!
 //! Checked: results against a model (connected, channel count, index
@@ -17,7 +17,7 @@
 //! when the harness holds no reference, and for every listener by the end
 //! of the input; no descriptor left open.
 //!
-//! At the end every listener the harness still holds gets a last GLib
+//! At the end every listener the harness still holds gets a last `GLib`
 //! registration, is disconnected and dropped; listeners that the harness
 //! dropped while they served a callback (kept alive by their watches, as
 //! in QEMU) get a client each, whose callback re-registers and
@@ -51,7 +51,7 @@ enum GlibCtx {
 
 #[derive(Arbitrary, Debug, Clone, Copy, PartialEq)]
 enum AioCtx {
-    /// NULL: the main-loop AioContext.
+    /// NULL: the main-loop `AioContext`.
     Null,
     Main,
     Private,
@@ -74,7 +74,7 @@ enum Action {
     SetSame,
     /// A new registration of the same kind.
     Replace,
-    /// A new registration of the other kind (GLib <-> AioContext).
+    /// A new registration of the other kind (`GLib` <-> `AioContext`).
     Toggle,
     Disconnect,
     /// Drops one of the harness's references to the listener.
@@ -99,7 +99,7 @@ enum Loop {
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Then {
     Nothing,
-    /// wait_client(), if the listener is held and the client queued.
+    /// `wait_client()`, if the listener is held and the client queued.
     Wait,
     /// Iterates a loop 1 to 4 times (callbacks run).
     Iterate(Loop, u8),
@@ -120,14 +120,14 @@ impl Index {
     }
 }
 
-/// A listening channel to adopt with qio_net_listener_add().
+/// A listening channel to adopt with `qio_net_listener_add()`.
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum AddKind {
     Tcp4,
     Tcp6,
     Unix,
     Abstract,
-    /// qio_channel_socket_new_fd() of a listening socket made here.
+    /// `qio_channel_socket_new_fd()` of a listening socket made here.
     Fd,
 }
 
@@ -169,7 +169,7 @@ enum Op {
         n: u8,
         then: Then,
     },
-    /// wait_client() on a listener that is not connected: NULL at once.
+    /// `wait_client()` on a listener that is not connected: NULL at once.
     WaitIdle(u8),
     Disconnect(u8),
     IsConnected(u8),

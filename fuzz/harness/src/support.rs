@@ -19,11 +19,11 @@ pub(crate) struct Process {
     pub(crate) tmp: PathBuf,
     /// Prefix of every abstract socket name (unique to this process).
     pub(crate) abstract_prefix: String,
-    /// A GMainContext of our own (iterated without blocking).
+    /// A `GMainContext` of our own (iterated without blocking).
     pub(crate) glib_ctx: usize,
-    /// An AioContext of our own (polled without blocking).
+    /// An `AioContext` of our own (polled without blocking).
     pub(crate) aio_ctx: usize,
-    /// RLIMIT_NOFILE: no descriptor number at or above it is open.
+    /// `RLIMIT_NOFILE`: no descriptor number at or above it is open.
     pub(crate) fd_limit: i32,
 }
 

@@ -1,12 +1,12 @@
 //! The host through QEMU's C API: QOM references, `Error`, the DNS
-//! resolver, `QIOChannelSocket`, GSource watches, AioContext fd handlers,
+//! resolver, `QIOChannelSocket`, `GSource` watches, `AioContext` fd handlers,
 //! bottom halves and timers.  The C API is provided by real QEMU or by the
 //! standalone compat host; which one is decided at link time, and the
 //! declarations come from its headers (bindgen, see `build.rs`).
 //!
 //! All of the listener's raw-pointer work on host objects is in this
 //! module: `object.rs` (the QOM instance, owner references, the user's
-//! callback triple), `watch.rs` (watches, timers, wait_client's loop) and
+//! callback triple), `watch.rs` (watches, timers, `wait_client`'s loop) and
 //! the channel, error and address handles below.
 
 pub mod bindings;
@@ -489,7 +489,7 @@ unsafe impl Send for AioCtx {}
 unsafe impl Sync for AioCtx {}
 
 impl AioCtx {
-    /// The main loop's AioContext, if the host has one yet.
+    /// The main loop's `AioContext`, if the host has one yet.
     pub fn main() -> Option<AioCtx> {
         // SAFETY: plain getter without preconditions.
         NonNull::new(unsafe { sys::qemu_get_aio_context() }).map(AioCtx)
@@ -514,7 +514,7 @@ pub unsafe fn type_register_static(info: *const TypeInfo) {
     unsafe { sys::type_register_static(info) };
 }
 
-/// The signature of a QOM property getter (ObjectPropertyAccessor).
+/// The signature of a QOM property getter (`ObjectPropertyAccessor`).
 pub type PropertyGetter =
     unsafe extern "C" fn(*mut Object, *mut Visitor, *const c_char, *mut c_void, *mut *mut Error);
 
@@ -572,10 +572,10 @@ pub unsafe fn opt_cstr<'a>(p: *const c_char) -> Option<&'a CStr> {
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) })
 }
 
-/// Frees a string or array that the host g_malloc'ed.
+/// Frees a string or array that the host `g_malloc`'ed.
 ///
 /// # Safety
-/// `p` is NULL or a live g_malloc'ed block that nobody else frees.
+/// `p` is NULL or a live `g_malloc`'ed block that nobody else frees.
 pub unsafe fn g_free(p: *mut c_void) {
     // SAFETY: per the contract.
     unsafe { sys::g_free(p) }

@@ -1,6 +1,6 @@
-//! Reading and writing properties: QEMU's object_property_get_*() and
-//! object_property_set_*(), which move one scalar through a visitor and
-//! convert it as QEMU's QObject visitors do.
+//! Reading and writing properties: QEMU's `object_property_get`_*() and
+//! `object_property_set`_*(), which move one scalar through a visitor and
+//! convert it as QEMU's `QObject` visitors do.
 
 use std::{
     ffi::{c_char, CStr},

@@ -289,7 +289,7 @@ macro_rules! ptr_fns {
         ///
         /// # Safety
         /// `obj` is a live object, `name` NUL-terminated, `v` valid (and
-        /// writable with OBJ_PROP_FLAG_WRITE) while the property exists.
+        /// writable with `OBJ_PROP_FLAG_WRITE`) while the property exists.
         #[no_mangle]
         pub unsafe extern "C" fn $fname(
             obj: *mut sys::Object,
@@ -314,7 +314,7 @@ unsafe extern "C" fn object_get_type(obj: *mut sys::Object, _errp: Errp) -> *mut
 }
 
 /// The "type" property every object has: in QEMU a class property of
-/// TYPE_OBJECT, here one property that every object shares (the compat
+/// `TYPE_OBJECT`, here one property that every object shares (the compat
 /// host has no class properties), created at first use and never freed.
 pub(super) fn type_property() -> *mut sys::ObjectProperty {
     static TYPE: OnceLock<usize> = OnceLock::new();

@@ -11,8 +11,8 @@
 //! fields as in QEMU.
 //!
 //! The semantics follow QEMU 10.2's `qom/object.c`: at finalize every
-//! property's release runs once, before the first instance_finalize;
-//! the scalar getters and setters convert values as QEMU's QObject visitors
+//! property's release runs once, before the first `instance_finalize`;
+//! the scalar getters and setters convert values as QEMU's `QObject` visitors
 //! do, with QEMU's error messages.  Table locks are never held while an
 //! accessor or release function runs, so those may use QOM freely,
 //! including on the same object.
@@ -46,7 +46,7 @@ type Errp = *mut *mut sys::Error;
 /// The name of the property every object has.
 const TYPE_PROPERTY: &CStr = c"type";
 
-/// One property: QEMU's struct, owning its strings (g_malloc'ed, since C
+/// One property: QEMU's struct, owning its strings (`g_malloc`'ed, since C
 /// may replace `description` the QEMU way).
 #[repr(transparent)]
 struct Prop(sys::ObjectProperty);
@@ -369,7 +369,7 @@ pub unsafe extern "C" fn object_property_del(obj: *mut sys::Object, name: *const
 }
 
 /// Runs every release function once and frees the object's own table:
-/// QEMU's object_property_del_all(), called before instance_finalize.
+/// QEMU's `object_property_del_all()`, called before `instance_finalize`.
 /// A release function may add or delete properties; each property is
 /// released at most once.
 ///

@@ -36,7 +36,7 @@ unsafe extern "C" fn test_finalize(o: *mut sys::Object) {
 }
 
 /// # Safety
-/// `o` is a live TestObj.
+/// `o` is a live `TestObj`.
 unsafe fn note(o: *mut sys::Object, what: String) {
     // SAFETY: caller's contract.
     let log = unsafe { (*o.cast::<TestObj>()).log };
@@ -52,7 +52,7 @@ unsafe extern "C" fn count_late_release(_o: *mut sys::Object, _n: *const c_char,
     LATE_RELEASES.fetch_add(1, SeqCst);
 }
 
-/// An instance_finalize that adds a property (odd, but it must not leak).
+/// An `instance_finalize` that adds a property (odd, but it must not leak).
 unsafe extern "C" fn late_finalize(o: *mut sys::Object) {
     // SAFETY: o is being finalized; its properties still work.
     unsafe {
@@ -404,7 +404,7 @@ fn array_names_abort() {
 }
 
 /// In a child process (test `name`), adds properties `names` to an object
-/// with object_property_add(), which must abort saying `expected`.
+/// with `object_property_add()`, which must abort saying `expected`.
 fn adding_aborts(name: &str, names: &[&CStr], expected: &str) {
     if in_child() {
         let log = Mutex::new(Vec::new());
