@@ -115,18 +115,24 @@ unsafe extern "C" fn get_counter(
     // SAFETY: QOM calls the getter on a live instance of our type.
     let mut value = field(unsafe { &(*this).listener }.counters()).load(Relaxed);
     // SAFETY: v, name and errp come from QOM for this very call.
-    unsafe { host::visit_uint64(v, name, &mut value, errp) };
+    unsafe {
+        host::visit_uint64(v, name, &mut value, errp);
+    }
 }
 
 unsafe extern "C" fn instance_init(obj: *mut Object) {
     let this = obj as *mut QIONetListener;
     // SAFETY: QOM allocated instance_size zeroed bytes for this instance and
     // calls instance_init once, before anyone else sees the object.
-    unsafe { addr_of_mut!((*this).listener).write(Listener::new()) };
+    unsafe {
+        addr_of_mut!((*this).listener).write(Listener::new());
+    }
     for (i, (name, _)) in COUNTERS.iter().enumerate() {
         // SAFETY: obj is being initialized; the names are 'static; the
         // getter reads only the state written above; no setter: read-only.
-        unsafe { host::add_uint64_getter(obj, name, get_counter, i as *mut c_void) };
+        unsafe {
+            host::add_uint64_getter(obj, name, get_counter, i as *mut c_void);
+        }
     }
 }
 
@@ -240,14 +246,16 @@ pub unsafe extern "C" fn qio_net_listener_open_sync(
         let Some(l) = unsafe { borrowed(listener) }.filter(|_| !addr.is_null()) else {
             // SAFETY: errp follows the Error convention (caller contract).
             unsafe {
-                host::set_error(errp, "qio_net_listener_open_sync: NULL listener or address")
-            };
+                host::set_error(errp, "qio_net_listener_open_sync: NULL listener or address");
+            }
             return Some(-1);
         };
         // SAFETY: addr is a valid SocketAddress (caller contract).
         if let Err(msg) = unsafe { host::check_port(addr) } {
             // SAFETY: errp follows the Error convention.
-            unsafe { host::set_error(errp, &msg) };
+            unsafe {
+                host::set_error(errp, &msg);
+            }
             return Some(-1);
         }
         // SAFETY: addr is a valid SocketAddress, errp a valid Error **.
@@ -258,7 +266,9 @@ pub unsafe extern "C" fn qio_net_listener_open_sync(
             Ok(()) => Some(0),
             Err(e) => {
                 // SAFETY: errp follows the Error convention.
-                unsafe { e.propagate(errp) };
+                unsafe {
+                    e.propagate(errp);
+                }
                 Some(-1)
             }
         }
@@ -520,7 +530,9 @@ pub unsafe extern "C" fn qio_net_listener_get_local_address(
             Some(c) => Some(unsafe { c.local_address(errp) }),
             None => {
                 // SAFETY: as above.
-                unsafe { host::set_error(errp, "Listener index out of range") };
+                unsafe {
+                    host::set_error(errp, "Listener index out of range");
+                }
                 Some(ptr::null_mut())
             }
         }
@@ -564,7 +576,9 @@ mod tests {
         );
         // An error the function had set already is kept.
         // SAFETY: as above; the error is set, so nothing is overwritten.
-        unsafe { internal_error("again", err.errp(), ()) };
+        unsafe {
+            internal_error("again", err.errp(), ());
+        }
         assert_eq!(
             message(&mut err),
             "qio_net_listener_open_sync: internal error"

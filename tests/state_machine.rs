@@ -26,7 +26,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn setup() -> std::sync::MutexGuard<'static, ()> {
     let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // SAFETY: qemu_init_main_loop is idempotent; NULL errp is allowed.
-    unsafe { compat::qemu_init_main_loop(ptr::null_mut()) };
+    unsafe {
+        compat::qemu_init_main_loop(ptr::null_mut());
+    }
     g
 }
 
@@ -71,7 +73,9 @@ fn iterate_until(ctx: *mut compat::GMainContext, done: impl Fn() -> bool) -> boo
             return false;
         }
         // SAFETY: ctx is NULL or a live context owned by the test.
-        unsafe { compat::g_main_context_iteration(ctx, 0) };
+        unsafe {
+            compat::g_main_context_iteration(ctx, 0);
+        }
         thread::sleep(Duration::from_millis(1));
     }
     true
@@ -177,15 +181,17 @@ fn self_clearing_callback_notifies_after_it_returns() {
     let (l, port) = open_loopback();
     // SAFETY: live listener; static data.
     unsafe {
-        qio_net_listener_set_client_func(l, cb(clearing_cb), as_data(&C), Some(count_notify))
-    };
+        qio_net_listener_set_client_func(l, cb(clearing_cb), as_data(&C), Some(count_notify));
+    }
     let _c1 = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let _c2 = TcpStream::connect(("127.0.0.1", port)).unwrap();
     assert!(iterate_until(ptr::null_mut(), || C.notifies.load(SeqCst) == 1));
     // More iterations: the cleared callback accepts nobody else.
     for _ in 0..20 {
         // SAFETY: default context.
-        unsafe { compat::g_main_context_iteration(ptr::null_mut(), 0) };
+        unsafe {
+            compat::g_main_context_iteration(ptr::null_mut(), 0);
+        }
     }
     assert_eq!(
         C.calls.load(SeqCst),
@@ -232,7 +238,9 @@ fn wait_client_is_released_by_disconnect_from_another_thread() {
     let t = thread::spawn(move || {
         thread::sleep(Duration::from_millis(50));
         // SAFETY: the main thread holds its reference until after join.
-        unsafe { qio_net_listener_disconnect(addr as *mut QIONetListener) };
+        unsafe {
+            qio_net_listener_disconnect(addr as *mut QIONetListener);
+        }
     });
     // SAFETY: live listener.
     let s = unsafe { qio_net_listener_wait_client(l) };
@@ -251,7 +259,9 @@ fn aio_callback_in_iothread_and_cross_thread_clear() {
     let ctx = unsafe { compat::iothread_get_aio_context(iothread) };
     let (l, port) = open_loopback();
     // SAFETY: live listener and context; static data.
-    unsafe { qio_net_listener_set_client_aio_func(l, cb(count_cb), as_data(&D), ctx.cast()) };
+    unsafe {
+        qio_net_listener_set_client_aio_func(l, cb(count_cb), as_data(&D), ctx.cast());
+    }
     let clients: Vec<TcpStream> = (0..5)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
@@ -263,7 +273,9 @@ fn aio_callback_in_iothread_and_cross_thread_clear() {
     // Clear from this thread while the IOThread runs; drop our reference:
     // the release BH in the IOThread's context finalizes the listener.
     // SAFETY: live listener.
-    unsafe { qio_net_listener_set_client_aio_func(l, None, ptr::null_mut(), ctx.cast()) };
+    unsafe {
+        qio_net_listener_set_client_aio_func(l, None, ptr::null_mut(), ctx.cast());
+    }
     unref(l);
     let mut buf = [0u8; 1];
     let mut c = TcpStream::connect(("127.0.0.1", port));
@@ -284,7 +296,9 @@ fn aio_callback_in_iothread_and_cross_thread_clear() {
         c = TcpStream::connect(("127.0.0.1", port));
     }
     // SAFETY: joins and frees the IOThread.
-    unsafe { compat::iothread_join(iothread) };
+    unsafe {
+        compat::iothread_join(iothread);
+    }
     assert_eq!(D.calls.load(SeqCst), 5);
 }
 
@@ -299,7 +313,9 @@ fn cross_thread_churn_balances_notifies() {
     let runner = thread::spawn(move || {
         while !stop2.load(SeqCst) {
             // SAFETY: the context outlives this thread (joined below).
-            unsafe { compat::g_main_context_iteration(ctx_addr as *mut _, 0) };
+            unsafe {
+                compat::g_main_context_iteration(ctx_addr as *mut _, 0);
+            }
         }
     });
     let (l, port) = open_loopback();
@@ -317,19 +333,23 @@ fn cross_thread_churn_balances_notifies() {
                 as_data(c),
                 Some(count_notify),
                 ctx.cast(),
-            )
-        };
+            );
+        }
         if i % 10 == 0 {
             clients.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
         }
     }
     // SAFETY: live listener.
-    unsafe { qio_net_listener_set_client_func_full(l, None, ptr::null_mut(), None, ctx.cast()) };
+    unsafe {
+        qio_net_listener_set_client_func_full(l, None, ptr::null_mut(), None, ctx.cast());
+    }
     unref(l);
     stop.store(true, SeqCst);
     runner.join().unwrap();
     // SAFETY: the test's context reference.
-    unsafe { compat::g_main_context_unref(ctx) };
+    unsafe {
+        compat::g_main_context_unref(ctx);
+    }
     for (i, c) in regs.iter().enumerate() {
         assert_eq!(
             c.notifies.load(SeqCst),
@@ -602,7 +622,9 @@ fn disconnect_racing_with_wait_client_start_never_hangs() {
             std::hint::spin_loop();
         }
         // SAFETY: live listener; races with the start of wait_client.
-        unsafe { qio_net_listener_disconnect(l) };
+        unsafe {
+            qio_net_listener_disconnect(l);
+        }
         let got = rx
             .recv_timeout(Duration::from_secs(5))
             .expect("wait_client hung");

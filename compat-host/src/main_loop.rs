@@ -105,7 +105,9 @@ mod tests {
 
     unsafe extern "C" fn bump(opaque: *mut c_void) {
         // SAFETY: the tests pass an AtomicUsize that outlives the callback.
-        unsafe { (*(opaque as *const AtomicUsize)).fetch_add(1, Ordering::SeqCst) };
+        unsafe {
+            (*(opaque as *const AtomicUsize)).fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     struct SendPtr(*mut sys::AioContext, *const AtomicUsize);
@@ -149,7 +151,9 @@ mod tests {
             )
         };
         // SAFETY: fresh timer.
-        unsafe { timer_mod(watchdog, qemu_clock_ms() + 5000) };
+        unsafe {
+            timer_mod(watchdog, qemu_clock_ms() + 5000);
+        }
         let start = Instant::now();
 
         // A BH from another thread wakes a blocking GLib iteration.
@@ -161,8 +165,8 @@ mod tests {
             // SAFETY: main lives forever; `ran` outlives the BH (the test
             // waits until it ran).
             unsafe {
-                aio_bh_schedule_oneshot_full(sp.0, Some(bump), sp.1 as *mut c_void, ptr::null())
-            };
+                aio_bh_schedule_oneshot_full(sp.0, Some(bump), sp.1 as *mut c_void, ptr::null());
+            }
         });
         while ran.load(Ordering::SeqCst) == 0 {
             iterate_default_context();
@@ -191,17 +195,23 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(5));
         }
         // SAFETY: as above.
-        unsafe { aio_set_fd_handler(main, r.as_raw_fd(), None, None, None, None, ptr::null_mut()) };
+        unsafe {
+            aio_set_fd_handler(main, r.as_raw_fd(), None, None, None, None, ptr::null_mut());
+        }
 
         // SAFETY: our timer.
-        unsafe { timer_free(watchdog) };
+        unsafe {
+            timer_free(watchdog);
+        }
         assert_eq!(never.load(Ordering::SeqCst), 0);
     }
 
     /// One blocking iteration of `GLib`'s default context.
     fn iterate_default_context() {
         // SAFETY: the default context may be iterated by any thread.
-        unsafe { glib_sys::g_main_context_iteration(ptr::null_mut(), 1) };
+        unsafe {
+            glib_sys::g_main_context_iteration(ptr::null_mut(), 1);
+        }
     }
 
     fn qemu_clock_ms() -> i64 {
@@ -232,8 +242,8 @@ mod tests {
                 Some(check_current),
                 &seen as *const AtomicUsize as *mut c_void,
                 ptr::null(),
-            )
-        };
+            );
+        }
         let start = Instant::now();
         while seen.load(Ordering::SeqCst) == 0 {
             assert!(start.elapsed() < Duration::from_secs(5));
@@ -243,7 +253,9 @@ mod tests {
         // SAFETY: as above; not this thread's context.
         assert!(!unsafe { in_aio_context_home_thread(ctx) });
         // SAFETY: joined once.
-        unsafe { iothread_join(it) };
+        unsafe {
+            iothread_join(it);
+        }
     }
 
     fn open_fds() -> usize {

@@ -132,12 +132,16 @@ unsafe fn finish<T>(r: Result<T, QError>, obj: *mut T, errp: *mut *mut sys::Erro
     match r {
         Ok(x) => {
             // SAFETY: caller's contract.
-            unsafe { *obj = x };
+            unsafe {
+                *obj = x;
+            }
             true
         }
         Err(e) => {
             // SAFETY: caller's contract.
-            unsafe { e.propagate(errp) };
+            unsafe {
+                e.propagate(errp);
+            }
             false
         }
     }
@@ -294,7 +298,9 @@ pub(crate) unsafe fn visit_type_str(
     };
     if r.is_err() {
         // SAFETY: caller's contract.
-        unsafe { *obj = std::ptr::null_mut() };
+        unsafe {
+            *obj = std::ptr::null_mut();
+        }
     }
     // SAFETY: caller's contract.
     unsafe { finish(r, obj, errp) }
@@ -339,13 +345,17 @@ mod tests {
         let mut v = VisitorImpl::Output(None);
         let mut i: i64 = -3;
         // SAFETY: as above.
-        unsafe { visit_type_int64(v.as_ptr(), ptr::null(), &mut i, ptr::null_mut()) };
+        unsafe {
+            visit_type_int64(v.as_ptr(), ptr::null(), &mut i, ptr::null_mut());
+        }
         assert_eq!(v.into_output(), Some(Scalar::Int(-3)));
 
         let mut v = VisitorImpl::Output(None);
         let mut s: *mut c_char = ptr::null_mut();
         // SAFETY: as above; NULL records "".
-        unsafe { visit_type_str(v.as_ptr(), c"s".as_ptr(), &mut s, ptr::null_mut()) };
+        unsafe {
+            visit_type_str(v.as_ptr(), c"s".as_ptr(), &mut s, ptr::null_mut());
+        }
         assert_eq!(v.into_output(), Some(Scalar::Str(CString::default())));
     }
 

@@ -99,7 +99,9 @@ fn new_address(ty: sys::SocketAddressType) -> *mut sys::SocketAddress {
     // valid SocketAddress (NULL strings, false flags).
     let a = unsafe { sys::g_malloc0(size_of::<sys::SocketAddress>()) }.cast::<sys::SocketAddress>();
     // SAFETY: a is a fresh allocation.
-    unsafe { (*a).type_ = ty };
+    unsafe {
+        (*a).type_ = ty;
+    }
     a
 }
 
@@ -188,7 +190,9 @@ impl AddrBox {
 impl Drop for AddrBox {
     fn drop(&mut self) {
         // SAFETY: we own the address.
-        unsafe { qapi_free_SocketAddress(self.0) };
+        unsafe {
+            qapi_free_SocketAddress(self.0);
+        }
     }
 }
 

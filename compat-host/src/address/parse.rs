@@ -206,7 +206,9 @@ pub(super) fn parse(s: &[u8]) -> Result<AddrBox> {
         }
         let a = AddrBox(new_address(sys::SocketAddressType_SOCKET_ADDRESS_TYPE_FD));
         // SAFETY: a fresh fd address that we own.
-        unsafe { (*a.0).u.fd.str_ = g_strdup_bytes(rest) };
+        unsafe {
+            (*a.0).u.fd.str_ = g_strdup_bytes(rest);
+        }
         Ok(a)
     } else if let Some(rest) = s.strip_prefix(b"vsock:") {
         let (cid, port) = parse_vsock(rest)?;

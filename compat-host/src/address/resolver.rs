@@ -67,8 +67,8 @@ pub(super) fn getaddrinfo(
                 ai.ai_addr.cast::<u8>(),
                 ptr::addr_of_mut!(addr.storage).cast::<u8>(),
                 n,
-            )
-        };
+            );
+        }
         addr.len = n as socklen_t;
         out.push(Resolved {
             family: ai.ai_family,
@@ -78,7 +78,9 @@ pub(super) fn getaddrinfo(
         e = ai.ai_next;
     }
     // SAFETY: res came from getaddrinfo and is not used afterwards.
-    unsafe { libc::freeaddrinfo(res) };
+    unsafe {
+        libc::freeaddrinfo(res);
+    }
     Ok(out)
 }
 
@@ -113,7 +115,9 @@ const RESOLVER_INFO: sys::TypeInfo = type_info(
 
 unsafe extern "C" fn register_types() {
     // SAFETY: a constant TypeInfo with static strings.
-    unsafe { sys::type_register_static(&RESOLVER_INFO) };
+    unsafe {
+        sys::type_register_static(&RESOLVER_INFO);
+    }
 }
 type_init!(register_types);
 
@@ -210,7 +214,9 @@ pub unsafe extern "C" fn qio_dns_resolver_lookup_sync(
         .cast::<*mut sys::SocketAddress>();
     for (i, b) in list.into_iter().enumerate() {
         // SAFETY: i < n.
-        unsafe { *arr.add(i) = b.into_raw() };
+        unsafe {
+            *arr.add(i) = b.into_raw();
+        }
     }
     // SAFETY: caller's contract.
     unsafe {

@@ -19,7 +19,9 @@ unsafe extern "C" fn ctx_prepare(source: *mut sys::GSource, timeout: *mut c_int)
         .lock()
         .timeout_ms(monotonic_ns);
     // SAFETY: as above.
-    unsafe { *timeout = t };
+    unsafe {
+        *timeout = t;
+    }
     (t == 0) as sys::gboolean
 }
 
@@ -93,8 +95,8 @@ pub(crate) unsafe fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::Ai
                     c"aio_context_new".as_ptr(),
                     c"%s".as_ptr(),
                     msg.as_ptr(),
-                )
-            };
+                );
+            }
             ptr::null_mut()
         }
     }
@@ -104,7 +106,9 @@ pub(crate) unsafe fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::Ai
 /// `ctx` is a live context and the caller owns the reference it drops.
 pub(crate) unsafe fn aio_context_unref(ctx: *mut sys::AioContext) {
     // SAFETY: as above.
-    unsafe { sys::g_source_unref(ctx.cast()) };
+    unsafe {
+        sys::g_source_unref(ctx.cast());
+    }
 }
 
 /// # Safety
@@ -127,7 +131,9 @@ mod tests {
 
     unsafe extern "C" fn set_flag(flag: sys::gpointer) -> sys::gboolean {
         // SAFETY: the test's AtomicBool outlives the source.
-        unsafe { (*flag.cast::<AtomicBool>()).store(true, SeqCst) };
+        unsafe {
+            (*flag.cast::<AtomicBool>()).store(true, SeqCst);
+        }
         0
     }
 
@@ -153,7 +159,9 @@ mod tests {
         };
         while !done() && !expired.load(SeqCst) {
             // SAFETY: caller's contract.
-            unsafe { sys::g_main_context_iteration(gctx, 1) };
+            unsafe {
+                sys::g_main_context_iteration(gctx, 1);
+            }
         }
         // SAFETY: our source.
         unsafe {

@@ -269,7 +269,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn report(msg: &str) {
     let msg = CString::new(msg.replace('\0', "")).unwrap_or_default();
     // SAFETY: "%s" with one valid NUL-terminated string.
-    unsafe { sys::error_report(c"%s".as_ptr(), msg.as_ptr()) };
+    unsafe {
+        sys::error_report(c"%s".as_ptr(), msg.as_ptr());
+    }
 }
 
 /// Leaves the context's ownership when dropped.

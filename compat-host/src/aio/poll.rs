@@ -339,7 +339,9 @@ mod tests {
             wait_for(|| p.calls.load(SeqCst) == i);
         }
         // SAFETY: as above.
-        unsafe { unwatch(ctx, a.as_raw_fd()) };
+        unsafe {
+            unwatch(ctx, a.as_raw_fd());
+        }
         send_byte(&b);
         thread::sleep(Duration::from_millis(50));
         assert_eq!(p.calls.load(SeqCst), 3);

@@ -23,7 +23,9 @@ fn clock_ns(clock: libc::clockid_t) -> i64 {
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid out-pointer; these clocks always exist.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+    unsafe {
+        libc::clock_gettime(clock, &mut ts);
+    }
     // time_t and c_long are i64 on 64-bit Linux, narrower elsewhere.
     #[allow(clippy::useless_conversion)]
     let (sec, nsec) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
@@ -235,7 +237,9 @@ mod tests {
                     )
                 };
                 // SAFETY: fresh timer.
-                unsafe { timer_mod(ts, now + d) };
+                unsafe {
+                    timer_mod(ts, now + d);
+                }
                 ts
             })
             .collect();

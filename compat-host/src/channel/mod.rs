@@ -57,7 +57,9 @@ unsafe extern "C" fn channel_finalize(obj: *mut sys::Object) {
 
 unsafe extern "C" fn socket_init(obj: *mut sys::Object) {
     // SAFETY: obj is a fresh, zeroed QIOChannelSocket.
-    unsafe { (*obj.cast::<sys::QIOChannelSocket>()).fd = -1 };
+    unsafe {
+        (*obj.cast::<sys::QIOChannelSocket>()).fd = -1;
+    }
 }
 
 unsafe extern "C" fn socket_finalize(obj: *mut sys::Object) {

@@ -39,7 +39,9 @@ fn listen_cleanup(fd: RawFd) {
     // SAFETY: path is NULL or NUL-terminated.
     if !abstract_ && !path.is_null() && unsafe { *path } != 0 {
         // SAFETY: as above.
-        unsafe { libc::unlink(path) };
+        unsafe {
+            libc::unlink(path);
+        }
     }
 }
 
@@ -124,8 +126,8 @@ fn store_addr(dst: &mut sys::sockaddr_storage, len: &mut sys::socklen_t, src: &S
             ptr::addr_of!(src.storage).cast::<u8>(),
             (dst as *mut sys::sockaddr_storage).cast::<u8>(),
             size_of::<sys::sockaddr_storage>(),
-        )
-    };
+        );
+    }
     *len = src.len;
 }
 
@@ -150,8 +152,8 @@ unsafe fn address_of(
             (storage as *const sys::sockaddr_storage).cast::<u8>(),
             ptr::addr_of_mut!(s.storage).cast::<u8>(),
             size_of::<sys::sockaddr_storage>(),
-        )
-    };
+        );
+    }
     let r = s.to_address().map(address::AddrBox::into_raw);
     // SAFETY: caller's contract.
     unsafe { ok_or_set(r, errp) }.unwrap_or(ptr::null_mut())
@@ -164,7 +166,9 @@ unsafe fn address_of(
 pub extern "C" fn qio_channel_socket_new() -> *mut sys::QIOChannelSocket {
     let sioc = SOCKET_TYPE.object_new().cast::<sys::QIOChannelSocket>();
     // SAFETY: a fresh channel nobody else has.
-    unsafe { (*sioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_SHUTDOWN };
+    unsafe {
+        (*sioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_SHUTDOWN;
+    }
     sioc
 }
 
@@ -214,7 +218,9 @@ pub unsafe extern "C" fn qio_channel_socket_listen_sync(
     let ok = unsafe { ok_or_set(r, errp) }.is_some();
     if ok {
         // SAFETY: caller's contract.
-        unsafe { (*ioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_LISTEN };
+        unsafe {
+            (*ioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_LISTEN;
+        }
     }
     if ok {
         0
@@ -265,7 +271,9 @@ pub unsafe extern "C" fn qio_channel_socket_accept(
         Err((e, msg)) => {
             if !errp.is_null() {
                 // SAFETY: caller's contract.
-                unsafe { ErrorImpl::with_errno(e, msg).propagate(errp) };
+                unsafe {
+                    ErrorImpl::with_errno(e, msg).propagate(errp);
+                }
             }
             ptr::null_mut()
         }
@@ -329,7 +337,9 @@ unsafe fn accept_client(
     {
         let e = errno();
         // SAFETY: our only reference; finalize closes the descriptor.
-        unsafe { sys::object_unref(cioc.cast()) };
+        unsafe {
+            sys::object_unref(cioc.cast());
+        }
         return Err((e, "Unable to query local socket address"));
     }
     // SAFETY: cioc is ours.

@@ -21,7 +21,9 @@ unsafe extern "C" fn fd_source_prepare(
     timeout: *mut sys::gint,
 ) -> sys::gboolean {
     // SAFETY: GLib passes a valid out pointer.
-    unsafe { *timeout = -1 };
+    unsafe {
+        *timeout = -1;
+    }
     0
 }
 
@@ -85,7 +87,9 @@ pub unsafe extern "C" fn qio_channel_create_watch(
         Err(e) => {
             // SAFETY: &error_abort is a valid destination: a watch on a
             // channel type we cannot poll is a programming error.
-            unsafe { e.propagate(ptr::addr_of_mut!(crate::error::error_abort)) };
+            unsafe {
+                e.propagate(ptr::addr_of_mut!(crate::error::error_abort));
+            }
             return ptr::null_mut();
         }
     };
@@ -230,7 +234,9 @@ mod tests {
         let s = unsafe { qio_channel_socket_accept(ioc.cast(), &mut err) };
         assert!(!s.is_null());
         // SAFETY: our new channel.
-        unsafe { sys::object_unref(s.cast()) };
+        unsafe {
+            sys::object_unref(s.cast());
+        }
         FIRED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         0 // G_SOURCE_REMOVE
     }

@@ -29,7 +29,9 @@ const OBJECT_INFO: sys::TypeInfo = sys::TypeInfo {
 
 unsafe extern "C" fn register_types() {
     // SAFETY: a constant TypeInfo with static strings.
-    unsafe { type_register_static(&OBJECT_INFO) };
+    unsafe {
+        type_register_static(&OBJECT_INFO);
+    }
 }
 type_init!(register_types);
 
@@ -153,7 +155,9 @@ impl Layout {
         for f in self.init.iter().chain(&self.post_init) {
             // SAFETY: registered C callbacks, called on a fresh instance
             // of their type, in QEMU's order.
-            unsafe { f(obj) };
+            unsafe {
+                f(obj);
+            }
         }
         obj
     }
@@ -197,20 +201,28 @@ pub unsafe extern "C" fn object_unref(obj: *mut c_void) {
     // As QEMU's object_finalize(): properties go first, so their release
     // functions see the object before any instance_finalize.
     // SAFETY: as above.
-    unsafe { property::finalize(obj) };
+    unsafe {
+        property::finalize(obj);
+    }
     for ty in t.ancestry() {
         if let Some(fin) = ty.info.instance_finalize {
             // SAFETY: registered C callback on an instance of its type.
-            unsafe { fin(obj) };
+            unsafe {
+                fin(obj);
+            }
         }
     }
     // Properties added by a finalizer would otherwise leak.
     // SAFETY: as above.
-    unsafe { property::finalize(obj) };
+    unsafe {
+        property::finalize(obj);
+    }
     // SAFETY: as above.
     if let Some(free) = unsafe { (*obj).free } {
         // SAFETY: `free` matches how object_new allocated obj.
-        unsafe { free(obj.cast()) };
+        unsafe {
+            free(obj.cast());
+        }
     }
 }
 
@@ -263,7 +275,9 @@ pub unsafe extern "C" fn object_dynamic_cast_assert(
     let ret = unsafe { object_dynamic_cast(obj, typename) };
     if ret.is_null() && !obj.is_null() {
         // SAFETY: caller's contract.
-        unsafe { cast_failure(obj.cast(), typename, file, line, func) };
+        unsafe {
+            cast_failure(obj.cast(), typename, file, line, func);
+        }
     }
     ret
 }

@@ -222,7 +222,9 @@ impl TypeImpl {
             let pc = p.class();
             // SAFETY: the parent class has parent_size bytes and the new
             // one at least as many; they do not overlap.
-            unsafe { ptr::copy_nonoverlapping(pc.cast::<u8>(), class.cast::<u8>(), parent_size) };
+            unsafe {
+                ptr::copy_nonoverlapping(pc.cast::<u8>(), class.cast::<u8>(), parent_size);
+            }
         }
         // SAFETY: class is a fresh allocation at least ObjectClass big.
         unsafe {
@@ -235,12 +237,16 @@ impl TypeImpl {
         for ancestor in self.ancestry().skip(1) {
             if let Some(base_init) = ancestor.info.class_base_init {
                 // SAFETY: a C callback registered for exactly this use.
-                unsafe { base_init(class, self.info.class_data) };
+                unsafe {
+                    base_init(class, self.info.class_data);
+                }
             }
         }
         if let Some(class_init) = self.info.class_init {
             // SAFETY: as above.
-            unsafe { class_init(class, self.info.class_data) };
+            unsafe {
+                class_init(class, self.info.class_data);
+            }
         }
         class
     }

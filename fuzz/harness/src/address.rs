@@ -814,8 +814,8 @@ impl Target {
                 libc::SO_ERROR,
                 ptr::from_mut(&mut err).cast(),
                 &mut l,
-            )
-        };
+            );
+        }
         (err == 0).then_some(Client(fd))
     }
 }

@@ -332,7 +332,9 @@ fn act(i: usize, action: Action, client: *mut Sioc) {
         Action::Keep => {
             // SAFETY: the client is live during the callback; the new
             // reference is dropped at the end of the input.
-            unsafe { sys::object_ref(client.cast()) };
+            unsafe {
+                sys::object_ref(client.cast());
+            }
             with(|s| s.kept.push(client as usize));
         }
         Action::ClearSelf => set(i, kind, None),
@@ -411,7 +413,9 @@ fn set(i: usize, kind: Kind, reg: Option<*const Reg>) {
 
 fn disconnect(i: usize) {
     // SAFETY: a live listener.
-    unsafe { qio_net_listener_disconnect(lp(i)) };
+    unsafe {
+        qio_net_listener_disconnect(lp(i));
+    }
     with(|s| s.listeners[i].connected = false);
 }
 
@@ -428,7 +432,9 @@ fn unref(i: usize) {
     });
     if had {
         // SAFETY: drops a reference the harness held.
-        unsafe { sys::object_unref(l.cast()) };
+        unsafe {
+            sys::object_unref(l.cast());
+        }
     }
 }
 
@@ -559,8 +565,8 @@ fn new_listener() {
             None,
             Some(on_release),
             i as *mut c_void,
-        )
-    };
+        );
+    }
 }
 
 fn open(i: usize, addr: &Addr, num: i8) {
@@ -720,7 +726,9 @@ fn connect(l: u8, n: u8, then: Then) {
             "wait_client with a client queued returned NULL"
         );
         // SAFETY: wait_client gave us a reference.
-        unsafe { sys::object_unref(c.cast()) };
+        unsafe {
+            sys::object_unref(c.cast());
+        }
     }
 }
 
@@ -763,7 +771,9 @@ fn step(op: &Op) {
         Op::Ref(l) => {
             if let Some(i) = held(l) {
                 // SAFETY: a live listener; the reference is counted.
-                unsafe { sys::object_ref(lp(i).cast()) };
+                unsafe {
+                    sys::object_ref(lp(i).cast());
+                }
                 with(|s| s.listeners[i].refs += 1);
             }
         }
@@ -870,7 +880,9 @@ fn drop_clients() {
     let (kept, clients) = with(|s| (std::mem::take(&mut s.kept), std::mem::take(&mut s.clients)));
     for c in kept {
         // SAFETY: the reference taken by a Keep callback.
-        unsafe { sys::object_unref(c as *mut c_void) };
+        unsafe {
+            sys::object_unref(c as *mut c_void);
+        }
     }
     drop(clients);
 }

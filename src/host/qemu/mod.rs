@@ -105,7 +105,9 @@ impl Host for QemuHost {
         };
         // SAFETY: a valid out pointer; CLOCK_MONOTONIC always exists (the
         // vDSO answers it without a system call).
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        unsafe {
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        }
         let ns = (ts.tv_sec as u64)
             .wrapping_mul(1_000_000_000)
             .wrapping_add(ts.tv_nsec as u64);
@@ -208,7 +210,9 @@ impl<T: QomType> ObjectRef<T> {
     pub unsafe fn from_borrowed(p: *mut T) -> Option<Self> {
         let p = NonNull::new(p)?;
         // SAFETY: p is live per the contract; object_ref adds our reference.
-        unsafe { sys::object_ref(p.as_ptr().cast()) };
+        unsafe {
+            sys::object_ref(p.as_ptr().cast());
+        }
         Some(ObjectRef(p, PhantomData))
     }
 
@@ -225,7 +229,9 @@ impl<T: QomType> ObjectRef<T> {
 impl<T: QomType> Clone for ObjectRef<T> {
     fn clone(&self) -> Self {
         // SAFETY: self holds a reference, so the object is live.
-        unsafe { sys::object_ref(self.0.as_ptr().cast()) };
+        unsafe {
+            sys::object_ref(self.0.as_ptr().cast());
+        }
         ObjectRef(self.0, PhantomData)
     }
 }
@@ -283,7 +289,9 @@ impl HostError for LocalError {
     fn with_message(msg: &str) -> Self {
         let mut e = LocalError::new();
         // SAFETY: e.errp() is a valid, unset Error **.
-        unsafe { set_error(e.errp(), msg) };
+        unsafe {
+            set_error(e.errp(), msg);
+        }
         e
     }
 }
@@ -389,7 +397,9 @@ pub unsafe fn resolve(addr: *mut SocketAddress, errp: *mut *mut Error) -> Option
     }
     // SAFETY: the array itself was g_malloc'ed for us; its elements moved
     // into `out`.
-    unsafe { sys::g_free(list.cast()) };
+    unsafe {
+        sys::g_free(list.cast());
+    }
     Some(out)
 }
 
@@ -446,14 +456,16 @@ impl SocketChannel for Channel {
 
     fn close(&self) {
         // SAFETY: the channel is live; NULL errp discards any error.
-        unsafe { sys::qio_channel_close(self.ioc(), ptr::null_mut()) };
+        unsafe {
+            sys::qio_channel_close(self.ioc(), ptr::null_mut());
+        }
     }
 
     fn shutdown(&self) {
         // SAFETY: the channel is live; NULL errp discards any error.
         unsafe {
-            sys::qio_channel_shutdown(self.ioc(), sys::QIO_CHANNEL_SHUTDOWN_BOTH, ptr::null_mut())
-        };
+            sys::qio_channel_shutdown(self.ioc(), sys::QIO_CHANNEL_SHUTDOWN_BOTH, ptr::null_mut());
+        }
     }
 
     fn accept(&self) -> Option<Channel> {
@@ -511,7 +523,9 @@ pub unsafe fn object_new(name: &CStr) -> *mut Object {
 /// `info` is 'static and valid.
 pub unsafe fn type_register_static(info: *const TypeInfo) {
     // SAFETY: per the contract.
-    unsafe { sys::type_register_static(info) };
+    unsafe {
+        sys::type_register_static(info);
+    }
 }
 
 /// The signature of a QOM property getter (`ObjectPropertyAccessor`).
@@ -539,8 +553,8 @@ pub unsafe fn add_uint64_getter(
             None,
             None,
             opaque,
-        )
-    };
+        );
+    }
 }
 
 /// QAPI: visits a uint64 (the getter side: hands `*value` to the visitor).
@@ -554,7 +568,9 @@ pub unsafe fn visit_uint64(
     errp: *mut *mut Error,
 ) {
     // SAFETY: per the contract.
-    unsafe { sys::visit_type_uint64(v, name, value, errp) };
+    unsafe {
+        sys::visit_type_uint64(v, name, value, errp);
+    }
 }
 
 /// Registers `f` to run at `module_call_init(MODULE_INIT_QOM)`.

@@ -258,7 +258,9 @@ fn rewatch<R: ReadyHandler<QemuHost>>(data: Arc<SourceData<R>>) {
             Err(src)
         } else {
             // SAFETY: a new source; ctx is live (we are dispatching in it).
-            unsafe { sys::g_source_attach(src.as_ptr(), ctx.0) };
+            unsafe {
+                sys::g_source_attach(src.as_ptr(), ctx.0);
+            }
             Ok(st.source.replace(src))
         }
     };
@@ -295,7 +297,9 @@ impl SourceWatch {
         }));
         // SAFETY: a new source; ctx is NULL or a live context (the caller
         // of set_client_func_full guarantees it).
-        unsafe { sys::g_source_attach(src.as_ptr(), ctx.0) };
+        unsafe {
+            sys::g_source_attach(src.as_ptr(), ctx.0);
+        }
         cell.lock().source = Some(src);
         SourceWatch(cell)
     }
@@ -356,8 +360,8 @@ impl AioWatch {
                 ptr::null_mut(),
                 None,
                 data,
-            )
-        };
+            );
+        }
         AioWatch {
             ctx,
             channel: channel.clone(),
@@ -543,7 +547,9 @@ impl WaitLoop<QemuHost> for PrivateLoop {
         while !self.done.swap(false, SeqCst) {
             // SAFETY: the context is live for as long as self; only this
             // thread iterates it.
-            unsafe { sys::g_main_context_iteration(self.ctx.as_ptr(), 1) };
+            unsafe {
+                sys::g_main_context_iteration(self.ctx.as_ptr(), 1);
+            }
         }
     }
 

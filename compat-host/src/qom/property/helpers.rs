@@ -112,7 +112,9 @@ unsafe extern "C" fn property_get_fn<T: FnValue>(
     let mut value = unsafe { get(obj, &mut err) };
     if !err.is_null() {
         // SAFETY: err is ours to pass on.
-        unsafe { error_propagate(errp, err) };
+        unsafe {
+            error_propagate(errp, err);
+        }
         return;
     }
     // SAFETY: an output visit of a local, then it is freed.
@@ -237,7 +239,9 @@ unsafe extern "C" fn property_get_ptr<T: PtrInt>(
     // the caller keeps alive.
     let mut value = unsafe { *opaque.cast::<T>() };
     // SAFETY: an output visit of a local.
-    unsafe { T::visit(v, name, &mut value, errp) };
+    unsafe {
+        T::visit(v, name, &mut value, errp);
+    }
 }
 
 unsafe extern "C" fn property_set_ptr<T: PtrInt>(

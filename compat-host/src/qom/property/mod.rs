@@ -231,7 +231,9 @@ pub unsafe extern "C" fn object_property_find_err(
             )
         };
         // SAFETY: caller's contract.
-        unsafe { ErrorImpl::new(msg).propagate(errp) };
+        unsafe {
+            ErrorImpl::new(msg).propagate(errp);
+        }
     }
     p
 }
@@ -303,7 +305,9 @@ pub unsafe extern "C" fn object_property_try_add(
         name.to_string_lossy()
     );
     // SAFETY: caller's contract.
-    unsafe { ErrorImpl::new(msg).propagate(errp) };
+    unsafe {
+        ErrorImpl::new(msg).propagate(errp);
+    }
     ptr::null_mut()
 }
 
@@ -356,7 +360,9 @@ pub unsafe extern "C" fn object_property_del(obj: *mut sys::Object, name: *const
     let (release, opaque) = unsafe { ((*p).release, (*p).opaque) };
     if let Some(release) = release {
         // SAFETY: the release function registered with the property.
-        unsafe { release(obj, name, opaque) };
+        unsafe {
+            release(obj, name, opaque);
+        }
     }
     if let Some(t) = table {
         let removed = {
@@ -397,7 +403,9 @@ unsafe fn release_all(obj: *mut sys::Object) {
         done.push(p);
         // SAFETY: p is live until deleted; its name and opaque are read
         // before the call.
-        unsafe { release(obj, (*p).name, (*p).opaque) };
+        unsafe {
+            release(obj, (*p).name, (*p).opaque);
+        }
     }
     // SAFETY: caller's contract: nobody else uses the object.
     let slot =
