@@ -121,7 +121,7 @@ unsafe extern "C" fn get_counter(
 }
 
 unsafe extern "C" fn instance_init(obj: *mut Object) {
-    let this = obj as *mut QIONetListener;
+    let this = obj.cast::<QIONetListener>();
     // SAFETY: QOM allocated instance_size zeroed bytes for this instance and
     // calls instance_init once, before anyone else sees the object.
     unsafe {
@@ -137,7 +137,7 @@ unsafe extern "C" fn instance_init(obj: *mut Object) {
 }
 
 unsafe extern "C" fn instance_finalize(obj: *mut Object) {
-    let this = obj as *mut QIONetListener;
+    let this = obj.cast::<QIONetListener>();
     // SAFETY: the last reference is gone, so nothing else uses the state;
     // QOM calls finalize once, after instance_init.
     let r = catch_unwind(AssertUnwindSafe(|| unsafe {
@@ -193,7 +193,7 @@ pub extern "C" fn qio_net_listener_new() -> *mut QIONetListener {
         // SAFETY: register_types is idempotent; afterwards the type exists.
         unsafe {
             register_types();
-            host::object_new(TYPE_QIO_NET_LISTENER) as *mut QIONetListener
+            host::object_new(TYPE_QIO_NET_LISTENER).cast::<QIONetListener>()
         }
     })
 }

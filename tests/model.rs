@@ -1339,7 +1339,10 @@ fn try_run(ops: &[Op]) -> Result<Outcome, String> {
     r.map_err(|e| {
         e.downcast_ref::<String>()
             .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .or_else(|| {
+                e.downcast_ref::<&str>()
+                    .map(std::string::ToString::to_string)
+            })
             .unwrap_or_else(|| "panic".into())
     })
 }

@@ -24,7 +24,9 @@ use qio_net_listener::{ffi::*, host::qemu::QIOChannelSocket as Sioc};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn setup() -> std::sync::MutexGuard<'static, ()> {
-    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let g = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // SAFETY: qemu_init_main_loop is idempotent; NULL errp is allowed.
     unsafe {
         compat::qemu_init_main_loop(ptr::null_mut());
@@ -47,8 +49,8 @@ fn open_loopback_backlog(backlog: i32) -> (*mut QIONetListener, u16) {
         let rc = qio_net_listener_open_sync(l, addr.cast(), backlog, ptr::null_mut());
         compat::qapi_free_SocketAddress(addr);
         assert_eq!(rc, 0);
-        let local =
-            qio_net_listener_get_local_address(l, 0, ptr::null_mut()) as *mut compat::SocketAddress;
+        let local = qio_net_listener_get_local_address(l, 0, ptr::null_mut())
+            .cast::<compat::SocketAddress>();
         assert!(!local.is_null());
         let port = std::ffi::CStr::from_ptr((*local).u.inet.port)
             .to_str()

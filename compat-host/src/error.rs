@@ -54,7 +54,7 @@ pub(crate) fn strerror(errno: c_int) -> String {
     // SAFETY: g_strerror returns a static, NUL-terminated string for any
     // value.
     unsafe { cstr(sys::g_strerror(errno)) }
-        .map(|s| s.into_owned())
+        .map(std::borrow::Cow::into_owned)
         .unwrap_or_default()
 }
 
@@ -111,7 +111,7 @@ impl ErrorImpl {
 
 fn prgname() -> Option<String> {
     // SAFETY: g_get_prgname returns NULL or a string GLib keeps alive.
-    unsafe { cstr(sys::g_get_prgname()) }.map(|s| s.into_owned())
+    unsafe { cstr(sys::g_get_prgname()) }.map(std::borrow::Cow::into_owned)
 }
 
 /// One line on stderr, written in one call so concurrent reports do not
@@ -239,11 +239,11 @@ pub unsafe extern "C" fn compat_error_set(
         msg: text,
         // SAFETY: src/func are NULL or NUL-terminated (caller's contract).
         src: unsafe { cstr(src) }
-            .map(|s| s.into_owned())
+            .map(std::borrow::Cow::into_owned)
             .unwrap_or_default(),
         line: line.max(0) as u32,
         // SAFETY: as above.
-        func: unsafe { cstr(func) }.map(|s| s.into_owned()),
+        func: unsafe { cstr(func) }.map(std::borrow::Cow::into_owned),
     });
     // SAFETY: errp validity is the caller's contract.
     unsafe {

@@ -23,7 +23,9 @@ static INIT: Mutex<()> = Mutex::new(());
 /// `errp` is NULL or a valid `Error **` (QEMU's conventions).
 #[no_mangle]
 pub unsafe extern "C" fn qemu_init_main_loop(errp: *mut *mut sys::Error) -> i32 {
-    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = INIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !main_context().is_null() {
         return 0;
     }

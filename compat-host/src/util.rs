@@ -21,10 +21,10 @@ pub fn g_strdup_bytes(b: &[u8]) -> *mut c_char {
     // SAFETY: g_malloc never returns NULL (it aborts); we write len bytes
     // plus the terminator into the len + 1 bytes it returned.
     unsafe {
-        let p = sys::g_malloc(len + 1) as *mut u8;
+        let p = sys::g_malloc(len + 1).cast::<u8>();
         std::ptr::copy_nonoverlapping(b.as_ptr(), p, len);
         *p.add(len) = 0;
-        p as *mut c_char
+        p.cast::<c_char>()
     }
 }
 

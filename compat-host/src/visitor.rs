@@ -23,7 +23,7 @@ use crate::{
 /// A value in transit between a property accessor and its caller (QEMU's
 /// `QNum`, `QBool` and `QString`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Scalar {
+pub enum Scalar {
     Int(i64),
     Uint(u64),
     Bool(bool),
@@ -51,7 +51,7 @@ impl Scalar {
 }
 
 /// What a C `Visitor *` points to.
-pub(crate) enum VisitorImpl {
+pub enum VisitorImpl {
     Input(Scalar),
     Output(Option<Scalar>),
 }
@@ -94,7 +94,7 @@ unsafe fn visitor<'a>(v: *mut sys::Visitor) -> &'a mut VisitorImpl {
 /// `name` is NULL or NUL-terminated.
 unsafe fn full_name(name: *const c_char) -> String {
     // SAFETY: caller's contract.
-    unsafe { cstr(name) }.map_or_else(|| "<anonymous>".to_owned(), |n| n.into_owned())
+    unsafe { cstr(name) }.map_or_else(|| "<anonymous>".to_owned(), std::borrow::Cow::into_owned)
 }
 
 fn wrong_type(name: &str, expected: &str) -> QError {
@@ -212,7 +212,8 @@ unsafe fn visit_int<T: VisitInt>(
     let r = T::from_scalar(&input, &unsafe { full_name(name) }).and_then(|x| {
         x.ok_or_else(|| {
             // SAFETY: as above.
-            let n = unsafe { cstr(name) }.map_or_else(|| "null".to_owned(), |n| n.into_owned());
+            let n = unsafe { cstr(name) }
+                .map_or_else(|| "null".to_owned(), std::borrow::Cow::into_owned);
             bad_value(&n, T::RANGE)
         })
     });
@@ -246,12 +247,12 @@ visit_fns! {
     #[no_mangle]
     pub visit_type_int64: i64;
     // Not exported: only object_property_add_uint8_ptr() uses it.
-    pub(crate) visit_type_uint8: u8;
+    pub visit_type_uint8: u8;
 }
 
 /// # Safety
 /// As the integer visits.
-pub(crate) unsafe fn visit_type_bool(
+pub unsafe fn visit_type_bool(
     v: *mut sys::Visitor,
     name: *const c_char,
     obj: *mut bool,
@@ -275,7 +276,7 @@ pub(crate) unsafe fn visit_type_bool(
 
 /// # Safety
 /// As the integer visits; for output, `*obj` is NULL or NUL-terminated.
-pub(crate) unsafe fn visit_type_str(
+pub unsafe fn visit_type_str(
     v: *mut sys::Visitor,
     name: *const c_char,
     obj: *mut *mut c_char,

@@ -56,7 +56,10 @@ impl FdGate {
     pub fn wait_idle(&self) {
         let mut idle = lock(&self.idle);
         while self.state.load(SeqCst) != CLOSING {
-            idle = self.idle_cv.wait(idle).unwrap_or_else(|e| e.into_inner());
+            idle = self
+                .idle_cv
+                .wait(idle)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 

@@ -95,7 +95,7 @@ fn vsock_connect(a: &sys::VsockSocketAddress) -> Result<OwnedFd> {
 ///
 /// # Safety
 /// `addr` is a valid `SocketAddress`.
-pub(crate) unsafe fn connect(addr: *const sys::SocketAddress) -> Result<OwnedFd> {
+pub unsafe fn connect(addr: *const sys::SocketAddress) -> Result<OwnedFd> {
     // SAFETY: caller's contract; the tag selects the union member.
     unsafe {
         match (*addr).type_ {

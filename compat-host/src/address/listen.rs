@@ -243,7 +243,7 @@ fn vsock_listen(a: &sys::VsockSocketAddress, num: c_int) -> Result<OwnedFd> {
 ///
 /// # Safety
 /// `addr` is a valid `SocketAddress`.
-pub(crate) unsafe fn listen(addr: *const sys::SocketAddress, num: c_int) -> Result<OwnedFd> {
+pub unsafe fn listen(addr: *const sys::SocketAddress, num: c_int) -> Result<OwnedFd> {
     // SAFETY: caller's contract; the tag selects the union member.
     unsafe {
         match (*addr).type_ {

@@ -20,13 +20,13 @@ mod parse;
 mod resolver;
 mod sockaddr;
 #[cfg(test)]
-pub(crate) mod testing;
+pub mod testing;
 
 #[cfg(test)]
-pub(crate) use self::parse::uri;
+pub use self::parse::uri;
 #[cfg(test)]
 use self::resolver::{qio_dns_resolver_get_instance, qio_dns_resolver_lookup_sync};
-pub(crate) use self::{
+pub use self::{
     connect::connect,
     listen::listen,
     sockaddr::{local_sockaddr, remote_sockaddr, SockAddr},
@@ -75,7 +75,7 @@ unsafe fn dup(p: *const c_char) -> *mut c_char {
 unsafe fn text(p: *const c_char) -> String {
     // SAFETY: caller's contract.
     unsafe { cstr(p) }
-        .map(|s| s.into_owned())
+        .map(std::borrow::Cow::into_owned)
         .unwrap_or_default()
 }
 
@@ -109,7 +109,7 @@ fn new_address(ty: sys::SocketAddressType) -> *mut sys::SocketAddress {
 ///
 /// # Safety
 /// `src` is a valid `SocketAddress`.
-pub(crate) unsafe fn clone_address(src: *const sys::SocketAddress) -> *mut sys::SocketAddress {
+pub unsafe fn clone_address(src: *const sys::SocketAddress) -> *mut sys::SocketAddress {
     // SAFETY: caller's contract; the union member read is the one the tag
     // selects, and the copy's strings are replaced by duplicates.
     unsafe {
@@ -177,7 +177,7 @@ pub unsafe extern "C" fn qapi_free_SocketAddress(obj: *mut sys::SocketAddress) {
 
 /// Owns a C `SocketAddress` until it is handed out, so error paths free it.
 #[derive(Debug)]
-pub(crate) struct AddrBox(pub(crate) *mut sys::SocketAddress);
+pub struct AddrBox(pub(crate) *mut sys::SocketAddress);
 
 impl AddrBox {
     pub(crate) fn into_raw(self) -> *mut sys::SocketAddress {
@@ -332,7 +332,7 @@ fn set_blocking(fd: RawFd, block: bool) -> Result<()> {
 
 /// # Safety
 /// `errp` is a valid `Error **` or NULL.
-pub(crate) unsafe fn qemu_set_blocking(fd: c_int, block: bool, errp: *mut *mut sys::Error) -> bool {
+pub unsafe fn qemu_set_blocking(fd: c_int, block: bool, errp: *mut *mut sys::Error) -> bool {
     // SAFETY: caller's contract.
     unsafe { ok_or_set(set_blocking(fd, block), errp) }.is_some()
 }

@@ -269,7 +269,7 @@ fn host_port_bytes(host: &[u8], port: &[u8]) -> Vec<u8> {
 ///
 /// # Safety
 /// `addr` is a valid `SocketAddress`.
-pub(crate) unsafe fn uri_bytes(addr: *const sys::SocketAddress) -> Vec<u8> {
+pub unsafe fn uri_bytes(addr: *const sys::SocketAddress) -> Vec<u8> {
     // SAFETY: caller's contract; the tag selects the union member.
     unsafe {
         match (*addr).type_ {
@@ -314,7 +314,7 @@ pub(crate) unsafe fn uri_bytes(addr: *const sys::SocketAddress) -> Vec<u8> {
 /// # Safety
 /// `addr` is a valid `SocketAddress`.
 #[cfg(test)]
-pub(crate) unsafe fn uri(addr: *const sys::SocketAddress) -> String {
+pub unsafe fn uri(addr: *const sys::SocketAddress) -> String {
     // SAFETY: caller's contract.
     String::from_utf8_lossy(&unsafe { uri_bytes(addr) }).into_owned()
 }

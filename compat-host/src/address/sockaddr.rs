@@ -19,7 +19,7 @@ use crate::{
 
 /// A socket address in the kernel's format.
 #[derive(Clone, Copy)]
-pub(crate) struct SockAddr {
+pub struct SockAddr {
     pub(crate) storage: sockaddr_storage,
     pub(crate) len: socklen_t,
 }
@@ -38,7 +38,7 @@ impl SockAddr {
     }
 
     pub(super) fn family(&self) -> c_int {
-        self.storage.ss_family as c_int
+        c_int::from(self.storage.ss_family)
     }
 
     pub(super) fn set_port(&mut self, port: u16) {
@@ -194,11 +194,11 @@ fn query(
     Ok(s)
 }
 
-pub(crate) fn local_sockaddr(fd: RawFd) -> std::result::Result<SockAddr, c_int> {
+pub fn local_sockaddr(fd: RawFd) -> std::result::Result<SockAddr, c_int> {
     query(fd, libc::getsockname)
 }
 
-pub(crate) fn remote_sockaddr(fd: RawFd) -> std::result::Result<SockAddr, c_int> {
+pub fn remote_sockaddr(fd: RawFd) -> std::result::Result<SockAddr, c_int> {
     query(fd, libc::getpeername)
 }
 

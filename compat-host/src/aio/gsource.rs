@@ -22,17 +22,17 @@ unsafe extern "C" fn ctx_prepare(source: *mut sys::GSource, timeout: *mut c_int)
     unsafe {
         *timeout = t;
     }
-    (t == 0) as sys::gboolean
+    sys::gboolean::from(t == 0)
 }
 
 unsafe extern "C" fn ctx_check(source: *mut sys::GSource) -> sys::gboolean {
-    let ctx = source as *mut AioContext;
+    let ctx = source.cast::<AioContext>();
     // SAFETY: GLib calls this with our live source, whose tag was set at
     // creation.
     let cond = unsafe { sys::g_source_query_unix_fd(source, (*ctx).tag) };
     // SAFETY: as above.
     let inner = unsafe { inner_ref(source.cast()) };
-    (cond & sys::G_IO_IN != 0 || inner.ready()) as sys::gboolean
+    sys::gboolean::from(cond & sys::G_IO_IN != 0 || inner.ready())
 }
 
 unsafe extern "C" fn ctx_dispatch(
@@ -47,7 +47,7 @@ unsafe extern "C" fn ctx_dispatch(
 }
 
 unsafe extern "C" fn ctx_finalize(source: *mut sys::GSource) {
-    let ctx = source as *mut AioContext;
+    let ctx = source.cast::<AioContext>();
     // SAFETY: GLib finalizes once; `inner` came from Arc::into_raw.  A
     // poll still running holds its own Arc, so the state outlives it.
     let inner = unsafe { Arc::from_raw((*ctx).inner) };
@@ -64,7 +64,7 @@ static FUNCS: sys::GSourceFuncs = sys::GSourceFuncs {
 };
 
 /// A new context with one reference, for Rust callers.
-pub(crate) fn context_new() -> io::Result<*mut sys::AioContext> {
+pub fn context_new() -> io::Result<*mut sys::AioContext> {
     let inner = Inner::new()?;
     let epfd = inner.epoll.0.as_raw_fd();
     // SAFETY: AioContext is repr(C) with the GSource first and valid
@@ -81,7 +81,7 @@ pub(crate) fn context_new() -> io::Result<*mut sys::AioContext> {
 
 /// # Safety
 /// `errp` is NULL or a valid `Error **` (QEMU's conventions).
-pub(crate) unsafe fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::AioContext {
+pub unsafe fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::AioContext {
     match context_new() {
         Ok(ctx) => ctx,
         Err(e) => {
@@ -104,7 +104,7 @@ pub(crate) unsafe fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::Ai
 
 /// # Safety
 /// `ctx` is a live context and the caller owns the reference it drops.
-pub(crate) unsafe fn aio_context_unref(ctx: *mut sys::AioContext) {
+pub unsafe fn aio_context_unref(ctx: *mut sys::AioContext) {
     // SAFETY: as above.
     unsafe {
         sys::g_source_unref(ctx.cast());
@@ -113,7 +113,7 @@ pub(crate) unsafe fn aio_context_unref(ctx: *mut sys::AioContext) {
 
 /// # Safety
 /// `ctx` is a live context (its owner may be any thread).
-pub(crate) unsafe fn aio_get_g_source(ctx: *mut sys::AioContext) -> *mut sys::GSource {
+pub unsafe fn aio_get_g_source(ctx: *mut sys::AioContext) -> *mut sys::GSource {
     // SAFETY: as above.
     unsafe { sys::g_source_ref(ctx.cast()) }
 }

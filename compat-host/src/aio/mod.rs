@@ -81,9 +81,9 @@ use nix::sys::{epoll::Epoll, eventfd::EventFd};
 
 use crate::sys;
 
-pub(crate) use self::gsource::context_new;
+pub use self::gsource::context_new;
 use self::poll::Handler;
-pub(crate) use self::{
+pub use self::{
     bh::aio_bh_schedule_oneshot_full,
     gsource::{aio_context_new, aio_context_unref, aio_get_g_source},
     poll::aio_poll,
@@ -91,7 +91,7 @@ pub(crate) use self::{
     timer::Timer,
 };
 #[cfg(test)]
-pub(crate) use self::{
+pub use self::{
     poll::aio_set_fd_handler,
     timer::{aio_timer_new, qemu_clock_get_ms, qemu_clock_get_ns, timer_free, timer_mod},
 };
@@ -156,7 +156,7 @@ impl Hasher for FdHasher {
     fn write_i32(&mut self, fd: i32) {
         // Spread small integers over the whole word (Fibonacci hashing):
         // hashbrown takes its control bits from the top.
-        self.0 = (fd as u32 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = u64::from(fd as u32).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -188,8 +188,8 @@ impl State {
         match deadline {
             deadline if deadline <= now => 0,
             deadline => {
-                let ms = (deadline as i128 - now as i128 + 999_999) / 1_000_000;
-                ms.min(c_int::MAX as i128) as c_int
+                let ms = (i128::from(deadline) - i128::from(now) + 999_999) / 1_000_000;
+                ms.min(i128::from(c_int::MAX)) as c_int
             }
         }
     }
@@ -229,12 +229,12 @@ thread_local! {
 }
 
 /// A small non-zero id of the calling thread.
-pub(crate) fn thread_id() -> u64 {
+pub fn thread_id() -> u64 {
     THREAD_ID.with(|id| *id)
 }
 
 /// Makes `ctx` the calling thread's current context (`IOThread`s).
-pub(crate) fn set_current_context(ctx: *mut sys::AioContext) {
+pub fn set_current_context(ctx: *mut sys::AioContext) {
     CURRENT.with(|c| c.set(ctx));
 }
 
@@ -246,16 +246,16 @@ static MAIN_THREAD: AtomicU64 = AtomicU64::new(0);
 
 /// Records `ctx` as the main-loop context and the calling thread as the
 /// main thread, whose current context it is from then on.
-pub(crate) fn set_main_context(ctx: *mut sys::AioContext) {
+pub fn set_main_context(ctx: *mut sys::AioContext) {
     MAIN_THREAD.store(thread_id(), Ordering::Release);
     MAIN_CTX.store(ctx, Ordering::Release);
 }
 
-pub(crate) fn main_context() -> *mut sys::AioContext {
+pub fn main_context() -> *mut sys::AioContext {
     MAIN_CTX.load(Ordering::Acquire)
 }
 
-pub(crate) fn in_main_thread() -> bool {
+pub fn in_main_thread() -> bool {
     let main = MAIN_THREAD.load(Ordering::Acquire);
     main != 0 && main == thread_id()
 }
@@ -324,7 +324,7 @@ impl Inner {
 unsafe fn inner_ref<'a>(ctx: *mut sys::AioContext) -> &'a Inner {
     // SAFETY: per the contract, `inner` was set at creation and stays
     // valid until finalize, which needs the caller's reference gone.
-    unsafe { &*(*(ctx as *mut AioContext)).inner }
+    unsafe { &*(*ctx.cast::<AioContext>()).inner }
 }
 
 /// A strong reference to the state, for callers that run user code that
@@ -334,7 +334,7 @@ unsafe fn inner_ref<'a>(ctx: *mut sys::AioContext) -> &'a Inner {
 /// As [`inner_ref`].
 unsafe fn inner_arc(ctx: *mut sys::AioContext) -> Arc<Inner> {
     // SAFETY: `inner` came from `Arc::into_raw` and is alive (see above).
-    unsafe { arc_clone((*(ctx as *mut AioContext)).inner) }
+    unsafe { arc_clone((*ctx.cast::<AioContext>()).inner) }
 }
 
 /// A new strong reference to what an `Arc::into_raw` pointer that C holds

@@ -176,5 +176,5 @@ pub(super) unsafe extern "C" fn observe_bh(o: *mut c_void) {
     // SAFETY: as above.
     let p = unsafe { probe(o) };
     p.observed
-        .store(1 + p.finished.load(SeqCst) as usize, SeqCst);
+        .store(1 + usize::from(p.finished.load(SeqCst)), SeqCst);
 }

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::sys;
 
-pub(crate) struct PollThread {
+pub struct PollThread {
     ctx: *mut sys::AioContext,
     stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,

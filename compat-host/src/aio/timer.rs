@@ -94,7 +94,7 @@ pub unsafe extern "C" fn aio_timer_new(
     let t = Arc::new(Timer {
         ctx: Arc::downgrade(&inner),
         clock: type_,
-        scale: scale as i64,
+        scale: i64::from(scale),
         cb: Callback {
             func: cb,
             opaque: Opaque(opaque),
@@ -118,7 +118,7 @@ fn clock_id(clock: sys::QEMUClockType) -> libc::clockid_t {
     }
 }
 
-pub(crate) fn qemu_clock_get_ns(type_: sys::QEMUClockType) -> i64 {
+pub fn qemu_clock_get_ns(type_: sys::QEMUClockType) -> i64 {
     clock_ns(clock_id(type_))
 }
 

@@ -30,7 +30,7 @@ fn listen_cleanup(fd: RawFd) {
     let Ok(sa) = address::local_sockaddr(fd) else {
         return;
     };
-    if sa.storage.ss_family as c_int != libc::AF_UNIX {
+    if c_int::from(sa.storage.ss_family) != libc::AF_UNIX {
         return;
     }
     let Ok(a) = sa.to_address() else { return };
@@ -111,7 +111,7 @@ unsafe fn set_fd(
             }
         }
         (*sioc).blocking = flags >= 0 && flags & libc::O_NONBLOCK == 0;
-        if local.storage.ss_family as c_int == libc::AF_UNIX {
+        if c_int::from(local.storage.ss_family) == libc::AF_UNIX {
             (*sioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_FD_PASS;
         }
         (*sioc).fd = fd.into_raw_fd();
@@ -344,7 +344,7 @@ unsafe fn accept_client(
     }
     // SAFETY: cioc is ours.
     unsafe {
-        if (*cioc).localAddr.ss_family as c_int == libc::AF_UNIX {
+        if c_int::from((*cioc).localAddr.ss_family) == libc::AF_UNIX {
             (*cioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_FD_PASS;
         }
         (*cioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_READ_MSG_PEEK;

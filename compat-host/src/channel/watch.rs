@@ -130,7 +130,7 @@ pub unsafe extern "C" fn qio_channel_add_watch(
 /// # Safety
 /// `ioc` is a live socket channel; `func`/`user_data`/`notify` follow
 /// `GLib`'s callback rules; `context` NULL or a live `GMainContext`.
-pub(crate) unsafe fn qio_channel_add_watch_full(
+pub unsafe fn qio_channel_add_watch_full(
     ioc: *mut sys::QIOChannel,
     condition: sys::GIOCondition,
     func: sys::QIOChannelFunc,

@@ -60,7 +60,7 @@ fn lookup_for_new(name: &CStr) -> &'static TypeImpl {
 /// (and its layout worked out) once: `object_new` by name costs a
 /// registry lookup, a lock and string comparisons, per object, which is
 /// most of what creating an accepted client's channel costs otherwise.
-pub(crate) struct CachedType {
+pub struct CachedType {
     name: &'static CStr,
     layout: OnceLock<Layout>,
 }
@@ -228,7 +228,7 @@ pub unsafe extern "C" fn object_unref(obj: *mut c_void) {
 
 /// # Safety
 /// `klass` is NULL or a live class; `typename` NULL or NUL-terminated.
-pub(crate) unsafe fn object_class_dynamic_cast(
+pub unsafe fn object_class_dynamic_cast(
     klass: *mut sys::ObjectClass,
     typename: *const c_char,
 ) -> *mut sys::ObjectClass {
@@ -295,11 +295,9 @@ unsafe fn cast_failure(
     let (file, func, ty) = unsafe { (cstr(file), cstr(func), cstr(typename)) };
     let _ = writeln!(
         std::io::stderr().lock(),
-        "{}:{}:{}: Object {:p} is not an instance of type {}",
+        "{}:{line}:{}: Object {what:p} is not an instance of type {}",
         file.unwrap_or_default(),
-        line,
         func.unwrap_or_default(),
-        what,
         ty.unwrap_or_default()
     );
     std::process::abort();

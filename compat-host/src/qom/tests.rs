@@ -48,7 +48,7 @@ static LOG: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 
 /// QEMU's `object_class_by_name()`.
 fn class_by_name(name: &CStr) -> *mut sys::ObjectClass {
-    lookup(name).map_or(ptr::null_mut(), |t| t.class())
+    lookup(name).map_or(ptr::null_mut(), super::types::TypeImpl::class)
 }
 static MODULE_RUNS: AtomicUsize = AtomicUsize::new(0);
 

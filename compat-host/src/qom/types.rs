@@ -58,7 +58,7 @@ static QOM_PENDING: AtomicUsize = AtomicUsize::new(0);
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not make QOM unusable; the data stays
     // consistent because no critical section runs foreign code.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Prints a QOM usage error and aborts, as QEMU's assertions do.
@@ -110,7 +110,7 @@ unsafe fn register(info: *const sys::TypeInfo) -> &'static TypeImpl {
 /// A `TypeInfo` with a name, a parent and an instance size, every other
 /// field zero or NULL: the start of a built-in type's constant, which
 /// sets the rest with `..type_info(...)` (`Default` is not const).
-pub(crate) const fn type_info(
+pub const fn type_info(
     name: &'static CStr,
     parent: Option<&'static CStr>,
     instance_size: usize,
@@ -208,7 +208,7 @@ impl TypeImpl {
     fn init_class(&'static self) -> *mut sys::ObjectClass {
         let parent = self.parent();
         let size = self.class_size();
-        let parent_size = parent.map_or(0, |p| p.class_size());
+        let parent_size = parent.map_or(0, TypeImpl::class_size);
         if size < parent_size || size < size_of::<sys::ObjectClass>() {
             die(&format!(
                 "class size {size} of type '{}' is smaller than its parent's",

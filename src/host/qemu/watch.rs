@@ -122,7 +122,7 @@ unsafe extern "C" fn aio_ready<R: ReadyHandler<QemuHost>>(opaque: *mut c_void) {
 unsafe extern "C" fn free_box<T>(opaque: *mut c_void) {
     // SAFETY: opaque came from Box::into_raw(Box<T>) and this is its single
     // release (GSource destroy notify).
-    drop(unsafe { Box::from_raw(opaque as *mut T) });
+    drop(unsafe { Box::from_raw(opaque.cast::<T>()) });
 }
 
 /// `QEMUBHFunc` that releases the registration's count of an `Arc<T>`.
@@ -220,7 +220,9 @@ struct SourceData<R> {
 
 impl SourceCell {
     fn lock(&self) -> std::sync::MutexGuard<'_, CellState> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -73,7 +73,9 @@ impl PropTable {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<Prop>>> {
         // No critical section runs foreign code, so the data is consistent
         // even after a panic elsewhere.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn find(&self, name: &CStr) -> Option<*mut sys::ObjectProperty> {
@@ -382,7 +384,7 @@ pub unsafe extern "C" fn object_property_del(obj: *mut sys::Object, name: *const
 /// # Safety
 /// `obj` is an object being finalized (no other user).
 #[inline]
-pub(crate) unsafe fn finalize(obj: *mut sys::Object) {
+pub unsafe fn finalize(obj: *mut sys::Object) {
     // SAFETY: caller's contract.
     if unsafe { object_table(obj, false) }.is_some() {
         // SAFETY: caller's contract.
