@@ -1613,6 +1613,7 @@ fn issue6_release_inside_nested_aio_poll() {
             let guard = test_ref.lock().unwrap();
             let o = guard.as_ref().unwrap();
             o.listener().set_client(o, c, Target::Aio(ctx));
+            drop(guard);
         }
         let first = connect(port).unwrap();
         let second = connect(port).unwrap();

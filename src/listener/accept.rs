@@ -214,14 +214,16 @@ impl<H: ListenerHost> Listener<H> {
                 },
             ));
             // As in disarm: AioContext handlers go under the lock.
-            match s.watch.take() {
+            let watch = match s.watch.take() {
                 Some(Watch::Source(w)) => Some(w),
                 Some(Watch::Aio(w)) => {
                     drop(w);
                     None
                 }
                 None => None,
-            }
+            };
+            drop(st);
+            watch
         };
         drop(watch);
     }
@@ -236,6 +238,7 @@ impl<H: ListenerHost> Listener<H> {
                 .find(|s| s.backoff.as_ref().is_some_and(|(b, _)| *b == id))
                 .and_then(|s| s.backoff.take());
             self.arm(&mut st, owner, c"backoff-end");
+            drop(st);
             timer
         };
         drop(timer);

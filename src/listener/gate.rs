@@ -61,6 +61,7 @@ impl FdGate {
                 .wait(idle)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+        drop(idle);
     }
 
     pub fn is_closing(&self) -> bool {

@@ -403,6 +403,7 @@ impl<H: ListenerHost> Listener<H> {
         });
         st.connected = true;
         self.arm(&mut st, owner, c"add");
+        drop(st);
     }
 
     pub fn set_client(&self, owner: &H::Owner, client: H::Client, target: Target<H>) {
@@ -425,6 +426,7 @@ impl<H: ListenerHost> Listener<H> {
                 st.client = Some(Arc::new(Registration { client, target }));
             }
             self.arm(&mut st, owner, c"set_client_func");
+            drop(st);
         }
         // Unwatch before notify, as QEMU; notify itself waits for the last
         // in-flight callback (see Registration).

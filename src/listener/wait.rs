@@ -33,6 +33,7 @@ impl<H: ListenerHost> ReadyHandler<H> for WaitHandler<H> {
             // instead (see run_wait).
             Some(Accepted::Shortage) => waiter.backoff.store(true, SeqCst),
         }
+        drop(slot);
         waiter.main_loop.quit();
         true
     }
@@ -72,6 +73,7 @@ impl<H: ListenerHost> Listener<H> {
             let suspended = self.disarm(&mut st, c"wait_client");
             st.waiters.push(waiter.clone());
             self.waiting.store(st.waiters.len() as u64, SeqCst);
+            drop(st);
             (sockets, suspended)
         };
         drop(suspended);
@@ -83,6 +85,7 @@ impl<H: ListenerHost> Listener<H> {
             st.waiters.retain(|w| !Arc::ptr_eq(w, &waiter));
             self.waiting.store(st.waiters.len() as u64, SeqCst);
             self.arm(&mut st, owner, c"wait_client");
+            drop(st);
         }
         let client = lock(&waiter.client).take();
         if client.is_some() {

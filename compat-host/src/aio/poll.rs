@@ -154,10 +154,12 @@ impl Inner {
     fn current(&self, fd: RawFd, pick: fn(&Handler) -> sys::IOHandler) -> Option<Callback> {
         let st = self.lock();
         let h = st.handlers.get(&fd)?;
-        pick(h).map(|f| Callback {
+        let cb = pick(h).map(|f| Callback {
             func: Some(f),
             opaque: h.opaque,
-        })
+        });
+        drop(st);
+        cb
     }
 
     fn dispatch_fd(&self, fd: RawFd, events: EpollFlags) -> bool {

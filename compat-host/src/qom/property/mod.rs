@@ -269,6 +269,7 @@ unsafe fn insert(
     let mut p = unsafe { new_prop(name, type_, get, set, release, opaque) };
     let ret = ptr::addr_of_mut!(p.0);
     props.push(p);
+    drop(props);
     Some(ret)
 }
 
@@ -370,7 +371,9 @@ pub unsafe extern "C" fn object_property_del(obj: *mut sys::Object, name: *const
         let removed = {
             let mut props = t.lock();
             let i = props.iter().position(|q| ptr::eq(&q.0, p));
-            i.map(|i| props.remove(i))
+            let removed = i.map(|i| props.remove(i));
+            drop(props);
+            removed
         };
         drop(removed);
     }
