@@ -48,8 +48,8 @@ unsafe impl Sync for StaticTypeInfo {}
 static TYPE_INFO: StaticTypeInfo = StaticTypeInfo(TypeInfo {
     name: TYPE_QIO_NET_LISTENER.as_ptr(),
     parent: c"object".as_ptr(),
-    instance_size: size_of::<QIONetListener>() as _,
-    instance_align: align_of::<QIONetListener>() as _,
+    instance_size: size_of::<QIONetListener>(),
+    instance_align: align_of::<QIONetListener>(),
     instance_init: Some(instance_init),
     instance_post_init: None,
     instance_finalize: Some(instance_finalize),
@@ -552,7 +552,7 @@ mod tests {
 
     fn message(e: &mut LocalError) -> String {
         // SAFETY: the error is set and owned by `e`.
-        unsafe { CStr::from_ptr(qemucompat::error::error_get_pretty(*e.errp() as _)) }
+        unsafe { CStr::from_ptr(qemucompat::error::error_get_pretty((*e.errp()).cast())) }
             .to_string_lossy()
             .into_owned()
     }

@@ -45,7 +45,12 @@ pub unsafe fn new_fd_source<T>(
     // SAFETY: GLib only reads `funcs` (the pointer is `*mut` for
     // historical reasons) and it lives forever; the size covers T, which
     // starts with the GSource header (caller's contract).
-    let source = unsafe { sys::g_source_new(ptr::from_ref(funcs).cast_mut(), size_of::<T>() as _) };
+    let source = unsafe {
+        sys::g_source_new(
+            ptr::from_ref(funcs).cast_mut(),
+            size_of::<T>() as sys::guint,
+        )
+    };
     // SAFETY: a fresh source nobody else sees yet.
     let tag = unsafe {
         sys::g_source_set_name(source, name.as_ptr());

@@ -393,14 +393,18 @@ fn aio_ctx(c: AioCtx) -> *mut sys::AioContext {
 /// Sets (or with None clears) listener `i`'s callback, and the model.
 fn set(i: usize, kind: Kind, reg: Option<*const Reg>) {
     let l = lp(i);
-    let func: QIONetListenerClientFunc = reg.map(|_| on_client as _);
+    let func: QIONetListenerClientFunc =
+        reg.map(|_| on_client as unsafe extern "C" fn(*mut QIONetListener, *mut Sioc, *mut c_void));
     let data = reg.map_or(ptr::null_mut(), |r| r as *mut c_void);
     // SAFETY: a live listener (held, or inside its callback); the data
     // outlives the input, which outlives every listener.
     unsafe {
         match kind {
             Kind::Glib(c) => {
-                let notify = reg.and_then(|r| (*r).notify.then_some(on_notify as _));
+                let notify = reg.and_then(|r| {
+                    (*r).notify
+                        .then_some(on_notify as unsafe extern "C" fn(*mut c_void))
+                });
                 qio_net_listener_set_client_func_full(l, func, data, notify, glib_ctx(c));
             }
             Kind::Aio(c) => {

@@ -14,7 +14,7 @@ mod object;
 mod watch;
 
 use std::{
-    ffi::{c_char, c_int, c_void, CStr, CString},
+    ffi::{c_char, c_int, c_uint, c_void, CStr, CString},
     marker::PhantomData,
     ptr::{self, NonNull},
 };
@@ -150,7 +150,10 @@ impl ListenerHost for QemuHost {
                     let (func, gctx, actx) = ids(client, target);
                     sys::qio_nl_trace_callback(obj, func, gctx, actx)
                 }
-                Trace::Batch { accepted } => sys::qio_nl_trace_batch(obj, accepted as _),
+                Trace::Batch { accepted } => {
+                    // At most ACCEPT_BATCH.
+                    sys::qio_nl_trace_batch(obj, accepted as c_uint)
+                }
                 Trace::Backoff { ms } => sys::qio_nl_trace_backoff(obj, ms),
                 Trace::Release => sys::qio_nl_trace_release(obj),
             }
