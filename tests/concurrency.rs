@@ -415,7 +415,6 @@ fn aio_unref_then_self_clear(coarse: bool) {
     let io = aio_context_new();
     let seen = StdArc::new(StdMutex::new(0u32));
     let c = {
-        let seen = seen.clone();
         Client::new(Some(StdArc::new(move |o: &Owner, _: &Channel| {
             let n = {
                 let mut n = seen.lock().unwrap();
@@ -457,9 +456,9 @@ fn replace_across_contexts(coarse: bool) {
     let (ta, tg) = (io_thread(io), glib_thread(g));
     s.owner.listener().set_client(&s.owner, c2, Target::Glib(g));
     // Every client is served by one registration or the other.
-    let all = conns.clone();
     block_until("all served", move |w| {
-        all.iter()
+        conns
+            .iter()
             .all(|c| matches!(w.conn_state(*c), ConnState::Delivered(_)))
     });
     drop(s.owner);
@@ -475,7 +474,7 @@ fn replace_across_contexts(coarse: bool) {
             "r2 still serves: the watches hold the listener"
         );
     });
-    let mut guard = s.guard;
+    let guard = s.guard;
     guard.teardown();
     world(|w| assert_eq!(w.notified(r2), 1));
     guard.finish();
@@ -525,7 +524,7 @@ fn wait_client_vs_aio_dispatch(coarse: bool) {
     stop(&[io], &[]);
     t.join().unwrap();
     world(|w| assert_eq!(w.notified(reg), 0));
-    let mut guard = s.guard;
+    let guard = s.guard;
     guard.teardown();
     world(|w| assert_eq!(w.notified(reg), 1));
     conns_settled(&conns);
@@ -612,7 +611,7 @@ fn one_dispatch_vs(op: MainOp, glib: bool, coarse: bool) {
         assert!(w.calls(r1) <= 1);
     });
     drop(kept);
-    let mut guard = s.guard;
+    let guard = s.guard;
     guard.teardown();
     world(|w| {
         assert_eq!(w.notified(r1), 1);
@@ -720,7 +719,7 @@ fn end_vs_inflight_accept(kind: Loop, end: End, blocking: bool, coarse: bool) {
         assert!(w.closed(s.sock));
     });
     drop(kept);
-    let mut guard = s.guard;
+    let guard = s.guard;
     guard.teardown();
     if target.is_some() {
         world(|w| assert_eq!(w.notified(reg_id), 1));
@@ -746,9 +745,9 @@ fn glib_replace_while_dispatching(coarse: bool) {
     for r in regs {
         s.owner.listener().set_client(&s.owner, r, Target::Glib(g));
     }
-    let all = conns.clone();
     block_until("all served", move |w| {
-        all.iter()
+        conns
+            .iter()
             .all(|c| matches!(w.conn_state(*c), ConnState::Delivered(_)))
     });
     stop(&[], &[g]);

@@ -1258,7 +1258,7 @@ struct Outcome {
 }
 
 fn run(ops: &[Op]) -> Outcome {
-    let mut guard = begin();
+    let guard = begin();
     let g1 = glib_context_new();
     let a1 = aio_context_new();
     let owner = new_listener();

@@ -131,9 +131,7 @@ mod tests {
         assert_eq!(qemu_get_current_aio_context(), main);
         // SAFETY: the main context lives forever.
         assert!(unsafe { in_aio_context_home_thread(main) });
-        let other = SendPtr(main, ptr::null());
         thread::spawn(move || {
-            let _other = other;
             assert!(!in_main_thread());
             assert!(qemu_get_current_aio_context().is_null());
         })

@@ -249,7 +249,7 @@ impl SimGuard {
 
     /// The first half of `finish`: after it, checkers may look at the
     /// final state.  Idempotent.
-    pub fn teardown(&mut self) {
+    pub fn teardown(&self) {
         if world(|w| std::mem::replace(&mut w.tearing_down, true)) {
             return;
         }

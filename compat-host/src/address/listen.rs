@@ -205,7 +205,7 @@ fn unix_listen(a: &sys::UnixSocketAddress, num: c_int) -> Result<OwnedFd> {
         return Err(too_long());
     }
     let sa = SockAddr::unix(&path, abstract_, tight).ok_or_else(too_long)?;
-    let cpath = CString::new(path.clone())
+    let cpath = CString::new(path)
         .map_err(|_| ErrorImpl::new(format!("invalid UNIX socket path '{shown}'")))?;
     if !abstract_ && lstat_is_socket(&cpath) == Some(true) {
         // A socket file left by an earlier listener; anything else that

@@ -242,7 +242,7 @@ fn opt_dup(s: Option<&[u8]>) -> *mut std::ffi::c_char {
 }
 
 /// What the harness expects of a listener bound to an address.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
     /// Nothing specific beyond the safety check.
     Any,
@@ -323,6 +323,7 @@ impl Addr {
 
     /// The same address, but a vsock one with a CID that does not parse:
     /// where clients must reach every bound socket, none is vsock.
+    #[must_use]
     pub fn without_vsock(self) -> Addr {
         match self {
             Addr::Vsock { port, .. } => Addr::Vsock {
@@ -413,7 +414,7 @@ impl Inet {
 }
 
 fn split<T: Default>(v: Option<T>) -> (bool, T) {
-    v.map_or((false, T::default()), |v| (true, v))
+    v.map_or_else(|| (false, T::default()), |v| (true, v))
 }
 
 fn pick<T>(v: &[T], n: u8) -> Option<&T> {
