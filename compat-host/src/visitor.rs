@@ -336,28 +336,36 @@ mod tests {
 
     #[test]
     fn output_records_one_value() {
-        let mut v = VisitorImpl::Output(None);
-        let mut x: u64 = 700;
-        // SAFETY: a live visitor and value; errp NULL.
-        assert!(unsafe { visit_type_uint64(v.as_ptr(), c"x".as_ptr(), &mut x, ptr::null_mut()) });
-        assert_eq!(x, 700, "output visits leave the value alone");
-        assert_eq!(v.into_output(), Some(Scalar::Uint(700)));
-
-        let mut v = VisitorImpl::Output(None);
-        let mut i: i64 = -3;
-        // SAFETY: as above.
-        unsafe {
-            visit_type_int64(v.as_ptr(), ptr::null(), &mut i, ptr::null_mut());
+        {
+            let mut v = VisitorImpl::Output(None);
+            let mut x: u64 = 700;
+            // SAFETY: a live visitor and value; errp NULL.
+            assert!(unsafe {
+                visit_type_uint64(v.as_ptr(), c"x".as_ptr(), &mut x, ptr::null_mut())
+            });
+            assert_eq!(x, 700, "output visits leave the value alone");
+            assert_eq!(v.into_output(), Some(Scalar::Uint(700)));
         }
-        assert_eq!(v.into_output(), Some(Scalar::Int(-3)));
 
-        let mut v = VisitorImpl::Output(None);
-        let mut s: *mut c_char = ptr::null_mut();
-        // SAFETY: as above; NULL records "".
-        unsafe {
-            visit_type_str(v.as_ptr(), c"s".as_ptr(), &mut s, ptr::null_mut());
+        {
+            let mut v = VisitorImpl::Output(None);
+            let mut i: i64 = -3;
+            // SAFETY: as above.
+            unsafe {
+                visit_type_int64(v.as_ptr(), ptr::null(), &mut i, ptr::null_mut());
+            }
+            assert_eq!(v.into_output(), Some(Scalar::Int(-3)));
         }
-        assert_eq!(v.into_output(), Some(Scalar::Str(CString::default())));
+
+        {
+            let mut v = VisitorImpl::Output(None);
+            let mut s: *mut c_char = ptr::null_mut();
+            // SAFETY: as above; NULL records "".
+            unsafe {
+                visit_type_str(v.as_ptr(), c"s".as_ptr(), &mut s, ptr::null_mut());
+            }
+            assert_eq!(v.into_output(), Some(Scalar::Str(CString::default())));
+        }
     }
 
     #[test]
@@ -365,91 +373,102 @@ mod tests {
         let mut err: *mut sys::Error = ptr::null_mut();
         // SAFETY: (whole test) live visitors and values, a valid errp.
         unsafe {
-            let mut v = VisitorImpl::Input(Scalar::Int(-1));
-            let mut u: u64 = 0;
-            assert!(visit_type_uint64(
-                v.as_ptr(),
-                c"p".as_ptr(),
-                &mut u,
-                &mut err
-            ));
-            assert_eq!(u, u64::MAX, "negative numbers wrap, as QEMU accepts them");
-            // The root value can be visited again.
-            let mut i: i64 = 0;
-            assert!(visit_type_int64(
-                v.as_ptr(),
-                c"p".as_ptr(),
-                &mut i,
-                &mut err
-            ));
-            assert_eq!(i, -1);
+            {
+                let mut v = VisitorImpl::Input(Scalar::Int(-1));
+                let mut u: u64 = 0;
+                assert!(visit_type_uint64(
+                    v.as_ptr(),
+                    c"p".as_ptr(),
+                    &mut u,
+                    &mut err
+                ));
+                assert_eq!(u, u64::MAX, "negative numbers wrap, as QEMU accepts them");
+                // The root value can be visited again.
+                let mut i: i64 = 0;
+                assert!(visit_type_int64(
+                    v.as_ptr(),
+                    c"p".as_ptr(),
+                    &mut i,
+                    &mut err
+                ));
+                assert_eq!(i, -1);
+            }
 
-            let mut v = VisitorImpl::Input(Scalar::Uint(300));
-            let mut b8: u8 = 9;
-            assert!(!visit_type_uint8(
-                v.as_ptr(),
-                c"p".as_ptr(),
-                &mut b8,
-                &mut err
-            ));
-            assert_eq!(b8, 9);
-            assert_eq!(take_err(&mut err), "Parameter 'p' expects uint8_t");
-            assert!(!visit_type_uint8(
-                v.as_ptr(),
-                ptr::null(),
-                &mut b8,
-                &mut err
-            ));
-            assert_eq!(take_err(&mut err), "Parameter 'null' expects uint8_t");
+            {
+                let mut v = VisitorImpl::Input(Scalar::Uint(300));
+                let mut b8: u8 = 9;
+                assert!(!visit_type_uint8(
+                    v.as_ptr(),
+                    c"p".as_ptr(),
+                    &mut b8,
+                    &mut err
+                ));
+                assert_eq!(b8, 9);
+                assert_eq!(take_err(&mut err), "Parameter 'p' expects uint8_t");
+                assert!(!visit_type_uint8(
+                    v.as_ptr(),
+                    ptr::null(),
+                    &mut b8,
+                    &mut err
+                ));
+                assert_eq!(take_err(&mut err), "Parameter 'null' expects uint8_t");
+            }
 
-            let mut v = VisitorImpl::Input(Scalar::Uint(u64::MAX));
-            let mut i: i64 = 0;
-            assert!(!visit_type_int64(
-                v.as_ptr(),
-                c"p".as_ptr(),
-                &mut i,
-                &mut err
-            ));
-            assert_eq!(
-                take_err(&mut err),
-                "Invalid parameter type for 'p', expected: integer"
-            );
+            {
+                let mut v = VisitorImpl::Input(Scalar::Uint(u64::MAX));
+                let mut i: i64 = 0;
+                assert!(!visit_type_int64(
+                    v.as_ptr(),
+                    c"p".as_ptr(),
+                    &mut i,
+                    &mut err
+                ));
+                assert_eq!(
+                    take_err(&mut err),
+                    "Invalid parameter type for 'p', expected: integer"
+                );
+            }
 
-            let mut v = VisitorImpl::Input(Scalar::Bool(true));
-            let mut u: u64 = 0;
-            assert!(!visit_type_uint64(
-                v.as_ptr(),
-                c"p".as_ptr(),
-                &mut u,
-                &mut err
-            ));
-            assert_eq!(take_err(&mut err), "Parameter 'p' expects uint64");
-            let mut s: *mut c_char = c"junk".as_ptr().cast_mut();
-            assert!(!visit_type_str(v.as_ptr(), ptr::null(), &mut s, &mut err));
-            assert!(s.is_null(), "a failed string visit sets NULL");
-            assert_eq!(
-                take_err(&mut err),
-                "Invalid parameter type for '<anonymous>', expected: string"
-            );
-            let mut b = false;
-            assert!(visit_type_bool(v.as_ptr(), c"p".as_ptr(), &mut b, &mut err));
-            assert!(b);
+            {
+                let mut v = VisitorImpl::Input(Scalar::Bool(true));
+                let mut u: u64 = 0;
+                assert!(!visit_type_uint64(
+                    v.as_ptr(),
+                    c"p".as_ptr(),
+                    &mut u,
+                    &mut err
+                ));
+                assert_eq!(take_err(&mut err), "Parameter 'p' expects uint64");
+                let mut s: *mut c_char = c"junk".as_ptr().cast_mut();
+                assert!(!visit_type_str(v.as_ptr(), ptr::null(), &mut s, &mut err));
+                assert!(s.is_null(), "a failed string visit sets NULL");
+                assert_eq!(
+                    take_err(&mut err),
+                    "Invalid parameter type for '<anonymous>', expected: string"
+                );
+                let mut b = false;
+                assert!(visit_type_bool(v.as_ptr(), c"p".as_ptr(), &mut b, &mut err));
+                assert!(b);
+            }
 
-            let mut v = VisitorImpl::Input(Scalar::Str(c"hi".to_owned()));
-            assert!(!visit_type_bool(
-                v.as_ptr(),
-                c"p".as_ptr(),
-                &mut b,
-                &mut err
-            ));
-            assert_eq!(
-                take_err(&mut err),
-                "Invalid parameter type for 'p', expected: boolean"
-            );
-            let mut s: *mut c_char = ptr::null_mut();
-            assert!(visit_type_str(v.as_ptr(), c"p".as_ptr(), &mut s, &mut err));
-            assert_eq!(CStr::from_ptr(s).to_str().unwrap(), "hi");
-            sys::g_free(s.cast());
+            {
+                let mut v = VisitorImpl::Input(Scalar::Str(c"hi".to_owned()));
+                let mut b = true;
+                assert!(!visit_type_bool(
+                    v.as_ptr(),
+                    c"p".as_ptr(),
+                    &mut b,
+                    &mut err
+                ));
+                assert_eq!(
+                    take_err(&mut err),
+                    "Invalid parameter type for 'p', expected: boolean"
+                );
+                let mut s: *mut c_char = ptr::null_mut();
+                assert!(visit_type_str(v.as_ptr(), c"p".as_ptr(), &mut s, &mut err));
+                assert_eq!(CStr::from_ptr(s).to_str().unwrap(), "hi");
+                sys::g_free(s.cast());
+            }
         }
         assert!(err.is_null());
     }

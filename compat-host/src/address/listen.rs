@@ -363,8 +363,8 @@ mod tests {
             listen_err("127.0.0.1:1,ipv4=off,ipv6=off"),
             "Cannot disable IPv4 and IPv6 at same time"
         );
-        let m = listen_err("unix:/nonexistent-dir-qemucompat/x.sock");
-        assert_eq!(m, "Failed to bind socket to /nonexistent-dir-qemucompat/x.sock: No such file or directory");
+        let unix_err = listen_err("unix:/nonexistent-dir-qemucompat/x.sock");
+        assert_eq!(unix_err, "Failed to bind socket to /nonexistent-dir-qemucompat/x.sock: No such file or directory");
         let long = format!("unix:/tmp/{}", "x".repeat(120));
         assert_eq!(
             listen_err(&long),
@@ -378,8 +378,8 @@ mod tests {
             listen_err("fd:abc"),
             "Unable to parse FD number abc: Invalid argument"
         );
-        let m = listen_err("vsock:x:1");
-        assert_eq!(m, "Failed to parse cid 'x'");
+        let vsock_err = listen_err("vsock:x:1");
+        assert_eq!(vsock_err, "Failed to parse cid 'x'");
         assert_eq!(open_fds(), before);
     }
 
@@ -430,8 +430,7 @@ mod tests {
             let c = connect(a.0).unwrap();
             drop((c, l));
             // A stale socket file is replaced.
-            let l = listen(a.0, 5).unwrap();
-            drop(l);
+            drop(listen(a.0, 5).unwrap());
             // A regular file is not.
             std::fs::remove_file(&p).unwrap();
             std::fs::write(&p, b"data").unwrap();
@@ -445,23 +444,29 @@ mod tests {
             assert_eq!(std::fs::read(&p).unwrap(), b"data");
 
             // An empty path gets a fresh temporary one.
-            let t = parse_ok("unix:,abstract=off");
-            let l = listen(t.0, 5).unwrap();
-            let local = local_sockaddr(l.as_raw_fd()).unwrap().to_address().unwrap();
-            let path = text((*local.0).u.q_unix.path);
+            let unnamed = parse_ok("unix:,abstract=off");
+            let ul = listen(unnamed.0, 5).unwrap();
+            let ulocal = local_sockaddr(ul.as_raw_fd())
+                .unwrap()
+                .to_address()
+                .unwrap();
+            let path = text((*ulocal.0).u.q_unix.path);
             assert!(path.contains("qemu-socket-"), "{path}");
-            drop(l);
+            drop(ul);
             let _ = std::fs::remove_file(path);
 
             // Abstract, tight and not.
             let name = format!("qemucompat-test-{}", std::process::id());
             for tight in ["", ",tight=off"] {
-                let s = format!("unix:{name},abstract=on{tight}");
-                let a = parse_ok(&s);
-                let l = listen(a.0, 5).unwrap();
-                let local = local_sockaddr(l.as_raw_fd()).unwrap().to_address().unwrap();
-                assert_eq!(uri(local.0), s);
-                drop(connect(a.0).unwrap());
+                let abs_uri = format!("unix:{name},abstract=on{tight}");
+                let abs = parse_ok(&abs_uri);
+                let al = listen(abs.0, 5).unwrap();
+                let alocal = local_sockaddr(al.as_raw_fd())
+                    .unwrap()
+                    .to_address()
+                    .unwrap();
+                assert_eq!(uri(alocal.0), abs_uri);
+                drop(connect(abs.0).unwrap());
             }
         }
         std::fs::remove_dir_all(d).unwrap();

@@ -113,8 +113,11 @@ fn parse_inet(s: &[u8]) -> Result<(sys::InetSocketAddress, Vec<u8>, Vec<u8>)> {
                 (a.has_keep_alive_interval, a.keep_alive_interval) = (true, parse_u32(k, v)?)
             }
             _ => {
-                let (k, _) = split_opt(opt, &BOOLS);
-                return Err(ErrorImpl::new(format!("Invalid parameter '{}'", shown(k))));
+                let (raw, _) = split_opt(opt, &BOOLS);
+                return Err(ErrorImpl::new(format!(
+                    "Invalid parameter '{}'",
+                    shown(raw)
+                )));
             }
         }
     }
@@ -550,16 +553,19 @@ mod tests {
             "{msg}"
         );
         // SAFETY: a valid address.
-        let msg = unsafe { connect(a.0) }.err().unwrap().message().to_owned();
-        assert!(msg.contains("127.0.0.1:no-such-service"), "{msg}");
+        let connect_msg = unsafe { connect(a.0) }.err().unwrap().message().to_owned();
+        assert!(
+            connect_msg.contains("127.0.0.1:no-such-service"),
+            "{connect_msg}"
+        );
         // One that resolves gives its number.
-        let a = inet_with_port("http");
+        let http = inet_with_port("http");
         let (mut n, mut list, mut err) = (0, ptr::null_mut(), ptr::null_mut());
         // SAFETY: a valid address and out parameters.
         unsafe {
             let r = qio_dns_resolver_get_instance();
             assert_eq!(
-                qio_dns_resolver_lookup_sync(r, a.0, &mut n, &mut list, &mut err),
+                qio_dns_resolver_lookup_sync(r, http.0, &mut n, &mut list, &mut err),
                 0
             );
             assert_eq!(n, 1);

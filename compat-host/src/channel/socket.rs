@@ -384,11 +384,12 @@ mod tests {
             // Listening on a port in use fails without leaking.
             let l2 = qio_channel_socket_new();
             assert_eq!(qio_channel_socket_listen_sync(l2, addr, 1, &mut err), -1);
-            let e = crate::error::from_raw(std::mem::replace(&mut err, ptr::null_mut())).unwrap();
+            let in_use =
+                crate::error::from_raw(std::mem::replace(&mut err, ptr::null_mut())).unwrap();
             assert!(
-                e.message().ends_with("Address already in use"),
+                in_use.message().ends_with("Address already in use"),
                 "{}",
-                e.message()
+                in_use.message()
             );
             for o in [l, l2] {
                 sys::object_unref(o.cast());

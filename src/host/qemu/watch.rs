@@ -271,7 +271,7 @@ fn rewatch<R: ReadyHandler<QemuHost>>(data: Arc<SourceData<R>>) {
         Ok(None) => {}
         // SAFETY: never attached; this drops its only reference (and so
         // its count of the data).
-        Err(src) => unsafe { sys::g_source_unref(src.as_ptr()) },
+        Err(unattached) => unsafe { sys::g_source_unref(unattached.as_ptr()) },
     }
 }
 
