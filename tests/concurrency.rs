@@ -150,12 +150,12 @@ fn explore(name: &str, f: impl Fn(bool) + Clone + Send + Sync + 'static, dfs: Op
     let t = Instant::now();
     let mut line = Vec::new();
     if std::env::var_os("QIO_SHUTTLE_DFS_ONLY").is_none() {
-        let g = f.clone();
-        let random =
-            Runner::new(RandomScheduler::new_from_seed(SEED, n), config()).run(move || g(false));
-        let g = f.clone();
-        let pct =
-            Runner::new(PctScheduler::new_from_seed(SEED, 3, n), config()).run(move || g(false));
+        let f_random = f.clone();
+        let random = Runner::new(RandomScheduler::new_from_seed(SEED, n), config())
+            .run(move || f_random(false));
+        let f_pct = f.clone();
+        let pct = Runner::new(PctScheduler::new_from_seed(SEED, 3, n), config())
+            .run(move || f_pct(false));
         line.push(format!("random {random}, pct {pct}"));
     }
     if let Some(max) = dfs {

@@ -223,12 +223,12 @@ impl Op {
                             script: s,
                         });
                         for simpler in op.simpler() {
-                            let mut s = script.clone();
-                            s[k][i] = simpler;
+                            let mut simplified = script.clone();
+                            simplified[k][i] = simpler;
                             v.push(Op::Set {
                                 t: *t,
                                 func: *func,
-                                script: s,
+                                script: simplified,
                             });
                         }
                     }
@@ -1311,10 +1311,12 @@ fn run(ops: &[Op]) -> Outcome {
         Ok(m.delivered)
     });
     let harness = H.with(|c| c.borrow_mut().take()).expect("harness");
-    let ops = counted;
     drop(harness);
     guard.finish();
-    Outcome { ops, delivered }
+    Outcome {
+        ops: counted,
+        delivered,
+    }
 }
 
 fn top_level_checks() {
@@ -1350,7 +1352,7 @@ fn try_run(ops: &[Op]) -> Result<Outcome, String> {
 /// Greedy shrink: drop chunks of operations, then simplify each one,
 /// while the run still fails.
 fn shrink(mut ops: Vec<Op>) -> Vec<Op> {
-    let fails = |ops: &[Op]| try_run(ops).is_err();
+    let fails = |cand: &[Op]| try_run(cand).is_err();
     loop {
         let mut changed = false;
         let mut chunk = ops.len().div_ceil(2);
@@ -1610,10 +1612,10 @@ fn issue6_release_inside_nested_aio_poll() {
         })));
         let reg = c.id();
         {
-            let guard = test_ref.lock().unwrap();
-            let o = guard.as_ref().unwrap();
+            let slot = test_ref.lock().unwrap();
+            let o = slot.as_ref().unwrap();
             o.listener().set_client(o, c, Target::Aio(ctx));
-            drop(guard);
+            drop(slot);
         }
         let first = connect(port).unwrap();
         let second = connect(port).unwrap();

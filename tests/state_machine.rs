@@ -220,16 +220,19 @@ fn wait_client_on_dead_listener_returns_null() {
         assert!(!qio_net_listener_is_connected(l));
     }
     unref(l);
-    let (l, _) = open_loopback();
+    let (bound, _) = open_loopback();
     // SAFETY: live listener.
     unsafe {
-        qio_net_listener_disconnect(l);
-        qio_net_listener_disconnect(l);
-        assert!(!qio_net_listener_is_connected(l));
-        assert!(qio_net_listener_wait_client(l).is_null(), "disconnected");
-        assert_eq!(qio_net_listener_nsioc(l), 1);
+        qio_net_listener_disconnect(bound);
+        qio_net_listener_disconnect(bound);
+        assert!(!qio_net_listener_is_connected(bound));
+        assert!(
+            qio_net_listener_wait_client(bound).is_null(),
+            "disconnected"
+        );
+        assert_eq!(qio_net_listener_nsioc(bound), 1);
     }
-    unref(l);
+    unref(bound);
 }
 
 #[test]
@@ -282,7 +285,7 @@ fn aio_callback_in_iothread_and_cross_thread_clear() {
     let mut buf = [0u8; 1];
     let mut c = TcpStream::connect(("127.0.0.1", port));
     // Once finalized the socket is closed: connecting fails or reads EOF.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let eof_deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match &mut c {
             Err(_) => break,
@@ -294,7 +297,7 @@ fn aio_callback_in_iothread_and_cross_thread_clear() {
                 }
             }
         }
-        assert!(Instant::now() < deadline, "listener never finalized");
+        assert!(Instant::now() < eof_deadline, "listener never finalized");
         c = TcpStream::connect(("127.0.0.1", port));
     }
     // SAFETY: joins and frees the IOThread.
@@ -399,20 +402,20 @@ fn null_listener_gives_documented_results() {
     }
     // A NULL address on a real listener is an error too, not a crash.
     let l = qio_net_listener_new();
-    let mut err: *mut compat::Error = ptr::null_mut();
-    // SAFETY: live listener; err is a NULL Error * owned by this test.
+    let mut addr_err: *mut compat::Error = ptr::null_mut();
+    // SAFETY: live listener; addr_err is a NULL Error * owned by this test.
     unsafe {
         assert_eq!(
             qio_net_listener_open_sync(
                 l,
                 ptr::null_mut(),
                 1,
-                (&mut err as *mut *mut compat::Error).cast()
+                (&mut addr_err as *mut *mut compat::Error).cast()
             ),
             -1
         );
-        assert!(!err.is_null());
-        compat::error_free(err);
+        assert!(!addr_err.is_null());
+        compat::error_free(addr_err);
         qio_net_listener_add(l, ptr::null_mut());
         assert_eq!(qio_net_listener_nsioc(l), 0);
     }
@@ -552,10 +555,10 @@ fn backoff_case(aio: bool) {
         "{dispatches} dispatches in 2000 iterations: the watch spins"
     );
     drop(exhausted);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let refill_deadline = Instant::now() + Duration::from_secs(5);
     while H.calls.load(SeqCst) < 4 {
         assert!(
-            Instant::now() < deadline,
+            Instant::now() < refill_deadline,
             "queued clients lost after the back-off"
         );
         iterate();

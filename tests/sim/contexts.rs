@@ -115,9 +115,9 @@ impl World {
         if s.dispatching {
             return None;
         }
-        let s = r.sources.remove(&sid).expect("source");
-        self.host_release(s.handler_id);
-        s.handler
+        let removed = r.sources.remove(&sid).expect("source");
+        self.host_release(removed.handler_id);
+        removed.handler
     }
 
     pub(super) fn glib_ready(&self, g: GCtx) -> Vec<u64> {
@@ -180,9 +180,9 @@ impl World {
         if !s.destroyed {
             return None;
         }
-        let s = r.sources.remove(&sid).expect("source");
-        self.host_release(s.handler_id);
-        s.handler
+        let removed = r.sources.remove(&sid).expect("source");
+        self.host_release(removed.handler_id);
+        removed.handler
     }
 
     pub(super) fn frame_start(&mut self, h: &HArc, kind: FrameKind, ctx: Ctx) -> u64 {

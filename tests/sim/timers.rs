@@ -269,7 +269,7 @@ impl Drop for Timer {
                         let h = t.handler;
                         let hid = h.id;
                         r.bhs.push_back(Box::new(move || {
-                            try_world(|w| w.host_release(hid));
+                            try_world(|inner| inner.host_release(hid));
                             drop(h);
                         }));
                     }

@@ -117,11 +117,11 @@ impl Drop for AioWatch {
                 let r = w.actx(a);
                 match r.handlers.get(&chan) {
                     Some(h) if h.watch == watch => {
-                        let h = r.handlers.remove(&chan).expect("handler").handler;
-                        let id = h.id;
+                        let handler = r.handlers.remove(&chan).expect("handler").handler;
+                        let id = handler.id;
                         r.bhs.push_back(Box::new(move || {
-                            try_world(|w| w.host_release(id));
-                            drop(h);
+                            try_world(|inner| inner.host_release(id));
+                            drop(handler);
                         }));
                     }
                     Some(_) => {

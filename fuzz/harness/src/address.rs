@@ -775,8 +775,8 @@ impl Target {
                 un.sun_family = libc::AF_UNIX as libc::sa_family_t;
                 let off = usize::from(*abstract_);
                 let n = path.len().min(un.sun_path.len() - off);
-                for (d, s) in un.sun_path[off..].iter_mut().zip(&path[..n]) {
-                    *d = *s as libc::c_char;
+                for (d, b) in un.sun_path[off..].iter_mut().zip(&path[..n]) {
+                    *d = *b as libc::c_char;
                 }
                 let base = std::mem::offset_of!(libc::sockaddr_un, sun_path);
                 // A path of the full 108 bytes has no room for a NUL.

@@ -658,8 +658,8 @@ fn add(i: usize, kind: AddKind) {
     unsafe {
         let a = sys::socket_parse(spec, &mut err);
         sys::g_free(spec.cast());
-        let msg = take_error(&mut err);
-        assert!(!a.is_null(), "socket_parse: {msg:?}");
+        let parse_msg = take_error(&mut err);
+        assert!(!a.is_null(), "socket_parse: {parse_msg:?}");
         let sioc = sys::qio_channel_socket_new();
         let rc = sys::qio_channel_socket_listen_sync(sioc, a, 4, &mut err);
         sys::qapi_free_SocketAddress(a);
@@ -760,8 +760,8 @@ fn null_listener() {
         assert!(!qio_net_listener_is_connected(l));
         assert_eq!(qio_net_listener_nsioc(l), 0);
         assert!(qio_net_listener_sioc(l, 0).is_null());
-        let a = qio_net_listener_get_local_address(l, 0, ptr::from_mut(&mut err).cast());
-        assert!(a.is_null());
+        let local = qio_net_listener_get_local_address(l, 0, ptr::from_mut(&mut err).cast());
+        assert!(local.is_null());
         assert!(
             take_error(&mut err).is_some(),
             "get_local_address(NULL) without an error"
