@@ -10,8 +10,10 @@
 //! Their safety contract is the C one, stated once in the header preamble
 //! (cbindgen.toml): every object pointer is NULL (where documented) or a
 //! live object of its type, `errp` follows QEMU's Error convention.  Hence
-//! no rustdoc `# Safety` sections on the exports.
-#![allow(clippy::missing_safety_doc)]
+//! no rustdoc `# Safety` sections on the exports.  Nor Markdown: gtk-doc
+//! marks a function's comment with its bare name (`name:`), so the
+//! backticks `doc_markdown` asks for would break the header.
+#![allow(clippy::missing_safety_doc, clippy::doc_markdown)]
 
 use std::{
     ffi::{c_char, c_int, c_void, CStr},
@@ -63,8 +65,8 @@ static TYPE_INFO: StaticTypeInfo = StaticTypeInfo(TypeInfo {
 
 static REGISTERED: Once = Once::new();
 
-/// Registers the type once, whether reached through `module_call_init()` or
-/// directly from `qio_net_listener_new()` (when a static link dropped the
+/// Registers the type once, whether reached through module_call_init() or
+/// directly from qio_net_listener_new() (when a static link dropped the
 /// load-time constructor).
 unsafe extern "C" fn register_types() {
     // SAFETY: TYPE_INFO is 'static; Once makes this the only registration.
@@ -101,7 +103,7 @@ const COUNTERS: [(&CStr, CounterField); 6] = [
     (c"max-batch", |c| &c.max_batch),
 ];
 
-/// `ObjectPropertyAccessor` of the counters; `opaque` is the index into
+/// ObjectPropertyAccessor of the counters; `opaque` is the index into
 /// COUNTERS.
 unsafe extern "C" fn get_counter(
     obj: *mut Object,
@@ -181,10 +183,10 @@ unsafe fn borrowed(l: *mut QIONetListener) -> Option<ManuallyDrop<Owner>> {
     unsafe { Owner::borrow_c(l) }
 }
 
-/// `qio_net_listener_new`:
+/// qio_net_listener_new:
 ///
 /// Create a new network listener service, which is not listening on any
-/// sockets initially.  Release it with `object_unref(OBJECT(listener))`.
+/// sockets initially.  Release it with object_unref(OBJECT(listener)).
 ///
 /// Returns: the new listener
 #[no_mangle]
@@ -198,12 +200,12 @@ pub extern "C" fn qio_net_listener_new() -> *mut QIONetListener {
     })
 }
 
-/// `qio_net_listener_set_name`:
+/// qio_net_listener_set_name:
 /// @listener: the network listener object, or %NULL (nothing happens)
 /// @name: the listener name, or %NULL to clear it; copied
 ///
 /// Set the name of the listener.  Every listening channel added from now on
-/// gets it as its channel name (`qio_channel_set_name()`), a debugging aid.
+/// gets it as its channel name (qio_channel_set_name()), a debugging aid.
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_set_name(
     listener: *mut QIONetListener,
@@ -219,7 +221,7 @@ pub unsafe extern "C" fn qio_net_listener_set_name(
     })
 }
 
-/// `qio_net_listener_open_sync`:
+/// qio_net_listener_open_sync:
 /// @listener: the network listener object
 /// @addr: the address to listen on
 /// @num: the backlog: the amount of expected connections
@@ -277,7 +279,7 @@ pub unsafe extern "C" fn qio_net_listener_open_sync(
     rc.unwrap_or_else(|| unsafe { internal_error("qio_net_listener_open_sync", errp, -1) })
 }
 
-/// `qio_net_listener_add`:
+/// qio_net_listener_add:
 /// @listener: the network listener object
 /// @sioc: the socket I/O channel, already listening
 ///
@@ -304,7 +306,7 @@ pub unsafe extern "C" fn qio_net_listener_add(
     })
 }
 
-/// `qio_net_listener_set_client_func_full`:
+/// qio_net_listener_set_client_func_full:
 /// @listener: the network listener object
 /// @func: the callback function, or %NULL to stop accepting
 /// @data: opaque data to pass to @func
@@ -313,7 +315,7 @@ pub unsafe extern "C" fn qio_net_listener_add(
 ///           the default context will be used.
 ///
 /// Register @func to be invoked whenever a new client connects to the
-/// listener.  @func will be invoked passing in the `QIOChannelSocket`
+/// listener.  @func will be invoked passing in the QIOChannelSocket
 /// instance for the client; the listener drops its reference to it when
 /// @func returns.  Each wake-up accepts up to 32 pending clients,
 /// re-checking before each that @func is still the current callback.  When
@@ -345,13 +347,13 @@ pub unsafe extern "C" fn qio_net_listener_set_client_func_full(
     })
 }
 
-/// `qio_net_listener_set_client_func`:
+/// qio_net_listener_set_client_func:
 /// @listener: the network listener object
 /// @func: the callback function, or %NULL to stop accepting
 /// @data: opaque data to pass to @func
 /// @notify: callback to free @data, or %NULL
 ///
-/// Wrapper of `qio_net_listener_set_client_func_full()`, only that the
+/// Wrapper of qio_net_listener_set_client_func_full(), only that the
 /// sources will always be bound to default main context.
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_set_client_func(
@@ -364,21 +366,21 @@ pub unsafe extern "C" fn qio_net_listener_set_client_func(
     unsafe { qio_net_listener_set_client_func_full(listener, func, data, notify, ptr::null_mut()) }
 }
 
-/// `qio_net_listener_set_client_aio_func`:
+/// qio_net_listener_set_client_aio_func:
 /// @listener: the network listener object
 /// @func: the callback function, or %NULL to stop accepting
 /// @data: opaque data to pass to @func
-/// @context: the `AioContext` whose fd handlers will accept clients.  If
-///           %NULL, the main-loop `AioContext` is used.
+/// @context: the AioContext whose fd handlers will accept clients.  If
+///           %NULL, the main-loop AioContext is used.
 ///
-/// Like `qio_net_listener_set_client_func_full()`, but clients are accepted
-/// by fd handlers of @context, so that a nested `aio_poll()` loop such as
-/// `AIO_WAIT_WHILE()` serves them.  Any `AioContext` works, `IOThread`s'
+/// Like qio_net_listener_set_client_func_full(), but clients are accepted
+/// by fd handlers of @context, so that a nested aio_poll() loop such as
+/// AIO_WAIT_WHILE() serves them.  Any AioContext works, IOThreads'
 /// included, and the call is safe from any thread, even while @func runs
 /// in another: what a removed handler holds is released by a bottom half
 /// in @context, so @context must keep running until then.  There is no
 /// notify for @data.  If @context is %NULL and the main loop has no
-/// `AioContext` yet, a callback cannot be set: an error is reported and
+/// AioContext yet, a callback cannot be set: an error is reported and
 /// nothing changes (clearing still works).
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_set_client_aio_func(
@@ -410,12 +412,12 @@ pub unsafe extern "C" fn qio_net_listener_set_client_aio_func(
     })
 }
 
-/// `qio_net_listener_wait_client`:
+/// qio_net_listener_wait_client:
 /// @listener: the network listener object
 ///
 /// Block execution of the caller until a new client arrives on one of the
 /// listening sockets.  If there was previously a callback registered with
-/// `qio_net_listener_set_client_func()` it will be temporarily disabled, and
+/// qio_net_listener_set_client_func() it will be temporarily disabled, and
 /// re-enabled afterwards.  Exactly one client is accepted; others stay
 /// queued.  When accept fails for lack of file descriptors, it retries
 /// after 100 ms instead of spinning.
@@ -436,13 +438,13 @@ pub unsafe extern "C" fn qio_net_listener_wait_client(
     })
 }
 
-/// `qio_net_listener_disconnect`:
+/// qio_net_listener_disconnect:
 /// @listener: the network listener object
 ///
 /// Disconnect the listener, removing all I/O callback watches and closing
 /// the socket channels.  Synchronous, from any thread: when it returns no
 /// accept or poll of the sockets runs any more in any thread (one in
-/// flight is waited for) and the ports are free.  A `wait_client` in
+/// flight is waited for) and the ports are free.  A wait_client in
 /// progress returns %NULL (or the client it accepted before the
 /// disconnect began).  The registration stays (its notify runs at
 /// finalize or when it is replaced).  Idempotent; concurrent calls each
@@ -458,7 +460,7 @@ pub unsafe extern "C" fn qio_net_listener_disconnect(listener: *mut QIONetListen
     })
 }
 
-/// `qio_net_listener_is_connected`:
+/// qio_net_listener_is_connected:
 /// @listener: the network listener object
 ///
 /// Determine if the listener is connected to any socket channels.
@@ -474,7 +476,7 @@ pub unsafe extern "C" fn qio_net_listener_is_connected(listener: *mut QIONetList
     })
 }
 
-/// `qio_net_listener_nsioc`:
+/// qio_net_listener_nsioc:
 /// @listener: the network listener object
 ///
 /// Returns: the number of socket channels of the listener, closed ones
@@ -488,7 +490,7 @@ pub unsafe extern "C" fn qio_net_listener_nsioc(listener: *mut QIONetListener) -
     })
 }
 
-/// `qio_net_listener_sioc`:
+/// qio_net_listener_sioc:
 /// @listener: the network listener object
 /// @n: the index of the channel
 ///
@@ -508,13 +510,13 @@ pub unsafe extern "C" fn qio_net_listener_sioc(
     })
 }
 
-/// `qio_net_listener_get_local_address`:
+/// qio_net_listener_get_local_address:
 /// @listener: the network listener object
 /// @n: the index of the channel
 /// @errp: pointer to a NULL initialized error object
 ///
-/// Returns: a new `SocketAddress` for the local end of the @n-th channel
-/// (free it with `qapi_free_SocketAddress()`), or %NULL with an error in
+/// Returns: a new SocketAddress for the local end of the @n-th channel
+/// (free it with qapi_free_SocketAddress()), or %NULL with an error in
 /// @errp if @n is out of range
 #[no_mangle]
 pub unsafe extern "C" fn qio_net_listener_get_local_address(

@@ -22,7 +22,7 @@ extern crate qemucompat as _;
 #[cfg(test)]
 mod tests {
     /// CI fails when the committed header is not what cbindgen generates
-    /// from the current exports (regenerate: `QIO_UPDATE_HEADER=1` cargo build).
+    /// from the current exports (regenerate: `QIO_UPDATE_HEADER=1 cargo build`).
     #[test]
     fn header_is_fresh() {
         let generated = include_str!(concat!(env!("OUT_DIR"), "/net-listener.h"));

@@ -45,16 +45,18 @@ unsafe impl QomType for QIONetListener {}
 // QEMU makes from any thread, e.g. object_unref).
 unsafe impl Sync for QIONetListener {}
 
-/// `QIONetListenerClientFunc`:
+/// QIONetListenerClientFunc:
 /// @listener: the network listener object
 /// @sioc: the new client; the listener drops its reference when the
 ///        callback returns (take one to keep the client)
 /// @data: the opaque data given with the callback
 ///
 /// Callback type for a new client connection.  It may call any
-/// `qio_net_listener`_*() function on @listener, drop the last reference to
+/// qio_net_listener_*() function on @listener, drop the last reference to
 /// it and run nested event loops: the listener stays alive until the
 /// callback returns.
+// The C header's gtk-doc (cbindgen copies it), not Markdown: see ffi.rs.
+#[allow(clippy::doc_markdown)]
 pub type QIONetListenerClientFunc = Option<
     unsafe extern "C" fn(
         listener: *mut QIONetListener,
