@@ -1,12 +1,12 @@
 //! Generates the compat host's view of its own C headers, so that every
-//! struct it shares with C (Object, TypeInfo, SocketAddress, QIOChannelSocket)
+//! struct it shares with C (Object, `TypeInfo`, `SocketAddress`, `QIOChannelSocket`)
 //! has exactly the layout the C compiler gives it, and compiles the
 //! variadic functions (`varargs.c`), which Rust cannot define, into the
 //! crate's archive.
 
 use std::{env, path::PathBuf};
 
-/// GLib's scalar typedefs that glib-sys defines; the others (guint,
+/// `GLib`'s scalar typedefs that glib-sys defines; the others (guint,
 /// gsize...) glib-sys spells as the C types, so bindgen's stay.
 const GLIB_SCALARS: &str = "g(boolean|pointer|constpointer)";
 

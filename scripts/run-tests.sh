@@ -10,7 +10,13 @@ sh scripts/bootstrap.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy -D warnings"
+echo "== cargo clippy -D warnings (QEMU's lint set: Cargo.toml, clippy.toml)"
+# fuzz/harness cannot inherit the workspace's lints (cargo-fuzz's
+# workspace is fuzz/), so it carries a copy: it must stay the same.
+python3 -c 'import sys, tomllib
+ws = tomllib.load(open("Cargo.toml", "rb"))["workspace"]["lints"]
+h = tomllib.load(open("fuzz/harness/Cargo.toml", "rb"))["lints"]
+sys.exit(0 if ws == h else "fuzz/harness/Cargo.toml [lints] differ from [workspace.lints]")'
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p qio-net-listener-core --all-targets --locked --features shuttle -- -D warnings
 echo "== the core crate (state machine, simulated host) depends on std alone"
@@ -20,6 +26,8 @@ if [ "$(printf '%s\n' "$deps" | wc -l)" -ne 1 ]; then
 fi
 echo "== rustc 1.83 (QEMU's minimum): the workspace builds, the core's tests pass"
 sh scripts/check-msrv.sh
+echo "== cargo doc (QEMU's rustdoc lints)"
+cargo doc --workspace --no-deps --locked
 echo "== cargo test (incl. the simulated host's model-based sequences)"
 cargo test --workspace --locked
 echo "== shuttle: the cross-thread paths model-checked on the simulated host"

@@ -10,8 +10,10 @@
 //! Their safety contract is the C one, stated once in the header preamble
 //! (cbindgen.toml): every object pointer is NULL (where documented) or a
 //! live object of its type, `errp` follows QEMU's Error convention.  Hence
-//! no rustdoc `# Safety` sections on the exports.
-#![allow(clippy::missing_safety_doc)]
+//! no rustdoc `# Safety` sections on the exports.  Nor Markdown: gtk-doc
+//! marks a function's comment with its bare name (`name:`), so the
+//! backticks `doc_markdown` asks for would break the header.
+#![allow(clippy::missing_safety_doc, clippy::doc_markdown)]
 
 use std::{
     ffi::{c_char, c_int, c_void, CStr},
@@ -46,8 +48,8 @@ unsafe impl Sync for StaticTypeInfo {}
 static TYPE_INFO: StaticTypeInfo = StaticTypeInfo(TypeInfo {
     name: TYPE_QIO_NET_LISTENER.as_ptr(),
     parent: c"object".as_ptr(),
-    instance_size: size_of::<QIONetListener>() as _,
-    instance_align: align_of::<QIONetListener>() as _,
+    instance_size: size_of::<QIONetListener>(),
+    instance_align: align_of::<QIONetListener>(),
     instance_init: Some(instance_init),
     instance_post_init: None,
     instance_finalize: Some(instance_finalize),
@@ -113,23 +115,29 @@ unsafe extern "C" fn get_counter(
     // SAFETY: QOM calls the getter on a live instance of our type.
     let mut value = field(unsafe { &(*this).listener }.counters()).load(Relaxed);
     // SAFETY: v, name and errp come from QOM for this very call.
-    unsafe { host::visit_uint64(v, name, &mut value, errp) };
+    unsafe {
+        host::visit_uint64(v, name, &mut value, errp);
+    }
 }
 
 unsafe extern "C" fn instance_init(obj: *mut Object) {
-    let this = obj as *mut QIONetListener;
+    let this = obj.cast::<QIONetListener>();
     // SAFETY: QOM allocated instance_size zeroed bytes for this instance and
     // calls instance_init once, before anyone else sees the object.
-    unsafe { addr_of_mut!((*this).listener).write(Listener::new()) };
+    unsafe {
+        addr_of_mut!((*this).listener).write(Listener::new());
+    }
     for (i, (name, _)) in COUNTERS.iter().enumerate() {
         // SAFETY: obj is being initialized; the names are 'static; the
         // getter reads only the state written above; no setter: read-only.
-        unsafe { host::add_uint64_getter(obj, name, get_counter, i as *mut c_void) };
+        unsafe {
+            host::add_uint64_getter(obj, name, get_counter, i as *mut c_void);
+        }
     }
 }
 
 unsafe extern "C" fn instance_finalize(obj: *mut Object) {
-    let this = obj as *mut QIONetListener;
+    let this = obj.cast::<QIONetListener>();
     // SAFETY: the last reference is gone, so nothing else uses the state;
     // QOM calls finalize once, after instance_init.
     let r = catch_unwind(AssertUnwindSafe(|| unsafe {
@@ -185,7 +193,7 @@ pub extern "C" fn qio_net_listener_new() -> *mut QIONetListener {
         // SAFETY: register_types is idempotent; afterwards the type exists.
         unsafe {
             register_types();
-            host::object_new(TYPE_QIO_NET_LISTENER) as *mut QIONetListener
+            host::object_new(TYPE_QIO_NET_LISTENER).cast::<QIONetListener>()
         }
     })
 }
@@ -238,14 +246,16 @@ pub unsafe extern "C" fn qio_net_listener_open_sync(
         let Some(l) = unsafe { borrowed(listener) }.filter(|_| !addr.is_null()) else {
             // SAFETY: errp follows the Error convention (caller contract).
             unsafe {
-                host::set_error(errp, "qio_net_listener_open_sync: NULL listener or address")
-            };
+                host::set_error(errp, "qio_net_listener_open_sync: NULL listener or address");
+            }
             return Some(-1);
         };
         // SAFETY: addr is a valid SocketAddress (caller contract).
         if let Err(msg) = unsafe { host::check_port(addr) } {
             // SAFETY: errp follows the Error convention.
-            unsafe { host::set_error(errp, &msg) };
+            unsafe {
+                host::set_error(errp, &msg);
+            }
             return Some(-1);
         }
         // SAFETY: addr is a valid SocketAddress, errp a valid Error **.
@@ -256,7 +266,9 @@ pub unsafe extern "C" fn qio_net_listener_open_sync(
             Ok(()) => Some(0),
             Err(e) => {
                 // SAFETY: errp follows the Error convention.
-                unsafe { e.propagate(errp) };
+                unsafe {
+                    e.propagate(errp);
+                }
                 Some(-1)
             }
         }
@@ -518,7 +530,9 @@ pub unsafe extern "C" fn qio_net_listener_get_local_address(
             Some(c) => Some(unsafe { c.local_address(errp) }),
             None => {
                 // SAFETY: as above.
-                unsafe { host::set_error(errp, "Listener index out of range") };
+                unsafe {
+                    host::set_error(errp, "Listener index out of range");
+                }
                 Some(ptr::null_mut())
             }
         }
@@ -538,7 +552,7 @@ mod tests {
 
     fn message(e: &mut LocalError) -> String {
         // SAFETY: the error is set and owned by `e`.
-        unsafe { CStr::from_ptr(qemucompat::error::error_get_pretty(*e.errp() as _)) }
+        unsafe { CStr::from_ptr(qemucompat::error::error_get_pretty((*e.errp()).cast())) }
             .to_string_lossy()
             .into_owned()
     }
@@ -562,7 +576,9 @@ mod tests {
         );
         // An error the function had set already is kept.
         // SAFETY: as above; the error is set, so nothing is overwritten.
-        unsafe { internal_error("again", err.errp(), ()) };
+        unsafe {
+            internal_error("again", err.errp(), ());
+        }
         assert_eq!(
             message(&mut err),
             "qio_net_listener_open_sync: internal error"

@@ -1,7 +1,7 @@
 //! Rust tests of the listener's state machine through its C ABI, on the
 //! compat host: registration lifetimes (notify exactly once, never while a
-//! callback runs), idempotent set/disconnect, wait_client on a dead
-//! listener, AioContext watches in an IOThread, cross-thread churn.
+//! callback runs), idempotent set/disconnect, `wait_client` on a dead
+//! listener, `AioContext` watches in an `IOThread`, cross-thread churn.
 //! Real loopback sockets and real event loops throughout.
 
 use std::{
@@ -24,9 +24,13 @@ use qio_net_listener::{ffi::*, qemu::QIOChannelSocket as Sioc};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn setup() -> std::sync::MutexGuard<'static, ()> {
-    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let g = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // SAFETY: qemu_init_main_loop is idempotent; NULL errp is allowed.
-    unsafe { compat::qemu_init_main_loop(ptr::null_mut()) };
+    unsafe {
+        compat::qemu_init_main_loop(ptr::null_mut());
+    }
     g
 }
 
@@ -45,8 +49,8 @@ fn open_loopback_backlog(backlog: i32) -> (*mut QIONetListener, u16) {
         let rc = qio_net_listener_open_sync(l, addr.cast(), backlog, ptr::null_mut());
         compat::qapi_free_SocketAddress(addr);
         assert_eq!(rc, 0);
-        let local =
-            qio_net_listener_get_local_address(l, 0, ptr::null_mut()) as *mut compat::SocketAddress;
+        let local = qio_net_listener_get_local_address(l, 0, ptr::null_mut())
+            .cast::<compat::SocketAddress>();
         assert!(!local.is_null());
         let port = std::ffi::CStr::from_ptr((*local).u.inet.port)
             .to_str()
@@ -71,7 +75,9 @@ fn iterate_until(ctx: *mut compat::GMainContext, done: impl Fn() -> bool) -> boo
             return false;
         }
         // SAFETY: ctx is NULL or a live context owned by the test.
-        unsafe { compat::g_main_context_iteration(ctx, 0) };
+        unsafe {
+            compat::g_main_context_iteration(ctx, 0);
+        }
         thread::sleep(Duration::from_millis(1));
     }
     true
@@ -177,15 +183,17 @@ fn self_clearing_callback_notifies_after_it_returns() {
     let (l, port) = open_loopback();
     // SAFETY: live listener; static data.
     unsafe {
-        qio_net_listener_set_client_func(l, cb(clearing_cb), as_data(&C), Some(count_notify))
-    };
+        qio_net_listener_set_client_func(l, cb(clearing_cb), as_data(&C), Some(count_notify));
+    }
     let _c1 = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let _c2 = TcpStream::connect(("127.0.0.1", port)).unwrap();
     assert!(iterate_until(ptr::null_mut(), || C.notifies.load(SeqCst) == 1));
     // More iterations: the cleared callback accepts nobody else.
     for _ in 0..20 {
         // SAFETY: default context.
-        unsafe { compat::g_main_context_iteration(ptr::null_mut(), 0) };
+        unsafe {
+            compat::g_main_context_iteration(ptr::null_mut(), 0);
+        }
     }
     assert_eq!(
         C.calls.load(SeqCst),
@@ -212,16 +220,19 @@ fn wait_client_on_dead_listener_returns_null() {
         assert!(!qio_net_listener_is_connected(l));
     }
     unref(l);
-    let (l, _) = open_loopback();
+    let (bound, _) = open_loopback();
     // SAFETY: live listener.
     unsafe {
-        qio_net_listener_disconnect(l);
-        qio_net_listener_disconnect(l);
-        assert!(!qio_net_listener_is_connected(l));
-        assert!(qio_net_listener_wait_client(l).is_null(), "disconnected");
-        assert_eq!(qio_net_listener_nsioc(l), 1);
+        qio_net_listener_disconnect(bound);
+        qio_net_listener_disconnect(bound);
+        assert!(!qio_net_listener_is_connected(bound));
+        assert!(
+            qio_net_listener_wait_client(bound).is_null(),
+            "disconnected"
+        );
+        assert_eq!(qio_net_listener_nsioc(bound), 1);
     }
-    unref(l);
+    unref(bound);
 }
 
 #[test]
@@ -232,7 +243,9 @@ fn wait_client_is_released_by_disconnect_from_another_thread() {
     let t = thread::spawn(move || {
         thread::sleep(Duration::from_millis(50));
         // SAFETY: the main thread holds its reference until after join.
-        unsafe { qio_net_listener_disconnect(addr as *mut QIONetListener) };
+        unsafe {
+            qio_net_listener_disconnect(addr as *mut QIONetListener);
+        }
     });
     // SAFETY: live listener.
     let s = unsafe { qio_net_listener_wait_client(l) };
@@ -251,7 +264,9 @@ fn aio_callback_in_iothread_and_cross_thread_clear() {
     let ctx = unsafe { compat::iothread_get_aio_context(iothread) };
     let (l, port) = open_loopback();
     // SAFETY: live listener and context; static data.
-    unsafe { qio_net_listener_set_client_aio_func(l, cb(count_cb), as_data(&D), ctx.cast()) };
+    unsafe {
+        qio_net_listener_set_client_aio_func(l, cb(count_cb), as_data(&D), ctx.cast());
+    }
     let clients: Vec<TcpStream> = (0..5)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
@@ -263,12 +278,14 @@ fn aio_callback_in_iothread_and_cross_thread_clear() {
     // Clear from this thread while the IOThread runs; drop our reference:
     // the release BH in the IOThread's context finalizes the listener.
     // SAFETY: live listener.
-    unsafe { qio_net_listener_set_client_aio_func(l, None, ptr::null_mut(), ctx.cast()) };
+    unsafe {
+        qio_net_listener_set_client_aio_func(l, None, ptr::null_mut(), ctx.cast());
+    }
     unref(l);
     let mut buf = [0u8; 1];
     let mut c = TcpStream::connect(("127.0.0.1", port));
     // Once finalized the socket is closed: connecting fails or reads EOF.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let eof_deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match &mut c {
             Err(_) => break,
@@ -280,11 +297,13 @@ fn aio_callback_in_iothread_and_cross_thread_clear() {
                 }
             }
         }
-        assert!(Instant::now() < deadline, "listener never finalized");
+        assert!(Instant::now() < eof_deadline, "listener never finalized");
         c = TcpStream::connect(("127.0.0.1", port));
     }
     // SAFETY: joins and frees the IOThread.
-    unsafe { compat::iothread_join(iothread) };
+    unsafe {
+        compat::iothread_join(iothread);
+    }
     assert_eq!(D.calls.load(SeqCst), 5);
 }
 
@@ -299,7 +318,9 @@ fn cross_thread_churn_balances_notifies() {
     let runner = thread::spawn(move || {
         while !stop2.load(SeqCst) {
             // SAFETY: the context outlives this thread (joined below).
-            unsafe { compat::g_main_context_iteration(ctx_addr as *mut _, 0) };
+            unsafe {
+                compat::g_main_context_iteration(ctx_addr as *mut _, 0);
+            }
         }
     });
     let (l, port) = open_loopback();
@@ -317,19 +338,23 @@ fn cross_thread_churn_balances_notifies() {
                 as_data(c),
                 Some(count_notify),
                 ctx.cast(),
-            )
-        };
+            );
+        }
         if i % 10 == 0 {
             clients.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
         }
     }
     // SAFETY: live listener.
-    unsafe { qio_net_listener_set_client_func_full(l, None, ptr::null_mut(), None, ctx.cast()) };
+    unsafe {
+        qio_net_listener_set_client_func_full(l, None, ptr::null_mut(), None, ctx.cast());
+    }
     unref(l);
     stop.store(true, SeqCst);
     runner.join().unwrap();
     // SAFETY: the test's context reference.
-    unsafe { compat::g_main_context_unref(ctx) };
+    unsafe {
+        compat::g_main_context_unref(ctx);
+    }
     for (i, c) in regs.iter().enumerate() {
         assert_eq!(
             c.notifies.load(SeqCst),
@@ -377,20 +402,20 @@ fn null_listener_gives_documented_results() {
     }
     // A NULL address on a real listener is an error too, not a crash.
     let l = qio_net_listener_new();
-    let mut err: *mut compat::Error = ptr::null_mut();
-    // SAFETY: live listener; err is a NULL Error * owned by this test.
+    let mut addr_err: *mut compat::Error = ptr::null_mut();
+    // SAFETY: live listener; addr_err is a NULL Error * owned by this test.
     unsafe {
         assert_eq!(
             qio_net_listener_open_sync(
                 l,
                 ptr::null_mut(),
                 1,
-                (&mut err as *mut *mut compat::Error).cast()
+                (&mut addr_err as *mut *mut compat::Error).cast()
             ),
             -1
         );
-        assert!(!err.is_null());
-        compat::error_free(err);
+        assert!(!addr_err.is_null());
+        compat::error_free(addr_err);
         qio_net_listener_add(l, ptr::null_mut());
         assert_eq!(qio_net_listener_nsioc(l), 0);
     }
@@ -432,7 +457,7 @@ fn one_wakeup_accepts_a_bounded_batch() {
     drop(clients);
 }
 
-/// Fills every free fd number below a lowered RLIMIT_NOFILE, so that the
+/// Fills every free fd number below a lowered `RLIMIT_NOFILE`, so that the
 /// next accept fails with EMFILE; dropping the result frees them again.
 struct FdExhaustion {
     fds: Vec<i32>,
@@ -530,10 +555,10 @@ fn backoff_case(aio: bool) {
         "{dispatches} dispatches in 2000 iterations: the watch spins"
     );
     drop(exhausted);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let refill_deadline = Instant::now() + Duration::from_secs(5);
     while H.calls.load(SeqCst) < 4 {
         assert!(
-            Instant::now() < deadline,
+            Instant::now() < refill_deadline,
             "queued clients lost after the back-off"
         );
         iterate();
@@ -602,7 +627,9 @@ fn disconnect_racing_with_wait_client_start_never_hangs() {
             std::hint::spin_loop();
         }
         // SAFETY: live listener; races with the start of wait_client.
-        unsafe { qio_net_listener_disconnect(l) };
+        unsafe {
+            qio_net_listener_disconnect(l);
+        }
         let got = rx
             .recv_timeout(Duration::from_secs(5))
             .expect("wait_client hung");

@@ -12,7 +12,7 @@
 use std::{env, path::PathBuf};
 
 /// Functions of the host API the listener may call; nothing else is declared
-/// (GLib's own come from glib-sys).
+/// (`GLib`'s own come from glib-sys).
 const HOST_FUNCTIONS: &[&str] = &[
     "register_module_init",
     "type_register_static",

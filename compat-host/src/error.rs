@@ -54,7 +54,7 @@ pub(crate) fn strerror(errno: c_int) -> String {
     // SAFETY: g_strerror returns a static, NUL-terminated string for any
     // value.
     unsafe { cstr(sys::g_strerror(errno)) }
-        .map(|s| s.into_owned())
+        .map(std::borrow::Cow::into_owned)
         .unwrap_or_default()
 }
 
@@ -111,7 +111,7 @@ impl ErrorImpl {
 
 fn prgname() -> Option<String> {
     // SAFETY: g_get_prgname returns NULL or a string GLib keeps alive.
-    unsafe { cstr(sys::g_get_prgname()) }.map(|s| s.into_owned())
+    unsafe { cstr(sys::g_get_prgname()) }.map(std::borrow::Cow::into_owned)
 }
 
 /// One line on stderr, written in one call so concurrent reports do not
@@ -131,7 +131,7 @@ fn print_line(level: Option<&str>, msg: &str) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
-/// QEMU's error_handle(): the one place an error reaches its destination.
+/// QEMU's `error_handle()`: the one place an error reaches its destination.
 ///
 /// # Safety
 /// As [`ErrorImpl::propagate`].
@@ -168,7 +168,9 @@ unsafe fn handle(errp: *mut *mut sys::Error, err: QError) {
         std::process::abort();
     }
     // SAFETY: as above.
-    unsafe { *errp = err.into_raw() };
+    unsafe {
+        *errp = err.into_raw();
+    }
 }
 
 /// Sets `*errp` from a `Result`: `Ok(v)` gives `Some(v)`, `Err` is stored
@@ -181,7 +183,9 @@ pub(crate) unsafe fn ok_or_set<T>(r: Result<T, QError>, errp: *mut *mut sys::Err
         Ok(v) => Some(v),
         Err(e) => {
             // SAFETY: forwarded from the caller.
-            unsafe { e.propagate(errp) };
+            unsafe {
+                e.propagate(errp);
+            }
             None
         }
     }
@@ -225,7 +229,9 @@ pub unsafe extern "C" fn compat_error_set(
     // SAFETY: msg is a NUL-terminated g_malloc'ed string we own.
     let text = unsafe { CStr::from_ptr(msg) }.to_owned();
     // SAFETY: we own msg and are done with it.
-    unsafe { sys::g_free(msg.cast()) };
+    unsafe {
+        sys::g_free(msg.cast());
+    }
     if errp.is_null() {
         return;
     }
@@ -233,14 +239,16 @@ pub unsafe extern "C" fn compat_error_set(
         msg: text,
         // SAFETY: src/func are NULL or NUL-terminated (caller's contract).
         src: unsafe { cstr(src) }
-            .map(|s| s.into_owned())
+            .map(std::borrow::Cow::into_owned)
             .unwrap_or_default(),
         line: line.max(0) as u32,
         // SAFETY: as above.
-        func: unsafe { cstr(func) }.map(|s| s.into_owned()),
+        func: unsafe { cstr(func) }.map(std::borrow::Cow::into_owned),
     });
     // SAFETY: errp validity is the caller's contract.
-    unsafe { handle(errp, err) };
+    unsafe {
+        handle(errp, err);
+    }
 }
 
 /// Called by `error_report()`.
@@ -254,7 +262,9 @@ pub unsafe extern "C" fn compat_report(level: *const c_char, msg: *mut c_char) {
     let (level, text) = unsafe { (cstr(level), cstr(msg)) };
     print_line(level.as_deref(), text.as_deref().unwrap_or(""));
     // SAFETY: we own msg and are done with it.
-    unsafe { sys::g_free(msg.cast()) };
+    unsafe {
+        sys::g_free(msg.cast());
+    }
 }
 
 /// # Safety
@@ -288,7 +298,9 @@ pub unsafe extern "C" fn error_propagate(
         return;
     }
     // SAFETY: as above.
-    unsafe { handle(dst_errp, err) };
+    unsafe {
+        handle(dst_errp, err);
+    }
 }
 
 /// # Safety
@@ -377,7 +389,9 @@ mod tests {
         }
         assert_eq!(pretty(dst), "first");
         // SAFETY: dst is live.
-        unsafe { error_free(dst) };
+        unsafe {
+            error_free(dst);
+        }
     }
 
     #[test]
@@ -421,7 +435,9 @@ mod tests {
     fn error_fatal_in_child() {
         if in_child() {
             // SAFETY: &error_fatal is a valid destination.
-            unsafe { ErrorImpl::new("fatal one").propagate(addr_of_mut!(error_fatal)) };
+            unsafe {
+                ErrorImpl::new("fatal one").propagate(addr_of_mut!(error_fatal));
+            }
             return;
         }
         let out = run_child("error::tests::error_fatal_in_child");

@@ -11,15 +11,15 @@
 //!    C shims reach through QEMU's static inlines;
 //! 2. what a QEMU-style C program that uses the listener calls, as the C
 //!    tests, the example and the benchmarks here do: the main loop and
-//!    AioContext (`qemu_init_main_loop`, `aio_poll`, fd handlers, one-shot
-//!    BHs, timers), IOThread (the helper of QEMU's unit tests), channels'
+//!    `AioContext` (`qemu_init_main_loop`, `aio_poll`, fd handlers, one-shot
+//!    BHs, timers), `IOThread` (the helper of QEMU's unit tests), channels'
 //!    read and write, `Error` and `error_report`, `SocketAddress` parsing,
 //!    QOM references, casts and properties as the listener's tests use
 //!    them.
 //!
 //! Each function has QEMU's name and signature, and QEMU's behaviour for
-//! what those callers do, real sockets, real GLib sources and a real
-//! AioContext loop included: it is not a mock.  `libqemucompat.map` lists
+//! what those callers do, real sockets, real `GLib` sources and a real
+//! `AioContext` loop included: it is not a mock.  `libqemucompat.map` lists
 //! the exports (75); `scripts/check-compat-exports.sh` (meson test
 //! `compat-exports`) fails when the library exports anything else or when
 //! an export has no user among the above, and
@@ -31,10 +31,10 @@
 //!
 //! [`sys`] (bindgen's view of the compat headers) and `util`; [`error`];
 //! `visitor` (the scalar visits property accessors make); `qom` (types,
-//! properties, instances); `aio` (the AioContext, its BHs, timers and
+//! properties, instances); `aio` (the `AioContext`, its BHs, timers and
 //! threads); `address` (`SocketAddress`, resolver, sockets); `channel`
-//! (`QIOChannelSocket`, its GSource watches and AioContext handlers);
-//! `main_loop` (the main context, IOThread).  A module uses only modules
+//! (`QIOChannelSocket`, its `GSource` watches and `AioContext` handlers);
+//! `main_loop` (the main context, `IOThread`).  A module uses only modules
 //! before it in this list, by Rust path or by C name through [`sys`]; each
 //! QOM type registers itself (`type_init!`), so the object model knows
 //! nothing of the types above it.
@@ -58,10 +58,10 @@ mod channel;
 mod aio;
 mod main_loop;
 
-/// A new AioContext of its own, for Rust programs that link the host as a
+/// A new `AioContext` of its own, for Rust programs that link the host as a
 /// crate (the fuzz harness polls one without blocking).  Not a C export:
-/// no C program of the contract makes an AioContext other than through an
-/// IOThread.
+/// no C program of the contract makes an `AioContext` other than through an
+/// `IOThread`.
 ///
 /// # Safety
 /// `errp` is NULL or a valid `Error **` (QEMU's conventions).

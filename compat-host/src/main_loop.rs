@@ -1,10 +1,10 @@
-//! QEMU's main loop (`qemu/main-loop.h`) and the IOThread helper of
-//! QEMU's unit tests (`iothread.h`), on top of the AioContext (`aio`).
+//! QEMU's main loop (`qemu/main-loop.h`) and the `IOThread` helper of
+//! QEMU's unit tests (`iothread.h`), on top of the `AioContext` (`aio`).
 //!
 //! `qemu_init_main_loop()` makes the calling thread the main thread and
-//! creates the main AioContext, whose GSource it attaches to GLib's default
-//! `GMainContext`: iterating that context (`g_main_loop_run`) also runs the AioContext, while `AIO_WAIT_WHILE` in
-//! the main thread runs only the AioContext, as in QEMU.  Before
+//! creates the main `AioContext`, whose `GSource` it attaches to `GLib`'s default
+//! `GMainContext`: iterating that context (`g_main_loop_run`) also runs the `AioContext`, while `AIO_WAIT_WHILE` in
+//! the main thread runs only the `AioContext`, as in QEMU.  Before
 //! `qemu_init_main_loop()`, `qemu_get_aio_context()` is NULL (as the header
 //! promises): programs and tests call it first, once, from the thread they
 //! want as main thread.
@@ -23,7 +23,9 @@ static INIT: Mutex<()> = Mutex::new(());
 /// `errp` is NULL or a valid `Error **` (QEMU's conventions).
 #[no_mangle]
 pub unsafe extern "C" fn qemu_init_main_loop(errp: *mut *mut sys::Error) -> i32 {
-    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = INIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !main_context().is_null() {
         return 0;
     }
@@ -67,7 +69,7 @@ pub extern "C" fn iothread_new() -> *mut sys::IOThread {
 ///
 /// # Safety
 /// `iothread` came from [`iothread_new`], is joined once and not used
-/// afterwards; not called from the IOThread itself.
+/// afterwards; not called from the `IOThread` itself.
 #[no_mangle]
 pub unsafe extern "C" fn iothread_join(iothread: *mut sys::IOThread) {
     if !iothread.is_null() {
@@ -105,7 +107,9 @@ mod tests {
 
     unsafe extern "C" fn bump(opaque: *mut c_void) {
         // SAFETY: the tests pass an AtomicUsize that outlives the callback.
-        unsafe { (*(opaque as *const AtomicUsize)).fetch_add(1, Ordering::SeqCst) };
+        unsafe {
+            (*(opaque as *const AtomicUsize)).fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     struct SendPtr(*mut sys::AioContext, *const AtomicUsize);
@@ -127,9 +131,7 @@ mod tests {
         assert_eq!(qemu_get_current_aio_context(), main);
         // SAFETY: the main context lives forever.
         assert!(unsafe { in_aio_context_home_thread(main) });
-        let other = SendPtr(main, ptr::null());
         thread::spawn(move || {
-            let _other = other;
             assert!(!in_main_thread());
             assert!(qemu_get_current_aio_context().is_null());
         })
@@ -149,7 +151,9 @@ mod tests {
             )
         };
         // SAFETY: fresh timer.
-        unsafe { timer_mod(watchdog, qemu_clock_ms() + 5000) };
+        unsafe {
+            timer_mod(watchdog, qemu_clock_ms() + 5000);
+        }
         let start = Instant::now();
 
         // A BH from another thread wakes a blocking GLib iteration.
@@ -161,8 +165,8 @@ mod tests {
             // SAFETY: main lives forever; `ran` outlives the BH (the test
             // waits until it ran).
             unsafe {
-                aio_bh_schedule_oneshot_full(sp.0, Some(bump), sp.1 as *mut c_void, ptr::null())
-            };
+                aio_bh_schedule_oneshot_full(sp.0, Some(bump), sp.1 as *mut c_void, ptr::null());
+            }
         });
         while ran.load(Ordering::SeqCst) == 0 {
             iterate_default_context();
@@ -191,17 +195,23 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(5));
         }
         // SAFETY: as above.
-        unsafe { aio_set_fd_handler(main, r.as_raw_fd(), None, None, None, None, ptr::null_mut()) };
+        unsafe {
+            aio_set_fd_handler(main, r.as_raw_fd(), None, None, None, None, ptr::null_mut());
+        }
 
         // SAFETY: our timer.
-        unsafe { timer_free(watchdog) };
+        unsafe {
+            timer_free(watchdog);
+        }
         assert_eq!(never.load(Ordering::SeqCst), 0);
     }
 
-    /// One blocking iteration of GLib's default context.
+    /// One blocking iteration of `GLib`'s default context.
     fn iterate_default_context() {
         // SAFETY: the default context may be iterated by any thread.
-        unsafe { glib_sys::g_main_context_iteration(ptr::null_mut(), 1) };
+        unsafe {
+            glib_sys::g_main_context_iteration(ptr::null_mut(), 1);
+        }
     }
 
     fn qemu_clock_ms() -> i64 {
@@ -232,8 +242,8 @@ mod tests {
                 Some(check_current),
                 &seen as *const AtomicUsize as *mut c_void,
                 ptr::null(),
-            )
-        };
+            );
+        }
         let start = Instant::now();
         while seen.load(Ordering::SeqCst) == 0 {
             assert!(start.elapsed() < Duration::from_secs(5));
@@ -243,7 +253,9 @@ mod tests {
         // SAFETY: as above; not this thread's context.
         assert!(!unsafe { in_aio_context_home_thread(ctx) });
         // SAFETY: joined once.
-        unsafe { iothread_join(it) };
+        unsafe {
+            iothread_join(it);
+        }
     }
 
     fn open_fds() -> usize {

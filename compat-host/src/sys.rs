@@ -1,5 +1,5 @@
 //! The compat host's C headers as bindgen sees them (generated; never
-//! edited), with GLib's part from glib-sys.  Functions declared here are the ones this crate itself
+//! edited), with `GLib`'s part from glib-sys.  Functions declared here are the ones this crate itself
 //! exports; declaring them lets one module call another's export by its C
 //! name, exactly as C code does.
 #![allow(
@@ -9,6 +9,7 @@
     dead_code,
     unsafe_op_in_unsafe_fn,
     clippy::all,
+    clippy::pedantic,
     clippy::undocumented_unsafe_blocks,
     clippy::missing_safety_doc
 )]

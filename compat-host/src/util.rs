@@ -21,16 +21,16 @@ pub fn g_strdup_bytes(b: &[u8]) -> *mut c_char {
     // SAFETY: g_malloc never returns NULL (it aborts); we write len bytes
     // plus the terminator into the len + 1 bytes it returned.
     unsafe {
-        let p = sys::g_malloc(len + 1) as *mut u8;
+        let p = sys::g_malloc(len + 1).cast::<u8>();
         std::ptr::copy_nonoverlapping(b.as_ptr(), p, len);
         *p.add(len) = 0;
-        p as *mut c_char
+        p.cast::<c_char>()
     }
 }
 
-/// A new GSource of the `#[repr(C)]` type `T` (whose first field is the
-/// `GSource`, the rest zero-filled by GLib), named `name`, that polls `fd`
-/// for `condition`: the AioContext's and the channel watches' shape.
+/// A new `GSource` of the `#[repr(C)]` type `T` (whose first field is the
+/// `GSource`, the rest zero-filled by `GLib`), named `name`, that polls `fd`
+/// for `condition`: the `AioContext`'s and the channel watches' shape.
 /// Returns the source and the tag of its fd.
 ///
 /// # Safety
@@ -45,7 +45,12 @@ pub unsafe fn new_fd_source<T>(
     // SAFETY: GLib only reads `funcs` (the pointer is `*mut` for
     // historical reasons) and it lives forever; the size covers T, which
     // starts with the GSource header (caller's contract).
-    let source = unsafe { sys::g_source_new(ptr::from_ref(funcs).cast_mut(), size_of::<T>() as _) };
+    let source = unsafe {
+        sys::g_source_new(
+            ptr::from_ref(funcs).cast_mut(),
+            size_of::<T>() as sys::guint,
+        )
+    };
     // SAFETY: a fresh source nobody else sees yet.
     let tag = unsafe {
         sys::g_source_set_name(source, name.as_ptr());
@@ -109,7 +114,7 @@ pub mod testing {
 
     /// Runs the single test `name` of this test binary in a new process
     /// (where [`in_child`] is true), for behaviour that ends the process
-    /// (abort, exit).  A fresh process instead of fork(), because a forked
+    /// (abort, exit).  A fresh process instead of `fork()`, because a forked
     /// child of the multi-threaded harness can inherit held locks.
     pub fn run_child(name: &str) -> Output {
         Command::new(std::env::current_exe().expect("test binary path"))

@@ -1,11 +1,11 @@
 //! The scalar visitors of qapi/visitor.h, as property accessors use them.
 //!
-//! QEMU moves a property's value through a QObject: the getter visits it
-//! into a QObject output visitor, the setter reads it from a QObject input
+//! QEMU moves a property's value through a `QObject`: the getter visits it
+//! into a `QObject` output visitor, the setter reads it from a `QObject` input
 //! visitor, and `object_property_get_uint()` and friends convert between
-//! the QObject and a C scalar.  Here the QObject is a [`Scalar`], and a
+//! the `QObject` and a C scalar.  Here the `QObject` is a [`Scalar`], and a
 //! visitor is an input (one scalar to hand out, as often as asked, like a
-//! QObject input visitor at its root) or an output (room for one scalar).
+//! `QObject` input visitor at its root) or an output (room for one scalar).
 //! The conversions and error messages are those of QEMU 10.2's
 //! `qobject-input-visitor.c` and `qapi-visit-core.c`.
 
@@ -21,9 +21,9 @@ use crate::{
 };
 
 /// A value in transit between a property accessor and its caller (QEMU's
-/// QNum, QBool and QString).
+/// `QNum`, `QBool` and `QString`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Scalar {
+pub enum Scalar {
     Int(i64),
     Uint(u64),
     Bool(bool),
@@ -31,7 +31,7 @@ pub(crate) enum Scalar {
 }
 
 impl Scalar {
-    /// QEMU's qnum_get_try_uint().
+    /// QEMU's `qnum_get_try_uint()`.
     pub(crate) fn as_uint(&self) -> Option<u64> {
         match *self {
             Scalar::Uint(u) => Some(u),
@@ -40,7 +40,7 @@ impl Scalar {
         }
     }
 
-    /// QEMU's qnum_get_try_int().
+    /// QEMU's `qnum_get_try_int()`.
     pub(crate) fn as_int(&self) -> Option<i64> {
         match *self {
             Scalar::Int(i) => Some(i),
@@ -51,7 +51,7 @@ impl Scalar {
 }
 
 /// What a C `Visitor *` points to.
-pub(crate) enum VisitorImpl {
+pub enum VisitorImpl {
     Input(Scalar),
     Output(Option<Scalar>),
 }
@@ -88,13 +88,13 @@ unsafe fn visitor<'a>(v: *mut sys::Visitor) -> &'a mut VisitorImpl {
     unsafe { &mut *v.cast::<VisitorImpl>() }
 }
 
-/// QEMU's full_name() at the root of an input visit.
+/// QEMU's `full_name()` at the root of an input visit.
 ///
 /// # Safety
 /// `name` is NULL or NUL-terminated.
 unsafe fn full_name(name: *const c_char) -> String {
     // SAFETY: caller's contract.
-    unsafe { cstr(name) }.map_or_else(|| "<anonymous>".to_owned(), |n| n.into_owned())
+    unsafe { cstr(name) }.map_or_else(|| "<anonymous>".to_owned(), std::borrow::Cow::into_owned)
 }
 
 fn wrong_type(name: &str, expected: &str) -> QError {
@@ -103,7 +103,7 @@ fn wrong_type(name: &str, expected: &str) -> QError {
     ))
 }
 
-/// QERR_INVALID_PARAMETER_VALUE.
+/// `QERR_INVALID_PARAMETER_VALUE`.
 fn bad_value(name: &str, expects: &str) -> QError {
     ErrorImpl::new(format!("Parameter '{name}' expects {expects}"))
 }
@@ -132,18 +132,22 @@ unsafe fn finish<T>(r: Result<T, QError>, obj: *mut T, errp: *mut *mut sys::Erro
     match r {
         Ok(x) => {
             // SAFETY: caller's contract.
-            unsafe { *obj = x };
+            unsafe {
+                *obj = x;
+            }
             true
         }
         Err(e) => {
             // SAFETY: caller's contract.
-            unsafe { e.propagate(errp) };
+            unsafe {
+                e.propagate(errp);
+            }
             false
         }
     }
 }
 
-/// QEMU's qobject_input_type_uint64(): negative integers are accepted
+/// QEMU's `qobject_input_type_uint64()`: negative integers are accepted
 /// (and wrap) for backward compatibility.
 fn input_uint64(s: &Scalar, name: &str) -> Result<u64, QError> {
     match *s {
@@ -159,10 +163,10 @@ fn input_int64(s: &Scalar, name: &str) -> Result<i64, QError> {
 
 /// An integer type of the visits, and how it travels as a [`Scalar`].
 trait VisitInt: Copy {
-    /// QEMU's name of the type in range errors ("uint8_t").
+    /// QEMU's name of the type in range errors ("`uint8_t`").
     const RANGE: &'static str;
     fn to_scalar(self) -> Scalar;
-    /// QEMU's 64-bit input visit (type_uint64 or type_int64), then the
+    /// QEMU's 64-bit input visit (`type_uint64` or `type_int64`), then the
     /// value if it fits the type.
     fn from_scalar(s: &Scalar, full_name: &str) -> Result<Option<Self>, QError>;
 }
@@ -185,7 +189,7 @@ visit_int_impl!(input_uint64, Uint: u8 => "uint8_t", u64 => "uint64");
 visit_int_impl!(input_int64, Int: i64 => "int64");
 
 /// Every integer visit: a 64-bit visit, then (input only) QEMU's range
-/// check of visit_type_uintN/intN, whose error names the field by its bare
+/// check of `visit_type_uintN/intN`, whose error names the field by its bare
 /// name.
 ///
 /// # Safety
@@ -208,7 +212,8 @@ unsafe fn visit_int<T: VisitInt>(
     let r = T::from_scalar(&input, &unsafe { full_name(name) }).and_then(|x| {
         x.ok_or_else(|| {
             // SAFETY: as above.
-            let n = unsafe { cstr(name) }.map_or_else(|| "null".to_owned(), |n| n.into_owned());
+            let n = unsafe { cstr(name) }
+                .map_or_else(|| "null".to_owned(), std::borrow::Cow::into_owned);
             bad_value(&n, T::RANGE)
         })
     });
@@ -242,12 +247,12 @@ visit_fns! {
     #[no_mangle]
     pub visit_type_int64: i64;
     // Not exported: only object_property_add_uint8_ptr() uses it.
-    pub(crate) visit_type_uint8: u8;
+    pub visit_type_uint8: u8;
 }
 
 /// # Safety
 /// As the integer visits.
-pub(crate) unsafe fn visit_type_bool(
+pub unsafe fn visit_type_bool(
     v: *mut sys::Visitor,
     name: *const c_char,
     obj: *mut bool,
@@ -271,7 +276,7 @@ pub(crate) unsafe fn visit_type_bool(
 
 /// # Safety
 /// As the integer visits; for output, `*obj` is NULL or NUL-terminated.
-pub(crate) unsafe fn visit_type_str(
+pub unsafe fn visit_type_str(
     v: *mut sys::Visitor,
     name: *const c_char,
     obj: *mut *mut c_char,
@@ -294,7 +299,9 @@ pub(crate) unsafe fn visit_type_str(
     };
     if r.is_err() {
         // SAFETY: caller's contract.
-        unsafe { *obj = std::ptr::null_mut() };
+        unsafe {
+            *obj = std::ptr::null_mut();
+        }
     }
     // SAFETY: caller's contract.
     unsafe { finish(r, obj, errp) }
@@ -329,24 +336,36 @@ mod tests {
 
     #[test]
     fn output_records_one_value() {
-        let mut v = VisitorImpl::Output(None);
-        let mut x: u64 = 700;
-        // SAFETY: a live visitor and value; errp NULL.
-        assert!(unsafe { visit_type_uint64(v.as_ptr(), c"x".as_ptr(), &mut x, ptr::null_mut()) });
-        assert_eq!(x, 700, "output visits leave the value alone");
-        assert_eq!(v.into_output(), Some(Scalar::Uint(700)));
+        {
+            let mut v = VisitorImpl::Output(None);
+            let mut x: u64 = 700;
+            // SAFETY: a live visitor and value; errp NULL.
+            assert!(unsafe {
+                visit_type_uint64(v.as_ptr(), c"x".as_ptr(), &mut x, ptr::null_mut())
+            });
+            assert_eq!(x, 700, "output visits leave the value alone");
+            assert_eq!(v.into_output(), Some(Scalar::Uint(700)));
+        }
 
-        let mut v = VisitorImpl::Output(None);
-        let mut i: i64 = -3;
-        // SAFETY: as above.
-        unsafe { visit_type_int64(v.as_ptr(), ptr::null(), &mut i, ptr::null_mut()) };
-        assert_eq!(v.into_output(), Some(Scalar::Int(-3)));
+        {
+            let mut v = VisitorImpl::Output(None);
+            let mut i: i64 = -3;
+            // SAFETY: as above.
+            unsafe {
+                visit_type_int64(v.as_ptr(), ptr::null(), &mut i, ptr::null_mut());
+            }
+            assert_eq!(v.into_output(), Some(Scalar::Int(-3)));
+        }
 
-        let mut v = VisitorImpl::Output(None);
-        let mut s: *mut c_char = ptr::null_mut();
-        // SAFETY: as above; NULL records "".
-        unsafe { visit_type_str(v.as_ptr(), c"s".as_ptr(), &mut s, ptr::null_mut()) };
-        assert_eq!(v.into_output(), Some(Scalar::Str(CString::default())));
+        {
+            let mut v = VisitorImpl::Output(None);
+            let mut s: *mut c_char = ptr::null_mut();
+            // SAFETY: as above; NULL records "".
+            unsafe {
+                visit_type_str(v.as_ptr(), c"s".as_ptr(), &mut s, ptr::null_mut());
+            }
+            assert_eq!(v.into_output(), Some(Scalar::Str(CString::default())));
+        }
     }
 
     #[test]
@@ -354,91 +373,102 @@ mod tests {
         let mut err: *mut sys::Error = ptr::null_mut();
         // SAFETY: (whole test) live visitors and values, a valid errp.
         unsafe {
-            let mut v = VisitorImpl::Input(Scalar::Int(-1));
-            let mut u: u64 = 0;
-            assert!(visit_type_uint64(
-                v.as_ptr(),
-                c"p".as_ptr(),
-                &mut u,
-                &mut err
-            ));
-            assert_eq!(u, u64::MAX, "negative numbers wrap, as QEMU accepts them");
-            // The root value can be visited again.
-            let mut i: i64 = 0;
-            assert!(visit_type_int64(
-                v.as_ptr(),
-                c"p".as_ptr(),
-                &mut i,
-                &mut err
-            ));
-            assert_eq!(i, -1);
+            {
+                let mut v = VisitorImpl::Input(Scalar::Int(-1));
+                let mut u: u64 = 0;
+                assert!(visit_type_uint64(
+                    v.as_ptr(),
+                    c"p".as_ptr(),
+                    &mut u,
+                    &mut err
+                ));
+                assert_eq!(u, u64::MAX, "negative numbers wrap, as QEMU accepts them");
+                // The root value can be visited again.
+                let mut i: i64 = 0;
+                assert!(visit_type_int64(
+                    v.as_ptr(),
+                    c"p".as_ptr(),
+                    &mut i,
+                    &mut err
+                ));
+                assert_eq!(i, -1);
+            }
 
-            let mut v = VisitorImpl::Input(Scalar::Uint(300));
-            let mut b8: u8 = 9;
-            assert!(!visit_type_uint8(
-                v.as_ptr(),
-                c"p".as_ptr(),
-                &mut b8,
-                &mut err
-            ));
-            assert_eq!(b8, 9);
-            assert_eq!(take_err(&mut err), "Parameter 'p' expects uint8_t");
-            assert!(!visit_type_uint8(
-                v.as_ptr(),
-                ptr::null(),
-                &mut b8,
-                &mut err
-            ));
-            assert_eq!(take_err(&mut err), "Parameter 'null' expects uint8_t");
+            {
+                let mut v = VisitorImpl::Input(Scalar::Uint(300));
+                let mut b8: u8 = 9;
+                assert!(!visit_type_uint8(
+                    v.as_ptr(),
+                    c"p".as_ptr(),
+                    &mut b8,
+                    &mut err
+                ));
+                assert_eq!(b8, 9);
+                assert_eq!(take_err(&mut err), "Parameter 'p' expects uint8_t");
+                assert!(!visit_type_uint8(
+                    v.as_ptr(),
+                    ptr::null(),
+                    &mut b8,
+                    &mut err
+                ));
+                assert_eq!(take_err(&mut err), "Parameter 'null' expects uint8_t");
+            }
 
-            let mut v = VisitorImpl::Input(Scalar::Uint(u64::MAX));
-            let mut i: i64 = 0;
-            assert!(!visit_type_int64(
-                v.as_ptr(),
-                c"p".as_ptr(),
-                &mut i,
-                &mut err
-            ));
-            assert_eq!(
-                take_err(&mut err),
-                "Invalid parameter type for 'p', expected: integer"
-            );
+            {
+                let mut v = VisitorImpl::Input(Scalar::Uint(u64::MAX));
+                let mut i: i64 = 0;
+                assert!(!visit_type_int64(
+                    v.as_ptr(),
+                    c"p".as_ptr(),
+                    &mut i,
+                    &mut err
+                ));
+                assert_eq!(
+                    take_err(&mut err),
+                    "Invalid parameter type for 'p', expected: integer"
+                );
+            }
 
-            let mut v = VisitorImpl::Input(Scalar::Bool(true));
-            let mut u: u64 = 0;
-            assert!(!visit_type_uint64(
-                v.as_ptr(),
-                c"p".as_ptr(),
-                &mut u,
-                &mut err
-            ));
-            assert_eq!(take_err(&mut err), "Parameter 'p' expects uint64");
-            let mut s: *mut c_char = c"junk".as_ptr().cast_mut();
-            assert!(!visit_type_str(v.as_ptr(), ptr::null(), &mut s, &mut err));
-            assert!(s.is_null(), "a failed string visit sets NULL");
-            assert_eq!(
-                take_err(&mut err),
-                "Invalid parameter type for '<anonymous>', expected: string"
-            );
-            let mut b = false;
-            assert!(visit_type_bool(v.as_ptr(), c"p".as_ptr(), &mut b, &mut err));
-            assert!(b);
+            {
+                let mut v = VisitorImpl::Input(Scalar::Bool(true));
+                let mut u: u64 = 0;
+                assert!(!visit_type_uint64(
+                    v.as_ptr(),
+                    c"p".as_ptr(),
+                    &mut u,
+                    &mut err
+                ));
+                assert_eq!(take_err(&mut err), "Parameter 'p' expects uint64");
+                let mut s: *mut c_char = c"junk".as_ptr().cast_mut();
+                assert!(!visit_type_str(v.as_ptr(), ptr::null(), &mut s, &mut err));
+                assert!(s.is_null(), "a failed string visit sets NULL");
+                assert_eq!(
+                    take_err(&mut err),
+                    "Invalid parameter type for '<anonymous>', expected: string"
+                );
+                let mut b = false;
+                assert!(visit_type_bool(v.as_ptr(), c"p".as_ptr(), &mut b, &mut err));
+                assert!(b);
+            }
 
-            let mut v = VisitorImpl::Input(Scalar::Str(c"hi".to_owned()));
-            assert!(!visit_type_bool(
-                v.as_ptr(),
-                c"p".as_ptr(),
-                &mut b,
-                &mut err
-            ));
-            assert_eq!(
-                take_err(&mut err),
-                "Invalid parameter type for 'p', expected: boolean"
-            );
-            let mut s: *mut c_char = ptr::null_mut();
-            assert!(visit_type_str(v.as_ptr(), c"p".as_ptr(), &mut s, &mut err));
-            assert_eq!(CStr::from_ptr(s).to_str().unwrap(), "hi");
-            sys::g_free(s.cast());
+            {
+                let mut v = VisitorImpl::Input(Scalar::Str(c"hi".to_owned()));
+                let mut b = true;
+                assert!(!visit_type_bool(
+                    v.as_ptr(),
+                    c"p".as_ptr(),
+                    &mut b,
+                    &mut err
+                ));
+                assert_eq!(
+                    take_err(&mut err),
+                    "Invalid parameter type for 'p', expected: boolean"
+                );
+                let mut s: *mut c_char = ptr::null_mut();
+                assert!(visit_type_str(v.as_ptr(), c"p".as_ptr(), &mut s, &mut err));
+                assert_eq!(CStr::from_ptr(s).to_str().unwrap(), "hi");
+                sys::g_free(s.cast());
+            }
         }
         assert!(err.is_null());
     }

@@ -3,11 +3,11 @@
 //!
 //! Production uses one implementation, `QemuHost` (the `qio-net-listener`
 //! crate, `src/qemu/`): QEMU's C API
-//! (QOM, `QIOChannelSocket`, GSource watches, AioContext fd handlers, bottom
+//! (QOM, `QIOChannelSocket`, `GSource` watches, `AioContext` fd handlers, bottom
 //! halves and timers, `Error`), provided either by real QEMU or by the
 //! standalone compat host, chosen at link time.  Tests also run the state
 //! machine on a deterministic simulated host (`tests/sim/`), which models
-//! GSource and AioContext dispatch, nested polls, bottom halves, timers on a
+//! `GSource` and `AioContext` dispatch, nested polls, bottom halves, timers on a
 //! virtual clock, accept queues and fd exhaustion, and fd numbers (reused
 //! lowest first, as the kernel does: any use of a closed or reused number
 //! is a violation), and checks every handle it gives out.
@@ -20,30 +20,30 @@
 //!   handler runs a nested loop (`aio_poll`, `AIO_WAIT_WHILE`,
 //!   `g_main_context_iteration`) in which the host's own release of the
 //!   handler would otherwise run.  It is released once, after no call of it
-//!   can still be running.  (GLib gives this for GSource callback data; for
-//!   AioContext fd handlers and timers, `QemuHost` takes a reference for each
+//!   can still be running.  (`GLib` gives this for `GSource` callback data; for
+//!   `AioContext` fd handlers and timers, `QemuHost` takes a reference for each
 //!   dispatch.)
 //! - **Dropping a watch stops new dispatches at once** for that socket; an
-//!   AioContext watch must be dropped before a new handler for the same fd
+//!   `AioContext` watch must be dropped before a new handler for the same fd
 //!   is installed (handlers are keyed by fd), which the state machine does
-//!   under its lock.  Dropping an AioContext watch or timer never calls
-//!   back synchronously; dropping a GSource watch or timer may release its
+//!   under its lock.  Dropping an `AioContext` watch or timer never calls
+//!   back synchronously; dropping a `GSource` watch or timer may release its
 //!   handler at once, so the state machine drops those after unlocking.
-//! - **A GSource watch's handler is never re-entered**, as with GLib's
+//! - **A `GSource` watch's handler is never re-entered**, as with `GLib`'s
 //!   default: a loop nested in its dispatch (on the same context) does
 //!   not call it again and does not spin on its still-readable socket,
 //!   and the watch serves the socket again once the dispatch returns.
-//!   (GLib gives this by blocking the source during every dispatch;
-//!   `QemuHost`'s GSource watches pay for it only when a nested loop
-//!   finds the socket readable, see its `SourceWatch`.)  An AioContext
+//!   (`GLib` gives this by blocking the source during every dispatch;
+//!   `QemuHost`'s `GSource` watches pay for it only when a nested loop
+//!   finds the socket readable, see its `SourceWatch`.)  An `AioContext`
 //!   fd handler may be re-entered by a nested `aio_poll`, as in QEMU.
 //! - **The handler owns what it uses**: every handler holds strong
 //!   references (the listener [`Host::Owner`], the registration, the
 //!   channel) so that "alive during dispatch" covers all of them.
 //! - **A destroyed watch's fd is not the host's to use.**  Once dropping a
 //!   watch has returned, the host neither dispatches it nor acts on what a
-//!   poll of its fd that was already under way reports (GLib and QEMU's
-//!   AioContext discard such results when their poll set changed), so the
+//!   poll of its fd that was already under way reports (`GLib` and QEMU's
+//!   `AioContext` discard such results when their poll set changed), so the
 //!   listener may close the fd and the kernel may reuse its number.
 //!
 //! This module knows nothing of the listener: the state machine
@@ -53,10 +53,10 @@ use std::{ffi::CStr, fmt::Debug};
 
 /// What a watch calls when its listening socket is readable.
 pub trait ReadyHandler<H: Host>: Send + Sync + 'static {
-    /// Returns whether the watch still serves.  A GSource watch that no
+    /// Returns whether the watch still serves.  A `GSource` watch that no
     /// longer does removes itself at once (`G_SOURCE_REMOVE`) rather than
     /// stay ready, and dispatched in vain, until whoever replaced it gets
-    /// to destroy it; an AioContext watch ignores it (its handler is
+    /// to destroy it; an `AioContext` watch ignores it (its handler is
     /// removed under the listener's lock).
     fn ready(&self, channel: &H::Channel) -> bool;
 }
@@ -81,7 +81,7 @@ pub trait SocketChannel: Clone + Send + Sync + 'static {
     /// releasing its fd: an `accept()` blocked on it returns.
     fn shutdown(&self);
     fn set_name(&self, name: &CStr);
-    /// Makes accept() return at once when nothing is pending.
+    /// Makes `accept()` return at once when nothing is pending.
     fn set_nonblocking(&self) -> bool;
 }
 
@@ -123,13 +123,13 @@ pub trait Host: Sized + 'static {
     /// `crate::listener::ListenerHost` for the way to the listener.
     type Owner: Clone + Send + Sync + 'static;
     type Client: ClientCallback<Self>;
-    /// A GMainContext (the host's "default" value included).
+    /// A `GMainContext` (the host's "default" value included).
     type GlibCtx: Copy + Eq + Send + Sync + Debug + 'static;
-    /// An AioContext.
+    /// An `AioContext`.
     type AioCtx: Copy + Eq + Send + Sync + Debug + 'static;
-    /// A GSource watch; dropping it destroys the source.
+    /// A `GSource` watch; dropping it destroys the source.
     type SourceWatch: Send;
-    /// An AioContext fd handler; dropping it removes the handler.
+    /// An `AioContext` fd handler; dropping it removes the handler.
     type AioWatch: Send;
     /// A one-shot timer; dropping it cancels the timer.
     type Timer: Send;
@@ -147,7 +147,7 @@ pub trait Host: Sized + 'static {
         backlog: i32,
         err: Option<&mut Self::Error>,
     ) -> bool;
-    /// Watches `channel` for clients through a GSource on `ctx`.
+    /// Watches `channel` for clients through a `GSource` on `ctx`.
     fn watch_source<R: ReadyHandler<Self>>(
         channel: &Self::Channel,
         ctx: Self::GlibCtx,
@@ -159,9 +159,9 @@ pub trait Host: Sized + 'static {
         ctx: Self::AioCtx,
         handler: R,
     ) -> Self::AioWatch;
-    /// A one-shot timer on `ctx` (a GLib timeout source).
+    /// A one-shot timer on `ctx` (a `GLib` timeout source).
     fn timer_glib<T: TimerHandler>(ctx: Self::GlibCtx, ms: u32, handler: T) -> Self::Timer;
-    /// A one-shot timer on `ctx` (a QEMUTimer, so it also fires inside
+    /// A one-shot timer on `ctx` (a `QEMUTimer`, so it also fires inside
     /// nested `aio_poll` loops).
     fn timer_aio<T: TimerHandler>(ctx: Self::AioCtx, ms: u32, handler: T) -> Self::Timer;
     /// Reports an internal problem (QEMU's `error_report`).

@@ -1,4 +1,4 @@
-//! QIONetListener's state machine, written against a host interface, on
+//! `QIONetListener`'s state machine, written against a host interface, on
 //! `std` alone.
 //!
 //! - [`host`]: the host boundary, the [`host::Host`] interface and the
@@ -12,7 +12,7 @@
 //! - [`sync`]: its locks and atomics (shuttle's under the `shuttle`
 //!   feature, for model checking).
 //!
-//! Nothing here needs bindgen, GLib or a C host: `cargo test -p
+//! Nothing here needs bindgen, `GLib` or a C host: `cargo test -p
 //! qio-net-listener-core` runs the simulated host, the model test and
 //! (with `--features shuttle`) shuttle on a machine that has only a Rust
 //! toolchain.

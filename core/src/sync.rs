@@ -20,5 +20,5 @@ pub use std::sync::{Arc, Weak};
 /// state half-updated in a way that matters more than refusing service
 /// forever would.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -1,8 +1,8 @@
 //! Model checking of the cross-thread paths with shuttle
 //! (`cargo test --features shuttle --test concurrency`): a dispatch thread
-//! (an IOThread running aio_poll on its AioContext, a thread iterating a
-//! GMainContext, or a wait_client in its own thread) against clear /
-//! replace / disconnect / the last unref / wait_client from another
+//! (an `IOThread` running `aio_poll` on its `AioContext`, a thread iterating a
+//! `GMainContext`, or a `wait_client` in its own thread) against clear /
+//! replace / disconnect / the last unref / `wait_client` from another
 //! thread, on the simulated host (tests/sim).  With the feature the state
 //! machine's locks and atomics are shuttle's (src/sync.rs) and so is the
 //! simulated world's lock, so shuttle decides every interleaving.  Each
@@ -17,26 +17,26 @@
 //! for each of the three dispatch threads, with clients queued, the main
 //! thread disconnects (or clears the callback and drops the last
 //! reference, so that finalize disconnects, in whichever thread lets go
-//! last: for wait_client that is its own thread once it returns) and at
+//! last: for `wait_client` that is its own thread once it returns) and at
 //! once opens an unrelated listening socket with a client queued: another
 //! service, which gets the lowest free fd number, the one just released
 //! (in every disconnect schedule; after the last unref, the one opened
 //! once finalize has run does).  No accept, poll or watch may act on a
 //! closed or reused number, no client of the unrelated socket may reach a
-//! callback or wait_client, and it must still have its client queued.
-//! Two more runs disconnect a socket left blocking (set_nonblocking
-//! failed), against the IOThread and against wait_client: the disconnect
+//! callback or `wait_client`, and it must still have its client queued.
+//! Two more runs disconnect a socket left blocking (`set_nonblocking`
+//! failed), against the `IOThread` and against `wait_client`: the disconnect
 //! then shuts the socket down when a use is in flight (about 5% and 2% of
 //! the schedules), and the sim's accept on it fails at once.
 //!
-//! Stale GSource watches, `shuttle_glib_replace_while_dispatching`: a
-//! GSource callback replaced twice while another thread iterates its
+//! Stale `GSource` watches, `shuttle_glib_replace_while_dispatching`: a
+//! `GSource` callback replaced twice while another thread iterates its
 //! context.  The old watch stays attached and ready between the
-//! listener's unlock and the g_source_destroy that follows; its dispatch
-//! meanwhile sees that it no longer serves and returns G_SOURCE_REMOVE
+//! listener's unlock and the `g_source_destroy` that follows; its dispatch
+//! meanwhile sees that it no longer serves and returns `G_SOURCE_REMOVE`
 //! (`ReadyHandler::ready` returns false), so each stale watch is
 //! dispatched at most once, which the test asserts, under PCT too.  (When
-//! it returned G_SOURCE_CONTINUE the iterating thread dispatched it again
+//! it returned `G_SOURCE_CONTINUE` the iterating thread dispatched it again
 //! and again, forever under PCT, which can starve the replacing thread:
 //! the sim used to yield after a dispatch that did nothing to hide that.)
 //!
@@ -50,44 +50,44 @@
 //! blocking waits), where DFS exhausts the "one dispatch against one
 //! operation" cases in 1 to 42,025 schedules (the disconnect ones are the
 //! large ones: the disconnect waits for the fd uses in flight), and the
-//! wait_client vs last unref one in 929; the other accept-in-flight cases
+//! `wait_client` vs last unref one in 929; the other accept-in-flight cases
 //! pass 30,000 DFS schedules without finishing, so they run random and
 //! PCT only.
 //! `-- --nocapture` prints the counts.
 //!
 //! Measured (2 shared cores, debug build): 24 scenarios, 48,000
 //! random/PCT schedules, 20,000 bounded DFS schedules (disconnect vs
-//! wait_client, not exhaustive) and 83,913 exhaustive ones: 151,913
+//! `wait_client`, not exhaustive) and 83,913 exhaustive ones: 151,913
 //! schedules in 141 s (89 s of CPU; the 2 cores were shared, load 5),
 //! of which the accept-in-flight and stale-watch scenarios take 54 s and
 //! the two exhaustive one-dispatch vs disconnect DFS runs 68 s.  DFS on
 //! the fine world (`QIO_SHUTTLE_DFS_FINE`, measured before the fd gate)
-//! exhausts only "one dispatch vs unref" (89,547 schedules via aio_poll,
-//! 17,909 via GLib); the other one-dispatch cases pass 100,000 schedules
+//! exhausts only "one dispatch vs unref" (89,547 schedules via `aio_poll`,
+//! 17,909 via `GLib`); the other one-dispatch cases pass 100,000 schedules
 //! without finishing (about 100 s each), so CI does not run that.
 //!
 //! Checked that it fails: notify on replace (instead of when the last
 //! user goes) is caught in three scenarios ("notify of registration 3
-//! while 1 call(s) of it run", the call in the IOThread, the replace in
-//! the main thread); splitting wait_client's start into two critical
+//! while 1 call(s) of it run", the call in the `IOThread`, the replace in
+//! the main thread); splitting `wait_client`'s start into two critical
 //! sections (the race fixed in 8c73580) is caught as a deadlock, a
-//! wait_client blocked on a listener disconnected in between.  The
+//! `wait_client` blocked on a listener disconnected in between.  The
 //! listener of 517929a (before the fd gate; `ready` adapted to return
-//! true, G_SOURCE_CONTINUE) fails the disconnect cases and the stale-watch
+//! true, `G_SOURCE_CONTINUE`) fails the disconnect cases and the stale-watch
 //! test; with `QIO_SHUTTLE_COUNT_FAILURES=1`, failing schedules of 1000
-//! random ones: accept in flight vs disconnect 16 (IOThread), 9 (GLib
-//! thread), 92 (wait_client), on a blocking socket 22 and 106, with
+//! random ones: accept in flight vs disconnect 16 (`IOThread`), 9 (`GLib`
+//! thread), 92 (`wait_client`), on a blocking socket 22 and 106, with
 //! "accept on fd 3 of socket 2, closed meanwhile", "... which was closed
 //! and now belongs to socket N" (the unrelated one), "accept on socket N, already closed", and for
-//! wait_client "wait_client's watch on socket N, already closed" and
+//! `wait_client` "`wait_client`'s watch on socket N, already closed" and
 //! "watch of socket N dispatched for fd 3, which now belongs to socket M";
 //! PCT finds each within 30 schedules.  Stale watch: 204 of 1000 ("a
-//! stale GSource watch was dispatched N times"); the last-unref cases
-//! pass (a dispatch or wait_client holds the listener, so finalize cannot
-//! race with its accept) except that PCT starves the GLib one into the
-//! busy loop ("exceeded max_steps", schedule 84).  Of the older scenarios,
-//! disconnect vs wait_client (68 of 1000), replace + disconnect + unref
-//! (27) and one dispatch vs disconnect (34 via aio_poll, 7 via GLib) fail
+//! stale `GSource` watch was dispatched N times"); the last-unref cases
+//! pass (a dispatch or `wait_client` holds the listener, so finalize cannot
+//! race with its accept) except that PCT starves the `GLib` one into the
+//! busy loop ("exceeded `max_steps`", schedule 84).  Of the older scenarios,
+//! disconnect vs `wait_client` (68 of 1000), replace + disconnect + unref
+//! (27) and one dispatch vs disconnect (34 via `aio_poll`, 7 via `GLib`) fail
 //! the same way, and PCT starves "glib: dispatch vs clear + last unref"
 //! into the busy loop.
 //!
@@ -95,9 +95,9 @@
 //! through `std::sync::Weak` (`Arc::downgrade` in `arm`), and loom's `Arc`
 //! has no `Weak` nor `downgrade` (loom 0.7's `Arc` offers `new`, `pin`,
 //! `try_unwrap`, `from_std`, ...; tokio-rs/loom issue 156, "Missing
-//! std::sync::Weak", is open), so it cannot be swapped in.  And loom
+//! `std::sync::Weak`", is open), so it cannot be swapped in.  And loom
 //! searches every interleaving of every atomic and lock access
-//! exhaustively: even the smallest race here (one aio_poll against one
+//! exhaustively: even the smallest race here (one `aio_poll` against one
 //! clear) has more than 100,000 schedules when every host access is a
 //! scheduling point (shuttle's DFS above), so an exhaustive search cannot
 //! be the main tool, whereas shuttle's randomized schedulers scale and its
@@ -147,12 +147,12 @@ fn explore(name: &str, f: impl Fn(bool) + Clone + Send + Sync + 'static, dfs: Op
     let t = Instant::now();
     let mut line = Vec::new();
     if std::env::var_os("QIO_SHUTTLE_DFS_ONLY").is_none() {
-        let g = f.clone();
-        let random =
-            Runner::new(RandomScheduler::new_from_seed(SEED, n), config()).run(move || g(false));
-        let g = f.clone();
-        let pct =
-            Runner::new(PctScheduler::new_from_seed(SEED, 3, n), config()).run(move || g(false));
+        let f_random = f.clone();
+        let random = Runner::new(RandomScheduler::new_from_seed(SEED, n), config())
+            .run(move || f_random(false));
+        let f_pct = f.clone();
+        let pct = Runner::new(PctScheduler::new_from_seed(SEED, 3, n), config())
+            .run(move || f_pct(false));
         line.push(format!("random {random}, pct {pct}"));
     }
     if let Some(max) = dfs {
@@ -260,7 +260,7 @@ fn setup(coarse: bool) -> Setup {
     setup_with(coarse, false)
 }
 
-/// The same; `blocking`: set_nonblocking fails, so the socket stays
+/// The same; `blocking`: `set_nonblocking` fails, so the socket stays
 /// blocking (one accept per wake-up, and a disconnect shuts it down to
 /// wake an accept in flight).
 fn setup_with(coarse: bool, blocking: bool) -> Setup {
@@ -279,7 +279,7 @@ fn setup_with(coarse: bool, blocking: bool) -> Setup {
     }
 }
 
-/// An IOThread: aio_poll(ctx, true) until told to stop, then what is left
+/// An `IOThread`: `aio_poll(ctx`, true) until told to stop, then what is left
 /// (release BHs) without blocking.
 fn io_thread(ctx: ACtx) -> thread::JoinHandle<()> {
     thread::spawn(move || {
@@ -290,7 +290,7 @@ fn io_thread(ctx: ACtx) -> thread::JoinHandle<()> {
     })
 }
 
-/// A thread iterating a GMainContext until told to stop.
+/// A thread iterating a `GMainContext` until told to stop.
 fn glib_thread(ctx: GCtx) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         while !world(|w| w.flag("stop")) {
@@ -339,10 +339,10 @@ fn conns_settled(conns: &[ConnId]) {
 // ---------------------------------------------------------------------
 // Scenarios
 
-/// A dispatch thread (an IOThread whose callback runs nested aio_poll,
-/// or a GMainContext thread) serves while the main thread clears the
-/// callback and drops the last reference.  AioContext: the release BHs run
-/// in the IOThread, possibly inside the nested polls.  GSource: destroyed
+/// A dispatch thread (an `IOThread` whose callback runs nested `aio_poll`,
+/// or a `GMainContext` thread) serves while the main thread clears the
+/// callback and drops the last reference.  `AioContext`: the release BHs run
+/// in the `IOThread`, possibly inside the nested polls.  `GSource`: destroyed
 /// from another thread during its dispatch, released when it returns.
 /// Either way finalize happens once, after the last dispatch; notify once.
 fn clear_and_unref(glib: bool, coarse: bool) {
@@ -372,7 +372,7 @@ fn clear_and_unref(glib: bool, coarse: bool) {
     s.guard.finish();
 }
 
-/// The same with replace (another registration, same IOThread) and with
+/// The same with replace (another registration, same `IOThread`) and with
 /// disconnect, then the last unref from the main thread.
 fn aio_replace_disconnect_unref(coarse: bool) {
     let s = setup(coarse);
@@ -403,16 +403,15 @@ fn aio_replace_disconnect_unref(coarse: bool) {
     s.guard.finish();
 }
 
-/// The last unref from the main thread while the IOThread serves: the
+/// The last unref from the main thread while the `IOThread` serves: the
 /// listener keeps serving (its watches hold it) until the callback clears
-/// itself on its second client, inside the IOThread; then it is finalized
+/// itself on its second client, inside the `IOThread`; then it is finalized
 /// there, after that dispatch.
 fn aio_unref_then_self_clear(coarse: bool) {
     let s = setup(coarse);
     let io = aio_context_new();
     let seen = StdArc::new(StdMutex::new(0u32));
     let c = {
-        let seen = seen.clone();
         Client::new(Some(StdArc::new(move |o: &Owner, _: &Channel| {
             let n = {
                 let mut n = seen.lock().unwrap();
@@ -441,7 +440,7 @@ fn aio_unref_then_self_clear(coarse: bool) {
     s.guard.finish();
 }
 
-/// Replace across contexts: from an IOThread's AioContext to a GMainContext
+/// Replace across contexts: from an `IOThread`'s `AioContext` to a `GMainContext`
 /// thread, while both run.
 fn replace_across_contexts(coarse: bool) {
     let s = setup(coarse);
@@ -454,9 +453,9 @@ fn replace_across_contexts(coarse: bool) {
     let (ta, tg) = (io_thread(io), glib_thread(g));
     s.owner.listener().set_client(&s.owner, c2, Target::Glib(g));
     // Every client is served by one registration or the other.
-    let all = conns.clone();
     block_until("all served", move |w| {
-        all.iter()
+        conns
+            .iter()
             .all(|c| matches!(w.conn_state(*c), ConnState::Delivered(_)))
     });
     drop(s.owner);
@@ -472,16 +471,16 @@ fn replace_across_contexts(coarse: bool) {
             "r2 still serves: the watches hold the listener"
         );
     });
-    let mut guard = s.guard;
+    let guard = s.guard;
     guard.teardown();
     world(|w| assert_eq!(w.notified(r2), 1));
     guard.finish();
 }
 
-/// wait_client in the main thread while the IOThread serves the same
-/// socket: the async watches are suspended, wait_client gets exactly one
+/// `wait_client` in the main thread while the `IOThread` serves the same
+/// socket: the async watches are suspended, `wait_client` gets exactly one
 /// client, every other one goes to the callback or stays queued, none is
-/// accepted and dropped.  A client thread connects until wait_client has
+/// accepted and dropped.  A client thread connects until `wait_client` has
 /// its client (one connected after the suspension always reaches it).
 fn wait_client_vs_aio_dispatch(coarse: bool) {
     let s = setup(coarse);
@@ -522,14 +521,14 @@ fn wait_client_vs_aio_dispatch(coarse: bool) {
     stop(&[io], &[]);
     t.join().unwrap();
     world(|w| assert_eq!(w.notified(reg), 0));
-    let mut guard = s.guard;
+    let guard = s.guard;
     guard.teardown();
     world(|w| assert_eq!(w.notified(reg), 1));
     conns_settled(&conns);
     guard.finish();
 }
 
-/// wait_client blocked in the main thread (nothing connects) while
+/// `wait_client` blocked in the main thread (nothing connects) while
 /// another thread disconnects: it returns NULL, whichever comes first.
 fn disconnect_vs_wait_client(coarse: bool) {
     let s = setup(coarse);
@@ -555,9 +554,9 @@ enum MainOp {
     Unref,
 }
 
-/// The smallest races: one dispatch (a single non-blocking aio_poll of an
-/// IOThread's context whose callback runs nested aio_poll, or a single
-/// iteration of a GMainContext) in one thread, one operation in the main
+/// The smallest races: one dispatch (a single non-blocking `aio_poll` of an
+/// `IOThread`'s context whose callback runs nested `aio_poll`, or a single
+/// iteration of a `GMainContext`) in one thread, one operation in the main
 /// thread; one client queued.  Afterwards the contexts run what is left.
 fn one_dispatch_vs(op: MainOp, glib: bool, coarse: bool) {
     let s = setup(coarse);
@@ -609,7 +608,7 @@ fn one_dispatch_vs(op: MainOp, glib: bool, coarse: bool) {
         assert!(w.calls(r1) <= 1);
     });
     drop(kept);
-    let mut guard = s.guard;
+    let guard = s.guard;
     guard.teardown();
     world(|w| {
         assert_eq!(w.notified(r1), 1);
@@ -624,22 +623,22 @@ fn one_dispatch_vs(op: MainOp, glib: bool, coarse: bool) {
 /// Which loop runs the accept that races with the end of the listener.
 #[derive(Clone, Copy, Debug)]
 enum Loop {
-    /// An IOThread's aio_poll (the callback nests aio_poll).
+    /// An `IOThread`'s `aio_poll` (the callback nests `aio_poll`).
     Aio,
-    /// A thread iterating a GMainContext.
+    /// A thread iterating a `GMainContext`.
     Glib,
-    /// wait_client's private loop, in its own thread.
+    /// `wait_client`'s private loop, in its own thread.
     Wait,
 }
 
 /// How the listener ends.
 #[derive(Clone, Copy, Debug)]
 enum End {
-    /// disconnect() from the main thread.
+    /// `disconnect()` from the main thread.
     Disconnect,
     /// The main thread lets go of the listener (clearing the callback
     /// first, or the watches would keep it): finalize disconnects, in the
-    /// main thread or at the end of the dispatch (or of the wait_client)
+    /// main thread or at the end of the dispatch (or of the `wait_client`)
     /// that still holds it.
     LastUnref,
 }
@@ -650,7 +649,7 @@ enum End {
 /// it gets the lowest free fd number, the one just freed) with a client
 /// queued, and after finalize one more.  The sim flags any accept, poll or
 /// watch on a closed or reused number and any client of an unrelated
-/// socket that reaches a callback or wait_client; the unrelated sockets
+/// socket that reaches a callback or `wait_client`; the unrelated sockets
 /// must still have their clients queued at the end.
 ///
 /// `blocking`: the socket could not be made non-blocking, so a disconnect
@@ -717,7 +716,7 @@ fn end_vs_inflight_accept(kind: Loop, end: End, blocking: bool, coarse: bool) {
         assert!(w.closed(s.sock));
     });
     drop(kept);
-    let mut guard = s.guard;
+    let guard = s.guard;
     guard.teardown();
     if target.is_some() {
         world(|w| assert_eq!(w.notified(reg_id), 1));
@@ -726,10 +725,10 @@ fn end_vs_inflight_accept(kind: Loop, end: End, blocking: bool, coarse: bool) {
     guard.finish();
 }
 
-/// A GSource callback replaced twice while a thread iterates its
-/// GMainContext: each old watch stays attached and ready until the
+/// A `GSource` callback replaced twice while a thread iterates its
+/// `GMainContext`: each old watch stays attached and ready until the
 /// replacing thread destroys it after unlocking.  Its dispatches meanwhile
-/// find it no longer serves; the first returns G_SOURCE_REMOVE, so a stale
+/// find it no longer serves; the first returns `G_SOURCE_REMOVE`, so a stale
 /// watch is dispatched at most once (before `ReadyHandler::ready` returned
 /// whether it still serves, the iterating thread spun on it, forever under
 /// PCT, which can starve the replacing thread).
@@ -743,9 +742,9 @@ fn glib_replace_while_dispatching(coarse: bool) {
     for r in regs {
         s.owner.listener().set_client(&s.owner, r, Target::Glib(g));
     }
-    let all = conns.clone();
     block_until("all served", move |w| {
-        all.iter()
+        conns
+            .iter()
             .all(|c| matches!(w.conn_state(*c), ConnState::Delivered(_)))
     });
     stop(&[], &[g]);

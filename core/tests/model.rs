@@ -1,11 +1,11 @@
 //! The state machine on the simulated host (tests/sim): seeded randomized
 //! sequences of every API call, from outside and from inside callbacks
-//! (nested aio_poll / g_main_context_iteration on the callback's own or
-//! another context, the last unref, wait_client, replace, disconnect,
+//! (nested `aio_poll` / `g_main_context_iteration` on the callback's own or
+//! another context, the last unref, `wait_client`, replace, disconnect,
 //! open/add, clients arriving, fd exhaustion), checked step by step
 //! against a plain reference model of DESIGN.md sections 2 and 3 (`Model`):
 //! - each client is delivered to the registration current at that moment,
-//!   from its context, never while wait_client runs, from an open socket;
+//!   from its context, never while `wait_client` runs, from an open socket;
 //!   none is accepted and dropped (the sim checks every accepted channel);
 //! - notify exactly once per registration, never while a call of it runs,
 //!   never while it is current, and by the time no dispatch runs;
@@ -13,17 +13,17 @@
 //!   callback is set with sockets open, or a dispatch runs, and by the time
 //!   nothing holds it any more (only pending release BHs may delay it);
 //! - watches armed iff a callback is set, the socket is open, no
-//!   wait_client runs and no back-off is pending (one watch, in the
+//!   `wait_client` runs and no back-off is pending (one watch, in the
 //!   registration's context; a back-off only after accept failed with a
 //!   client queued);
-//! - at most ACCEPT_BATCH clients per wake-up, and a wake-up stops early
+//! - at most `ACCEPT_BATCH` clients per wake-up, and a wake-up stops early
 //!   only if something changed, accept failed, or its watch is in single
 //!   mode (see below); a wake-up that accepted nothing while clients stay
 //!   queued ends in a back-off (no spin); once fds are back every queued
 //!   client is served (back-off loses none);
 //! - the batch hint (`BatchHint` in src/listener/accept.rs), on the sim's clock
 //!   (virtual nanoseconds; `Tick` and `Trickle` let 1 µs to 160 µs pass
-//!   between wake-ups, around BURST_GAP_NS): a wake-up that accepted one
+//!   between wake-ups, around `BURST_GAP_NS)`: a wake-up that accepted one
 //!   client may skip the look for a second one (the sim records each
 //!   look, `Event::Look`) only if its watch is in single mode (its last
 //!   look found nothing: a new watch always looks), and then only while
@@ -31,20 +31,20 @@
 //!   level-triggered watch serves the clients left queued; the test
 //!   counts the wake-ups in single mode and those that looked again in
 //!   it, and fails if either never happens;
-//! - wait_client returns one of the queued clients (or the one scheduled to
+//! - `wait_client` returns one of the queued clients (or the one scheduled to
 //!   arrive), NULL at once on a dead listener and NULL when disconnected
 //!   meanwhile, and never blocks forever (the sim flags a hang);
 //! - no use of a closed or reused fd number (the sim models fd numbers);
 //!   an unrelated socket, opened right after half the disconnects (it
 //!   gets the number just freed) and at random otherwise, top level and
 //!   inside callbacks, is never touched: its client stays queued and none
-//!   reaches a callback or wait_client.  One thread cannot race a
+//!   reaches a callback or `wait_client`.  One thread cannot race a
 //!   disconnect with an accept (tests/concurrency.rs does), so the
 //!   listener before the fd gate (517929a) passes this test too.
 //!
 //! A failing seed is shrunk to a minimal operation list, printed as Rust
 //! to paste into `regressions()` below (or put the seed in
-//! REGRESSION_SEEDS).  `QIO_MODEL_SEEDS=N` runs N seeds instead of SEEDS,
+//! `REGRESSION_SEEDS`).  `QIO_MODEL_SEEDS=N` runs N seeds instead of SEEDS,
 //! `QIO_MODEL_SEED=S` only seed S, `QIO_MODEL_TRACE=1` prints every
 //! operation and event.
 //!
@@ -52,7 +52,7 @@
 //! executed (302,546 generated; those after the test's last unref or past
 //! a callback's script do not run), 43,546 clients delivered, 17,826
 //! dispatches (1,691 nested), 306 releases of a handler by its BH inside a
-//! nested aio_poll while its dispatch ran, 6,180 unrelated sockets (2,829
+//! nested `aio_poll` while its dispatch ran, 6,180 unrelated sockets (2,829
 //! of them on a number one of the listener's sockets had held): 6.4 s
 //! (4.1 s of CPU).  200,000 seeds (8.0 M operations, 247,542 unrelated
 //! sockets) in a release build: 14 s, no failure.
@@ -80,26 +80,26 @@ use sim::*;
 /// Where a registration dispatches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tg {
-    /// GLib's default context.
+    /// `GLib`'s default context.
     Default,
-    /// Another GMainContext.
+    /// Another `GMainContext`.
     OtherG,
-    /// The main AioContext.
+    /// The main `AioContext`.
     Main,
-    /// Another AioContext (an IOThread's, run here by the test).
+    /// Another `AioContext` (an `IOThread`'s, run here by the test).
     OtherA,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Op {
-    /// set_client with a new registration; `script[k]` is what its k-th
+    /// `set_client` with a new registration; `script[k]` is what its k-th
     /// call does inside the callback.
     Set {
         t: Tg,
         func: bool,
         script: Vec<Vec<Op>>,
     },
-    /// set_client with the identical (current) registration again.
+    /// `set_client` with the identical (current) registration again.
     SetSame,
     Clear,
     Disconnect,
@@ -111,7 +111,7 @@ enum Op {
     /// add of a listening (blocking) channel.
     Add,
     SetName,
-    /// wait_client, made decidable: with a client queued, expect one of
+    /// `wait_client`, made decidable: with a client queued, expect one of
     /// the queued ones; otherwise schedule an arrival (even `how`) or a
     /// disconnect (odd) `dt` ms later.
     Wait {
@@ -135,7 +135,7 @@ enum Op {
     /// The next n accepts fail with the client still queued.
     FailAccepts(u8),
     Advance(u16),
-    /// Less than a millisecond passes (ns): around BURST_GAP_NS, the
+    /// Less than a millisecond passes (ns): around `BURST_GAP_NS`, the
     /// largest gap between two wake-ups of a socket at which the listener
     /// still looks for a second client once it stopped doing so.
     Tick(u32),
@@ -147,15 +147,15 @@ enum Op {
         n: u8,
         dt: u32,
     },
-    /// One iteration of GMainContext i (0: default).
+    /// One iteration of `GMainContext` i (0: default).
     Iterate(u8),
-    /// One aio_poll of AioContext i (0: main).
+    /// One `aio_poll` of `AioContext` i (0: main).
     Poll(u8),
     /// Every context until nothing happens (outside callbacks only).
     Drain,
-    /// n iterations (aio_poll or g_main_context_iteration) of the running
+    /// n iterations (`aio_poll` or `g_main_context_iteration`) of the running
     /// callback's own context, or at the top level of the current
-    /// registration's: a nested loop such as AIO_WAIT_WHILE.
+    /// registration's: a nested loop such as `AIO_WAIT_WHILE`.
     Own(u8),
     /// The test drops its reference (its last).
     DropRef,
@@ -166,7 +166,7 @@ enum Op {
 }
 
 impl Op {
-    /// The op as Rust source (for regressions()).
+    /// The op as Rust source (for `regressions()`).
     fn rust(&self) -> String {
         match self {
             Op::Set { t, func, script } => {
@@ -220,12 +220,12 @@ impl Op {
                             script: s,
                         });
                         for simpler in op.simpler() {
-                            let mut s = script.clone();
-                            s[k][i] = simpler;
+                            let mut simplified = script.clone();
+                            simplified[k][i] = simpler;
                             v.push(Op::Set {
                                 t: *t,
                                 func: *func,
-                                script: s,
+                                script: simplified,
                             });
                         }
                     }
@@ -446,7 +446,7 @@ fn gen_op(r: &mut Rng, table: &[(u32, K)], depth: u32) -> Op {
     }
 }
 
-/// A time between two wake-ups, in ns: well below BURST_GAP_NS, just
+/// A time between two wake-ups, in ns: well below `BURST_GAP_NS`, just
 /// below, at, just above, or well above it.
 fn gen_gap(r: &mut Rng) -> u32 {
     let gap = BURST_GAP_NS as u32;
@@ -525,11 +525,11 @@ struct HintStats {
     resumed: AtomicU64,
     /// ... of which found a second client: back to burst mode.
     resumed_found: AtomicU64,
-    /// ... of which came after some time passed (less than BURST_GAP_NS,
+    /// ... of which came after some time passed (less than `BURST_GAP_NS`,
     /// rather than at the same virtual instant).
     resumed_later: AtomicU64,
     /// Wake-ups in single mode less than a millisecond after the previous
-    /// one (at least BURST_GAP_NS).
+    /// one (at least `BURST_GAP_NS`).
     single_sub_ms: AtomicU64,
 }
 
@@ -1259,7 +1259,7 @@ struct Outcome {
 }
 
 fn run(ops: &[Op]) -> Outcome {
-    let mut guard = begin();
+    let guard = begin();
     let g1 = glib_context_new();
     let a1 = aio_context_new();
     let owner = new_listener();
@@ -1312,10 +1312,12 @@ fn run(ops: &[Op]) -> Outcome {
         Ok(m.delivered)
     });
     let harness = H.with(|c| c.borrow_mut().take()).expect("harness");
-    let ops = counted;
     drop(harness);
     guard.finish();
-    Outcome { ops, delivered }
+    Outcome {
+        ops: counted,
+        delivered,
+    }
 }
 
 fn top_level_checks() {
@@ -1340,7 +1342,10 @@ fn try_run(ops: &[Op]) -> Result<Outcome, String> {
     r.map_err(|e| {
         e.downcast_ref::<String>()
             .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .or_else(|| {
+                e.downcast_ref::<&str>()
+                    .map(std::string::ToString::to_string)
+            })
             .unwrap_or_else(|| "panic".into())
     })
 }
@@ -1348,7 +1353,7 @@ fn try_run(ops: &[Op]) -> Result<Outcome, String> {
 /// Greedy shrink: drop chunks of operations, then simplify each one,
 /// while the run still fails.
 fn shrink(mut ops: Vec<Op>) -> Vec<Op> {
-    let fails = |ops: &[Op]| try_run(ops).is_err();
+    let fails = |cand: &[Op]| try_run(cand).is_err();
     loop {
         let mut changed = false;
         let mut chunk = ops.len().div_ceil(2);
@@ -1579,9 +1584,9 @@ fn model_random_sequences() {
 
 const SEEDS: u64 = 5000;
 
-/// Issue 6's hole, step by step: an AioContext callback clears its
+/// Issue 6's hole, step by step: an `AioContext` callback clears its
 /// registration, the caller's last reference goes, and the callback runs
-/// aio_poll on its own context.  The release BH of the removed watch runs
+/// `aio_poll` on its own context.  The release BH of the removed watch runs
 /// in that nested poll while the dispatch is still on the stack; the
 /// listener must survive until the dispatch returns, then be finalized
 /// (notify once), and the second queued client must not be accepted.
@@ -1608,9 +1613,10 @@ fn issue6_release_inside_nested_aio_poll() {
         })));
         let reg = c.id();
         {
-            let guard = test_ref.lock().unwrap();
-            let o = guard.as_ref().unwrap();
+            let slot = test_ref.lock().unwrap();
+            let o = slot.as_ref().unwrap();
             o.listener().set_client(o, c, Target::Aio(ctx));
+            drop(slot);
         }
         let first = connect(port).unwrap();
         let second = connect(port).unwrap();
@@ -1629,7 +1635,7 @@ fn issue6_release_inside_nested_aio_poll() {
 }
 
 /// The batch hint on the sim's clock, step by step: a look that finds no
-/// second client puts the watch in single mode; a wake-up BURST_GAP_NS or
+/// second client puts the watch in single mode; a wake-up `BURST_GAP_NS` or
 /// more after the previous one accepts one client and does not look (the
 /// others stay queued, the watch dispatches again); one that comes sooner
 /// looks again and drains the burst.
@@ -1670,7 +1676,7 @@ fn batch_hint_single_mode_and_burst_resumption() {
 }
 
 /// Regression (found by this model, fixed in 9846fe3): when
-/// `set_nonblocking` fails in `add`, batch accept called accept() again on
+/// `set_nonblocking` fails in `add`, batch accept called `accept()` again on
 /// the blocking socket once its queue was empty, blocking the event loop
 /// (QEMU: the thread hangs in accept4).  Such a socket now gets one accept
 /// per wake-up.

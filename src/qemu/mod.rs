@@ -1,24 +1,24 @@
 //! The host through QEMU's C API: QOM references, `Error`, the DNS
-//! resolver, `QIOChannelSocket`, GSource watches, AioContext fd handlers,
+//! resolver, `QIOChannelSocket`, `GSource` watches, `AioContext` fd handlers,
 //! bottom halves and timers.  The C API is provided by real QEMU or by the
 //! standalone compat host; which one is decided at link time, and the
 //! declarations come from its headers (bindgen, see `build.rs`).
 //!
 //! All of the listener's raw-pointer work on host objects is in this
 //! module: `object.rs` (the QOM instance, owner references, the user's
-//! callback triple), `watch.rs` (watches, timers, wait_client's loop) and
+//! callback triple), `watch.rs` (watches, timers, `wait_client`'s loop) and
 //! the channel, error and address handles below.
 
 mod object;
 mod watch;
 
 use std::{
-    ffi::{c_char, c_int, c_void, CStr, CString},
+    ffi::{c_char, c_int, c_uint, c_void, CStr, CString},
     marker::PhantomData,
     ptr::{self, NonNull},
 };
 
-/// The host API's declarations: GLib's from glib-sys, QEMU's from the
+/// The host API's declarations: `GLib`'s from glib-sys, QEMU's from the
 /// io-sys bindings crate.  Nothing outside this module uses them directly.
 pub(crate) mod sys {
     pub use glib_sys::*;
@@ -109,7 +109,9 @@ impl Host for QemuHost {
         };
         // SAFETY: a valid out pointer; CLOCK_MONOTONIC always exists (the
         // vDSO answers it without a system call).
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        unsafe {
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        }
         let ns = (ts.tv_sec as u64)
             .wrapping_mul(1_000_000_000)
             .wrapping_add(ts.tv_nsec as u64);
@@ -152,7 +154,10 @@ impl ListenerHost for QemuHost {
                     let (func, gctx, actx) = ids(client, target);
                     sys::qio_nl_trace_callback(obj, func, gctx, actx)
                 }
-                Trace::Batch { accepted } => sys::qio_nl_trace_batch(obj, accepted as _),
+                Trace::Batch { accepted } => {
+                    // At most ACCEPT_BATCH.
+                    sys::qio_nl_trace_batch(obj, accepted as c_uint)
+                }
                 Trace::Backoff { ms } => sys::qio_nl_trace_backoff(obj, ms),
                 Trace::Release => sys::qio_nl_trace_release(obj),
             }
@@ -220,7 +225,9 @@ impl<T: QomType> ObjectRef<T> {
     pub unsafe fn from_borrowed(p: *mut T) -> Option<Self> {
         let p = NonNull::new(p)?;
         // SAFETY: p is live per the contract; object_ref adds our reference.
-        unsafe { sys::object_ref(p.as_ptr().cast()) };
+        unsafe {
+            sys::object_ref(p.as_ptr().cast());
+        }
         Some(ObjectRef(p, PhantomData))
     }
 
@@ -237,7 +244,9 @@ impl<T: QomType> ObjectRef<T> {
 impl<T: QomType> Clone for ObjectRef<T> {
     fn clone(&self) -> Self {
         // SAFETY: self holds a reference, so the object is live.
-        unsafe { sys::object_ref(self.0.as_ptr().cast()) };
+        unsafe {
+            sys::object_ref(self.0.as_ptr().cast());
+        }
         ObjectRef(self.0, PhantomData)
     }
 }
@@ -295,7 +304,9 @@ impl HostError for LocalError {
     fn with_message(msg: &str) -> Self {
         let mut e = LocalError::new();
         // SAFETY: e.errp() is a valid, unset Error **.
-        unsafe { set_error(e.errp(), msg) };
+        unsafe {
+            set_error(e.errp(), msg);
+        }
         e
     }
 }
@@ -401,7 +412,9 @@ pub unsafe fn resolve(addr: *mut SocketAddress, errp: *mut *mut Error) -> Option
     }
     // SAFETY: the array itself was g_malloc'ed for us; its elements moved
     // into `out`.
-    unsafe { sys::g_free(list.cast()) };
+    unsafe {
+        sys::g_free(list.cast());
+    }
     Some(out)
 }
 
@@ -463,14 +476,16 @@ impl SocketChannel for Channel {
 
     fn close(&self) {
         // SAFETY: the channel is live; NULL errp discards any error.
-        unsafe { sys::qio_channel_close(self.ioc(), ptr::null_mut()) };
+        unsafe {
+            sys::qio_channel_close(self.ioc(), ptr::null_mut());
+        }
     }
 
     fn shutdown(&self) {
         // SAFETY: the channel is live; NULL errp discards any error.
         unsafe {
-            sys::qio_channel_shutdown(self.ioc(), sys::QIO_CHANNEL_SHUTDOWN_BOTH, ptr::null_mut())
-        };
+            sys::qio_channel_shutdown(self.ioc(), sys::QIO_CHANNEL_SHUTDOWN_BOTH, ptr::null_mut());
+        }
     }
 
     fn accept(&self) -> Option<Channel> {
@@ -503,7 +518,7 @@ unsafe impl Send for AioCtx {}
 unsafe impl Sync for AioCtx {}
 
 impl AioCtx {
-    /// The main loop's AioContext, if the host has one yet.
+    /// The main loop's `AioContext`, if the host has one yet.
     pub fn main() -> Option<AioCtx> {
         // SAFETY: plain getter without preconditions.
         NonNull::new(unsafe { sys::qemu_get_aio_context() }).map(AioCtx)
@@ -525,10 +540,12 @@ pub unsafe fn object_new(name: &CStr) -> *mut Object {
 /// `info` is 'static and valid.
 pub unsafe fn type_register_static(info: *const TypeInfo) {
     // SAFETY: per the contract.
-    unsafe { sys::type_register_static(info) };
+    unsafe {
+        sys::type_register_static(info);
+    }
 }
 
-/// The signature of a QOM property getter (ObjectPropertyAccessor).
+/// The signature of a QOM property getter (`ObjectPropertyAccessor`).
 pub type PropertyGetter =
     unsafe extern "C" fn(*mut Object, *mut Visitor, *const c_char, *mut c_void, *mut *mut Error);
 
@@ -553,8 +570,8 @@ pub unsafe fn add_uint64_getter(
             None,
             None,
             opaque,
-        )
-    };
+        );
+    }
 }
 
 /// QAPI: visits a uint64 (the getter side: hands `*value` to the visitor).
@@ -568,7 +585,9 @@ pub unsafe fn visit_uint64(
     errp: *mut *mut Error,
 ) {
     // SAFETY: per the contract.
-    unsafe { sys::visit_type_uint64(v, name, value, errp) };
+    unsafe {
+        sys::visit_type_uint64(v, name, value, errp);
+    }
 }
 
 /// Registers `f` to run at `module_call_init(MODULE_INIT_QOM)`.
@@ -586,10 +605,10 @@ pub unsafe fn opt_cstr<'a>(p: *const c_char) -> Option<&'a CStr> {
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) })
 }
 
-/// Frees a string or array that the host g_malloc'ed.
+/// Frees a string or array that the host `g_malloc`'ed.
 ///
 /// # Safety
-/// `p` is NULL or a live g_malloc'ed block that nobody else frees.
+/// `p` is NULL or a live `g_malloc`'ed block that nobody else frees.
 pub unsafe fn g_free(p: *mut c_void) {
     // SAFETY: per the contract.
     unsafe { sys::g_free(p) }

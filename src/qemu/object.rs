@@ -55,6 +55,8 @@ unsafe impl Sync for QIONetListener {}
 /// qio_net_listener_*() function on @listener, drop the last reference to
 /// it and run nested event loops: the listener stays alive until the
 /// callback returns.
+// The C header's gtk-doc (cbindgen copies it), not Markdown: see ffi.rs.
+#[allow(clippy::doc_markdown)]
 pub type QIONetListenerClientFunc = Option<
     unsafe extern "C" fn(
         listener: *mut QIONetListener,
@@ -74,7 +76,7 @@ impl ObjectRef<QIONetListener> {
     }
 
     /// Borrows the caller's reference to `l` for the duration of a call
-    /// (never released: ManuallyDrop).
+    /// (never released: `ManuallyDrop`).
     ///
     /// # Safety
     /// `l` is NULL or a live listener on which the caller holds a

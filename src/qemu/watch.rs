@@ -1,23 +1,23 @@
-//! Watches and timers on QEMU's event loops, and wait_client's private
+//! Watches and timers on QEMU's event loops, and `wait_client`'s private
 //! loop: the monomorphised C trampolines and the release of what they use.
 //!
 //! The host contract (see `crate::host`): a handler stays alive for the
 //! whole of every call into it, and is released once after no call can
 //! still run.
-//! - GSource (watches and GLib timers): GLib holds the callback data for
+//! - `GSource` (watches and `GLib` timers): `GLib` holds the callback data for
 //!   each dispatch and runs its destroy notify only after the source is
 //!   destroyed and no dispatch of it is running, nested ones included.
 //!   A watch's sources share one `Arc` of the handler (see below); each
-//!   source's callback data is a count of it, released by GLib's notify.
-//! - AioContext fd handlers and QEMUTimers: AioContext has no such notify.
+//!   source's callback data is a count of it, released by `GLib`'s notify.
+//! - `AioContext` fd handlers and `QEMUTimer`s: `AioContext` has no such notify.
 //!   The handler data is an `Arc`; the registration owns one count, which a
-//!   one-shot bottom half in the same AioContext releases after the handler
+//!   one-shot bottom half in the same `AioContext` releases after the handler
 //!   is removed, and **every dispatch takes its own count first**.  A BH
 //!   never runs concurrently with a handler of its context, but it does run
 //!   in a nested `aio_poll` that the handler makes (`AIO_WAIT_WHILE`): the
 //!   dispatch's own count keeps the data, and so the listener, alive until
 //!   the dispatch returns.  The C tests `test-nested` prove it under
-//!   valgrind and ASan.
+//!   valgrind and `ASan`.
 
 use std::{
     ffi::c_void,
@@ -49,7 +49,7 @@ fn run_handler<R: ReadyHandler<QemuHost>>(data: &WatchData<R>) -> bool {
     })
 }
 
-/// GSource callback (QIOChannelFunc).  See [`SourceWatch`] for why a
+/// `GSource` callback (`QIOChannelFunc`).  See [`SourceWatch`] for why a
 /// nested dispatch parks the watch instead of running the handler.
 unsafe extern "C" fn source_ready<R: ReadyHandler<QemuHost>>(
     _ioc: *mut sys::QIOChannel,
@@ -89,10 +89,10 @@ unsafe extern "C" fn source_ready<R: ReadyHandler<QemuHost>>(
 ///
 /// # Safety
 /// `opaque` came from `Arc::into_raw` of an `Arc<T>` whose registered count
-/// is still held: its release (a BH in the same AioContext as this
+/// is still held: its release (a BH in the same `AioContext` as this
 /// dispatch) cannot have run, since a BH of the context does not run
-/// between the start of a dispatch and this call; or GLib holds it as the
-/// callback data of the GSource that is dispatching.
+/// between the start of a dispatch and this call; or `GLib` holds it as the
+/// callback data of the `GSource` that is dispatching.
 unsafe fn dispatch_ref<T>(opaque: *mut c_void) -> Arc<T> {
     let p = opaque as *const T;
     // SAFETY: per the contract the registered count is alive, so adding
@@ -103,7 +103,7 @@ unsafe fn dispatch_ref<T>(opaque: *mut c_void) -> Arc<T> {
     }
 }
 
-/// AioContext fd handler (IOHandler).
+/// `AioContext` fd handler (`IOHandler`).
 unsafe extern "C" fn aio_ready<R: ReadyHandler<QemuHost>>(opaque: *mut c_void) {
     // SAFETY: opaque is the registered Arc<WatchData<R>> of a handler that
     // is dispatching now, so its release BH has not run (dispatch_ref).
@@ -116,14 +116,14 @@ unsafe extern "C" fn aio_ready<R: ReadyHandler<QemuHost>>(opaque: *mut c_void) {
     // listener) now that nothing uses it.
 }
 
-/// GDestroyNotify that frees a boxed T.
+/// `GDestroyNotify` that frees a boxed T.
 unsafe extern "C" fn free_box<T>(opaque: *mut c_void) {
     // SAFETY: opaque came from Box::into_raw(Box<T>) and this is its single
     // release (GSource destroy notify).
-    drop(unsafe { Box::from_raw(opaque as *mut T) });
+    drop(unsafe { Box::from_raw(opaque.cast::<T>()) });
 }
 
-/// QEMUBHFunc that releases the registration's count of an `Arc<T>`.
+/// `QEMUBHFunc` that releases the registration's count of an `Arc<T>`.
 unsafe extern "C" fn release_arc<T>(opaque: *mut c_void) {
     // SAFETY: opaque came from Arc::into_raw and the registration's count is
     // released here, once (the one-shot BH scheduled by a Drop).
@@ -150,41 +150,41 @@ unsafe fn schedule_release(
     }
 }
 
-/// A GSource watch on a channel: QEMU's own channel watch
+/// A `GSource` watch on a channel: QEMU's own channel watch
 /// (`qio_channel_create_watch`), whose callback never re-enters itself and
 /// whose fd leaves the context's poll set only when a loop nested in the
 /// callback would otherwise spin on it.  Destroyed (and its handler
 /// released once no dispatch of it runs) when dropped.  Not `Clone`: it
 /// is destroyed once.
 ///
-/// # Why not GLib's own blocking, and why this is equivalent
+/// # Why not `GLib`'s own blocking, and why this is equivalent
 ///
-/// GLib keeps a source that may not recurse from being dispatched inside
+/// `GLib` keeps a source that may not recurse from being dispatched inside
 /// its own dispatch by blocking it: it removes the source's fds from the
 /// context's poll set for the length of every dispatch and adds them back
 /// afterwards, and each change wakes the context (eventfd writes, a read
 /// and extra polls: 5 system calls and 2,000 to 3,400 instructions per
 /// wake-up, measured on the compat host and in QEMU, when one client per
 /// wake-up is the common case).  Our sources
-/// may recurse, so nothing is paid per wake-up, and we keep GLib's
+/// may recurse, so nothing is paid per wake-up, and we keep `GLib`'s
 /// guarantees ourselves:
-/// - *The callback is never re-entered.*  GLib only dispatches a source in
+/// - *The callback is never re-entered.*  `GLib` only dispatches a source in
 ///   the thread that owns its context, so a dispatch that starts while
 ///   another one of the same watch runs (`depth` > 0) is one made by a
 ///   loop nested in our callback.  It does not call the handler.
 /// - *The nested loop does not spin.*  That nested dispatch returns
-///   `G_SOURCE_REMOVE`: GLib destroys the source, which takes its fd out
-///   of the poll set (GLib's block, paid only now).  The fd stays
+///   `G_SOURCE_REMOVE`: `GLib` destroys the source, which takes its fd out
+///   of the poll set (`GLib`'s block, paid only now).  The fd stays
 ///   readable, so leaving the source in would make every round of the
 ///   nested loop return at once.
 /// - *No client is lost.*  The nested dispatch accepts nothing; when the
 ///   outer dispatch returns it attaches a new source for the same socket
 ///   with the same handler (`rewatch`) if the watch still serves, so the
-///   clients still queued are served on the next round, as after GLib's
+///   clients still queued are served on the next round, as after `GLib`'s
 ///   unblock.
 /// - *Whatever a dispatch uses stays alive* (the host contract): each
 ///   source's callback data is a count of one `Arc<SourceData>`, which
-///   GLib holds for each dispatch and releases after the source is
+///   `GLib` holds for each dispatch and releases after the source is
 ///   destroyed; the handler goes with the last count.
 /// - *Dropping the watch stops its dispatches at once*, also while an
 ///   outer dispatch is about to re-attach: the current source and the
@@ -192,7 +192,7 @@ unsafe fn schedule_release(
 ///   re-attached source or the re-attach sees `dropped` and does nothing.
 pub struct SourceWatch(Arc<SourceCell>);
 
-/// The current GSource of a watch (one reference), None once dropped.
+/// The current `GSource` of a watch (one reference), None once dropped.
 struct SourceCell(Mutex<CellState>);
 
 struct CellState {
@@ -204,7 +204,7 @@ struct CellState {
 // thread-safe, and only under the mutex or once taken out of it.
 unsafe impl Send for CellState {}
 
-/// What every GSource of one watch points to (its callback data).
+/// What every `GSource` of one watch points to (its callback data).
 struct SourceData<R> {
     watch: WatchData<R>,
     ctx: GlibContext,
@@ -218,7 +218,9 @@ struct SourceData<R> {
 
 impl SourceCell {
     fn lock(&self) -> std::sync::MutexGuard<'_, CellState> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -256,7 +258,9 @@ fn rewatch<R: ReadyHandler<QemuHost>>(data: Arc<SourceData<R>>) {
             Err(src)
         } else {
             // SAFETY: a new source; ctx is live (we are dispatching in it).
-            unsafe { sys::g_source_attach(src.as_ptr(), ctx.0) };
+            unsafe {
+                sys::g_source_attach(src.as_ptr(), ctx.0);
+            }
             Ok(st.source.replace(src))
         }
     };
@@ -265,13 +269,13 @@ fn rewatch<R: ReadyHandler<QemuHost>>(data: Arc<SourceData<R>>) {
         Ok(None) => {}
         // SAFETY: never attached; this drops its only reference (and so
         // its count of the data).
-        Err(src) => unsafe { sys::g_source_unref(src.as_ptr()) },
+        Err(unattached) => unsafe { sys::g_source_unref(unattached.as_ptr()) },
     }
 }
 
 impl SourceWatch {
     /// Watches `channel` for incoming clients, dispatched from `ctx`
-    /// (NULL: GLib's default context).
+    /// (NULL: `GLib`'s default context).
     pub fn new<R: ReadyHandler<QemuHost>>(
         channel: &Channel,
         ctx: GlibContext,
@@ -293,7 +297,9 @@ impl SourceWatch {
         }));
         // SAFETY: a new source; ctx is NULL or a live context (the caller
         // of set_client_func_full guarantees it).
-        unsafe { sys::g_source_attach(src.as_ptr(), ctx.0) };
+        unsafe {
+            sys::g_source_attach(src.as_ptr(), ctx.0);
+        }
         cell.lock().source = Some(src);
         SourceWatch(cell)
     }
@@ -322,10 +328,10 @@ fn destroy_source(src: NonNull<sys::GSource>) {
     }
 }
 
-/// An AioContext fd handler on a channel.  Dropping it removes the handler
+/// An `AioContext` fd handler on a channel.  Dropping it removes the handler
 /// and releases the registration's count of the handler data in a one-shot
-/// bottom half of the same AioContext, whichever thread drops it (see the
-/// module doc).  This is what lets any AioContext, in any thread, drive a
+/// bottom half of the same `AioContext`, whichever thread drops it (see the
+/// module doc).  This is what lets any `AioContext`, in any thread, drive a
 /// listener.
 pub struct AioWatch {
     ctx: AioCtx,
@@ -354,8 +360,8 @@ impl AioWatch {
                 ptr::null_mut(),
                 None,
                 data,
-            )
-        };
+            );
+        }
         AioWatch {
             ctx,
             channel: channel.clone(),
@@ -389,7 +395,7 @@ fn run_timer<T: TimerHandler>(handler: &T) {
     }
 }
 
-/// GSourceFunc of a GLib one-shot timer.
+/// `GSourceFunc` of a `GLib` one-shot timer.
 unsafe extern "C" fn glib_timer_fired<T: TimerHandler>(opaque: gpointer) -> sys::gboolean {
     // SAFETY: opaque is the Box<T> we registered; GLib holds it for this
     // dispatch and frees it (free_box) only once the source is destroyed.
@@ -397,7 +403,7 @@ unsafe extern "C" fn glib_timer_fired<T: TimerHandler>(opaque: gpointer) -> sys:
     0 // G_SOURCE_REMOVE: one-shot
 }
 
-/// What an AioContext timer's callback and release share: the QEMUTimer
+/// What an `AioContext` timer's callback and release share: the `QEMUTimer`
 /// is freed with the last count, after it was deleted.
 struct AioTimerData<T> {
     handler: T,
@@ -415,7 +421,7 @@ impl<T> Drop for AioTimerData<T> {
     }
 }
 
-/// QEMUTimerCB of an AioContext one-shot timer.
+/// `QEMUTimerCB` of an `AioContext` one-shot timer.
 unsafe extern "C" fn aio_timer_fired<T: TimerHandler>(opaque: *mut c_void) {
     // SAFETY: opaque is the registered Arc<AioTimerData<T>> of a timer that
     // is firing now, so its release BH has not run (dispatch_ref).
@@ -423,9 +429,9 @@ unsafe extern "C" fn aio_timer_fired<T: TimerHandler>(opaque: *mut c_void) {
     run_timer(&data.handler);
 }
 
-/// A one-shot timer in the listener's dispatch context: a GLib timeout
-/// source on a GMainContext, or a QEMUTimer on an AioContext (so that it
-/// also fires inside nested aio_poll loops).  Dropping it cancels it; what
+/// A one-shot timer in the listener's dispatch context: a `GLib` timeout
+/// source on a `GMainContext`, or a `QEMUTimer` on an `AioContext` (so that it
+/// also fires inside nested `aio_poll` loops).  Dropping it cancels it; what
 /// it holds is released once no call of it can still be running, exactly
 /// like the watches.
 pub struct OneShotTimer(TimerInner);
@@ -505,12 +511,12 @@ impl Drop for OneShotTimer {
     }
 }
 
-/// A private GMainContext iterated until `quit`, for `wait_client`.
+/// A private `GMainContext` iterated until `quit`, for `wait_client`.
 ///
-/// Not a GMainLoop: g_main_loop_run() forgets a g_main_loop_quit() that
-/// came before it, so a disconnect racing with the start of wait_client
+/// Not a `GMainLoop`: `g_main_loop_run()` forgets a `g_main_loop_quit()` that
+/// came before it, so a disconnect racing with the start of `wait_client`
 /// would leave it blocked.  The flag cannot be missed (`run` consumes it),
-/// and g_main_context_wakeup() interrupts (or pre-empts) a blocking
+/// and `g_main_context_wakeup()` interrupts (or pre-empts) a blocking
 /// iteration.
 pub struct PrivateLoop {
     ctx: NonNull<GMainContext>,
@@ -541,7 +547,9 @@ impl WaitLoop<QemuHost> for PrivateLoop {
         while !self.done.swap(false, SeqCst) {
             // SAFETY: the context is live for as long as self; only this
             // thread iterates it.
-            unsafe { sys::g_main_context_iteration(self.ctx.as_ptr(), 1) };
+            unsafe {
+                sys::g_main_context_iteration(self.ctx.as_ptr(), 1);
+            }
         }
     }
 

@@ -1,4 +1,4 @@
-//! Connecting sockets: socket_connect().
+//! Connecting sockets: `socket_connect()`.
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -91,11 +91,11 @@ fn vsock_connect(a: &sys::VsockSocketAddress) -> Result<OwnedFd> {
     Ok(sock)
 }
 
-/// The Rust side of socket_connect().
+/// The Rust side of `socket_connect()`.
 ///
 /// # Safety
-/// `addr` is a valid SocketAddress.
-pub(crate) unsafe fn connect(addr: *const sys::SocketAddress) -> Result<OwnedFd> {
+/// `addr` is a valid `SocketAddress`.
+pub unsafe fn connect(addr: *const sys::SocketAddress) -> Result<OwnedFd> {
     // SAFETY: caller's contract; the tag selects the union member.
     unsafe {
         match (*addr).type_ {

@@ -1,4 +1,4 @@
-//! Listening sockets: socket_listen() for inet (port ranges, dual
+//! Listening sockets: `socket_listen()` for inet (port ranges, dual
 //! stack), unix (path and abstract), vsock and fd addresses.
 
 use std::{
@@ -205,7 +205,7 @@ fn unix_listen(a: &sys::UnixSocketAddress, num: c_int) -> Result<OwnedFd> {
         return Err(too_long());
     }
     let sa = SockAddr::unix(&path, abstract_, tight).ok_or_else(too_long)?;
-    let cpath = CString::new(path.clone())
+    let cpath = CString::new(path)
         .map_err(|_| ErrorImpl::new(format!("invalid UNIX socket path '{shown}'")))?;
     if !abstract_ && lstat_is_socket(&cpath) == Some(true) {
         // A socket file left by an earlier listener; anything else that
@@ -239,11 +239,11 @@ fn vsock_listen(a: &sys::VsockSocketAddress, num: c_int) -> Result<OwnedFd> {
     Ok(sock)
 }
 
-/// The Rust side of socket_listen().
+/// The Rust side of `socket_listen()`.
 ///
 /// # Safety
-/// `addr` is a valid SocketAddress.
-pub(crate) unsafe fn listen(addr: *const sys::SocketAddress, num: c_int) -> Result<OwnedFd> {
+/// `addr` is a valid `SocketAddress`.
+pub unsafe fn listen(addr: *const sys::SocketAddress, num: c_int) -> Result<OwnedFd> {
     // SAFETY: caller's contract; the tag selects the union member.
     unsafe {
         match (*addr).type_ {
@@ -363,8 +363,8 @@ mod tests {
             listen_err("127.0.0.1:1,ipv4=off,ipv6=off"),
             "Cannot disable IPv4 and IPv6 at same time"
         );
-        let m = listen_err("unix:/nonexistent-dir-qemucompat/x.sock");
-        assert_eq!(m, "Failed to bind socket to /nonexistent-dir-qemucompat/x.sock: No such file or directory");
+        let unix_err = listen_err("unix:/nonexistent-dir-qemucompat/x.sock");
+        assert_eq!(unix_err, "Failed to bind socket to /nonexistent-dir-qemucompat/x.sock: No such file or directory");
         let long = format!("unix:/tmp/{}", "x".repeat(120));
         assert_eq!(
             listen_err(&long),
@@ -378,8 +378,8 @@ mod tests {
             listen_err("fd:abc"),
             "Unable to parse FD number abc: Invalid argument"
         );
-        let m = listen_err("vsock:x:1");
-        assert_eq!(m, "Failed to parse cid 'x'");
+        let vsock_err = listen_err("vsock:x:1");
+        assert_eq!(vsock_err, "Failed to parse cid 'x'");
         assert_eq!(open_fds(), before);
     }
 
@@ -430,8 +430,7 @@ mod tests {
             let c = connect(a.0).unwrap();
             drop((c, l));
             // A stale socket file is replaced.
-            let l = listen(a.0, 5).unwrap();
-            drop(l);
+            drop(listen(a.0, 5).unwrap());
             // A regular file is not.
             std::fs::remove_file(&p).unwrap();
             std::fs::write(&p, b"data").unwrap();
@@ -445,29 +444,35 @@ mod tests {
             assert_eq!(std::fs::read(&p).unwrap(), b"data");
 
             // An empty path gets a fresh temporary one.
-            let t = parse_ok("unix:,abstract=off");
-            let l = listen(t.0, 5).unwrap();
-            let local = local_sockaddr(l.as_raw_fd()).unwrap().to_address().unwrap();
-            let path = text((*local.0).u.q_unix.path);
+            let unnamed = parse_ok("unix:,abstract=off");
+            let ul = listen(unnamed.0, 5).unwrap();
+            let ulocal = local_sockaddr(ul.as_raw_fd())
+                .unwrap()
+                .to_address()
+                .unwrap();
+            let path = text((*ulocal.0).u.q_unix.path);
             assert!(path.contains("qemu-socket-"), "{path}");
-            drop(l);
+            drop(ul);
             let _ = std::fs::remove_file(path);
 
             // Abstract, tight and not.
             let name = format!("qemucompat-test-{}", std::process::id());
             for tight in ["", ",tight=off"] {
-                let s = format!("unix:{name},abstract=on{tight}");
-                let a = parse_ok(&s);
-                let l = listen(a.0, 5).unwrap();
-                let local = local_sockaddr(l.as_raw_fd()).unwrap().to_address().unwrap();
-                assert_eq!(uri(local.0), s);
-                drop(connect(a.0).unwrap());
+                let abs_uri = format!("unix:{name},abstract=on{tight}");
+                let abs = parse_ok(&abs_uri);
+                let al = listen(abs.0, 5).unwrap();
+                let alocal = local_sockaddr(al.as_raw_fd())
+                    .unwrap()
+                    .to_address()
+                    .unwrap();
+                assert_eq!(uri(alocal.0), abs_uri);
+                drop(connect(abs.0).unwrap());
             }
         }
         std::fs::remove_dir_all(d).unwrap();
     }
 
-    /// Found by the open_sync fuzz target: a unix path or abstract name
+    /// Found by the `open_sync` fuzz target: a unix path or abstract name
     /// that is not UTF-8 was bound as its lossy text ("\xff" became
     /// "\u{fffd}") and reported so.  Bytes are kept when binding,
     /// connecting and in the local address.

@@ -12,7 +12,7 @@
 //! This file holds the allocation and freeing of QAPI addresses and the
 //! small wrappers of the socket calls; [`parse`] the text syntax,
 //! [`sockaddr`] the kernel's address format, [`listen`] and [`connect`]
-//! opening sockets, [`resolver`] getaddrinfo() and the DNS resolver.
+//! opening sockets, [`resolver`] `getaddrinfo()` and the DNS resolver.
 
 mod connect;
 mod listen;
@@ -20,13 +20,13 @@ mod parse;
 mod resolver;
 mod sockaddr;
 #[cfg(test)]
-pub(crate) mod testing;
+pub mod testing;
 
 #[cfg(test)]
-pub(crate) use self::parse::uri;
+pub use self::parse::uri;
 #[cfg(test)]
 use self::resolver::{qio_dns_resolver_get_instance, qio_dns_resolver_lookup_sync};
-pub(crate) use self::{
+pub use self::{
     connect::connect,
     listen::listen,
     sockaddr::{local_sockaddr, remote_sockaddr, SockAddr},
@@ -75,7 +75,7 @@ unsafe fn dup(p: *const c_char) -> *mut c_char {
 unsafe fn text(p: *const c_char) -> String {
     // SAFETY: caller's contract.
     unsafe { cstr(p) }
-        .map(|s| s.into_owned())
+        .map(std::borrow::Cow::into_owned)
         .unwrap_or_default()
 }
 
@@ -93,21 +93,23 @@ unsafe fn bytes<'a>(p: *const c_char) -> &'a [u8] {
     }
 }
 
-/// A zeroed, `g_malloc`ed SocketAddress of type `ty`.
+/// A zeroed, `g_malloc`ed `SocketAddress` of type `ty`.
 fn new_address(ty: sys::SocketAddressType) -> *mut sys::SocketAddress {
     // SAFETY: g_malloc0 aborts rather than returning NULL; all-zero is a
     // valid SocketAddress (NULL strings, false flags).
     let a = unsafe { sys::g_malloc0(size_of::<sys::SocketAddress>()) }.cast::<sys::SocketAddress>();
     // SAFETY: a is a fresh allocation.
-    unsafe { (*a).type_ = ty };
+    unsafe {
+        (*a).type_ = ty;
+    }
     a
 }
 
 /// A deep copy of `src` (every string duplicated).
 ///
 /// # Safety
-/// `src` is a valid SocketAddress.
-pub(crate) unsafe fn clone_address(src: *const sys::SocketAddress) -> *mut sys::SocketAddress {
+/// `src` is a valid `SocketAddress`.
+pub unsafe fn clone_address(src: *const sys::SocketAddress) -> *mut sys::SocketAddress {
     // SAFETY: caller's contract; the union member read is the one the tag
     // selects, and the copy's strings are replaced by duplicates.
     unsafe {
@@ -147,7 +149,7 @@ unsafe fn free_inet_members(a: &mut sys::InetSocketAddress) {
 }
 
 /// # Safety
-/// `obj` is NULL or a `g_malloc`ed SocketAddress owning its strings.
+/// `obj` is NULL or a `g_malloc`ed `SocketAddress` owning its strings.
 #[no_mangle]
 pub unsafe extern "C" fn qapi_free_SocketAddress(obj: *mut sys::SocketAddress) {
     if obj.is_null() {
@@ -173,9 +175,9 @@ pub unsafe extern "C" fn qapi_free_SocketAddress(obj: *mut sys::SocketAddress) {
     }
 }
 
-/// Owns a C SocketAddress until it is handed out, so error paths free it.
+/// Owns a C `SocketAddress` until it is handed out, so error paths free it.
 #[derive(Debug)]
-pub(crate) struct AddrBox(pub(crate) *mut sys::SocketAddress);
+pub struct AddrBox(pub(crate) *mut sys::SocketAddress);
 
 impl AddrBox {
     pub(crate) fn into_raw(self) -> *mut sys::SocketAddress {
@@ -188,7 +190,9 @@ impl AddrBox {
 impl Drop for AddrBox {
     fn drop(&mut self) {
         // SAFETY: we own the address.
-        unsafe { qapi_free_SocketAddress(self.0) };
+        unsafe {
+            qapi_free_SocketAddress(self.0);
+        }
     }
 }
 
@@ -271,7 +275,7 @@ fn is_socket(fd: RawFd) -> bool {
     fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
 }
 
-/// QEMU's socket_get_fd(): the address owns the descriptor, so one that
+/// QEMU's `socket_get_fd()`: the address owns the descriptor, so one that
 /// turns out not to be a socket is closed, as QEMU does.
 fn fd_from_str(s: &str) -> Result<OwnedFd> {
     let fd: RawFd = s.parse().map_err(|_| {
@@ -328,12 +332,12 @@ fn set_blocking(fd: RawFd, block: bool) -> Result<()> {
 
 /// # Safety
 /// `errp` is a valid `Error **` or NULL.
-pub(crate) unsafe fn qemu_set_blocking(fd: c_int, block: bool, errp: *mut *mut sys::Error) -> bool {
+pub unsafe fn qemu_set_blocking(fd: c_int, block: bool, errp: *mut *mut sys::Error) -> bool {
     // SAFETY: caller's contract.
     unsafe { ok_or_set(set_blocking(fd, block), errp) }.is_some()
 }
 
-/// QEMU's socket_init(): nothing to set up outside Windows.
+/// QEMU's `socket_init()`: nothing to set up outside Windows.
 #[no_mangle]
 pub extern "C" fn socket_init() -> c_int {
     0

@@ -1,4 +1,4 @@
-//! QEMU's address syntax: socket_parse() and socket_uri().
+//! QEMU's address syntax: `socket_parse()` and `socket_uri()`.
 //!
 //! Both work on bytes, as QEMU's C does: a path or name that is not UTF-8
 //! is kept byte for byte (Linux paths are bytes); only error messages
@@ -55,7 +55,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// QEMU's inet_parse(): "HOST:PORT" or "[V6]:PORT", then options.
+/// QEMU's `inet_parse()`: "HOST:PORT" or "[V6]:PORT", then options.
 /// Returns the address with NULL strings plus the host and port.
 fn parse_inet(s: &[u8]) -> Result<(sys::InetSocketAddress, Vec<u8>, Vec<u8>)> {
     let segs = split_commas(s);
@@ -113,8 +113,11 @@ fn parse_inet(s: &[u8]) -> Result<(sys::InetSocketAddress, Vec<u8>, Vec<u8>)> {
                 (a.has_keep_alive_interval, a.keep_alive_interval) = (true, parse_u32(k, v)?)
             }
             _ => {
-                let (k, _) = split_opt(opt, &BOOLS);
-                return Err(ErrorImpl::new(format!("Invalid parameter '{}'", shown(k))));
+                let (raw, _) = split_opt(opt, &BOOLS);
+                return Err(ErrorImpl::new(format!(
+                    "Invalid parameter '{}'",
+                    shown(raw)
+                )));
             }
         }
     }
@@ -122,10 +125,10 @@ fn parse_inet(s: &[u8]) -> Result<(sys::InetSocketAddress, Vec<u8>, Vec<u8>)> {
     Ok((a, host.to_vec(), port.to_vec()))
 }
 
-/// Rejects a numeric port above 65535, which getaddrinfo() would silently
+/// Rejects a numeric port above 65535, which `getaddrinfo()` would silently
 /// take modulo 65536 ("99999" is port 34463), with the message QEMU's
-/// inet_listen_saddr() gives for its own range check.  Service names
-/// ("http") are left to getaddrinfo(), which fails on unknown ones.
+/// `inet_listen_saddr()` gives for its own range check.  Service names
+/// ("http") are left to `getaddrinfo()`, which fails on unknown ones.
 pub(super) fn check_port(port: &[u8]) -> Result<()> {
     // getaddrinfo() parses numeric services with strtoul(): leading
     // blanks (C's isspace(), vertical tab included) and a '+' are
@@ -171,7 +174,7 @@ fn parse_unix(s: &[u8]) -> Result<(sys::UnixSocketAddress, Vec<u8>)> {
     Ok((a, segs[..first_opt].join(&b',')))
 }
 
-/// QEMU's vsock_parse(): "CID:PORT", each at most 32 characters.
+/// QEMU's `vsock_parse()`: "CID:PORT", each at most 32 characters.
 fn parse_vsock(s: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
     let err = || ErrorImpl::new(format!("error parsing address '{}'", shown(s)));
     let colon = s.iter().position(|&b| b == b':').ok_or_else(err)?;
@@ -206,7 +209,9 @@ pub(super) fn parse(s: &[u8]) -> Result<AddrBox> {
         }
         let a = AddrBox(new_address(sys::SocketAddressType_SOCKET_ADDRESS_TYPE_FD));
         // SAFETY: a fresh fd address that we own.
-        unsafe { (*a.0).u.fd.str_ = g_strdup_bytes(rest) };
+        unsafe {
+            (*a.0).u.fd.str_ = g_strdup_bytes(rest);
+        }
         Ok(a)
     } else if let Some(rest) = s.strip_prefix(b"vsock:") {
         let (cid, port) = parse_vsock(rest)?;
@@ -260,14 +265,14 @@ fn host_port_bytes(host: &[u8], port: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The text of `addr` in socket_parse() syntax, byte for byte.  Like
-/// QEMU's socket_uri() it leaves out inet flags (ipv4, ipv6, numeric,
+/// The text of `addr` in `socket_parse()` syntax, byte for byte.  Like
+/// QEMU's `socket_uri()` it leaves out inet flags (ipv4, ipv6, numeric,
 /// keep-alive), but it keeps what changes the meaning: the port range and
 /// abstract/tight.
 ///
 /// # Safety
-/// `addr` is a valid SocketAddress.
-pub(crate) unsafe fn uri_bytes(addr: *const sys::SocketAddress) -> Vec<u8> {
+/// `addr` is a valid `SocketAddress`.
+pub unsafe fn uri_bytes(addr: *const sys::SocketAddress) -> Vec<u8> {
     // SAFETY: caller's contract; the tag selects the union member.
     unsafe {
         match (*addr).type_ {
@@ -310,15 +315,15 @@ pub(crate) unsafe fn uri_bytes(addr: *const sys::SocketAddress) -> Vec<u8> {
 /// [`uri_bytes`] as text (lossy), for tests.
 ///
 /// # Safety
-/// `addr` is a valid SocketAddress.
+/// `addr` is a valid `SocketAddress`.
 #[cfg(test)]
-pub(crate) unsafe fn uri(addr: *const sys::SocketAddress) -> String {
+pub unsafe fn uri(addr: *const sys::SocketAddress) -> String {
     // SAFETY: caller's contract.
     String::from_utf8_lossy(&unsafe { uri_bytes(addr) }).into_owned()
 }
 
 /// # Safety
-/// `addr` is a valid SocketAddress.
+/// `addr` is a valid `SocketAddress`.
 #[no_mangle]
 pub unsafe extern "C" fn socket_uri(addr: *mut sys::SocketAddress) -> *mut c_char {
     // SAFETY: caller's contract.
@@ -436,7 +441,7 @@ mod tests {
         );
     }
 
-    /// Found by the socket_parse fuzz target: strings were read lossily,
+    /// Found by the `socket_parse` fuzz target: strings were read lossily,
     /// so "fd:\xed" gave the name "\u{fffd}" and a unix path that is not
     /// UTF-8 named another file.  Bytes are kept, both ways.
     #[test]
@@ -484,7 +489,7 @@ mod tests {
     }
 
     /// An inet address with `port` put in by hand, as QEMU code that
-    /// builds an InetSocketAddress does (no socket_parse() check).
+    /// builds an `InetSocketAddress` does (no `socket_parse()` check).
     fn inet_with_port(port: &str) -> AddrBox {
         let a = parse_ok("127.0.0.1:0");
         // SAFETY: a is an inet address we own; its old port is freed.
@@ -548,16 +553,19 @@ mod tests {
             "{msg}"
         );
         // SAFETY: a valid address.
-        let msg = unsafe { connect(a.0) }.err().unwrap().message().to_owned();
-        assert!(msg.contains("127.0.0.1:no-such-service"), "{msg}");
+        let connect_msg = unsafe { connect(a.0) }.err().unwrap().message().to_owned();
+        assert!(
+            connect_msg.contains("127.0.0.1:no-such-service"),
+            "{connect_msg}"
+        );
         // One that resolves gives its number.
-        let a = inet_with_port("http");
+        let http = inet_with_port("http");
         let (mut n, mut list, mut err) = (0, ptr::null_mut(), ptr::null_mut());
         // SAFETY: a valid address and out parameters.
         unsafe {
             let r = qio_dns_resolver_get_instance();
             assert_eq!(
-                qio_dns_resolver_lookup_sync(r, a.0, &mut n, &mut list, &mut err),
+                qio_dns_resolver_lookup_sync(r, http.0, &mut n, &mut list, &mut err),
                 0
             );
             assert_eq!(n, 1);

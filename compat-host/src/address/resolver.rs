@@ -1,5 +1,5 @@
-//! Name resolution: getaddrinfo() as the listen and connect paths use
-//! it, and QEMU's QIODNSResolver (io/dns-resolver.h).
+//! Name resolution: `getaddrinfo()` as the listen and connect paths use
+//! it, and QEMU's `QIODNSResolver` (io/dns-resolver.h).
 
 use std::{
     ffi::{c_int, CString},
@@ -21,7 +21,7 @@ use crate::{
     util::g_strdup,
 };
 
-/// One getaddrinfo() result.
+/// One `getaddrinfo()` result.
 pub(super) struct Resolved {
     pub(super) family: c_int,
     pub(super) protocol: c_int,
@@ -67,8 +67,8 @@ pub(super) fn getaddrinfo(
                 ai.ai_addr.cast::<u8>(),
                 ptr::addr_of_mut!(addr.storage).cast::<u8>(),
                 n,
-            )
-        };
+            );
+        }
         addr.len = n as socklen_t;
         out.push(Resolved {
             family: ai.ai_family,
@@ -78,11 +78,13 @@ pub(super) fn getaddrinfo(
         e = ai.ai_next;
     }
     // SAFETY: res came from getaddrinfo and is not used afterwards.
-    unsafe { libc::freeaddrinfo(res) };
+    unsafe {
+        libc::freeaddrinfo(res);
+    }
     Ok(out)
 }
 
-/// QEMU's inet_ai_family_from_address().
+/// QEMU's `inet_ai_family_from_address()`.
 pub(super) fn ai_family(a: &sys::InetSocketAddress) -> Result<c_int> {
     let v4_on = a.has_ipv4 && a.ipv4;
     let v6_on = a.has_ipv6 && a.ipv6;
@@ -113,7 +115,9 @@ const RESOLVER_INFO: sys::TypeInfo = type_info(
 
 unsafe extern "C" fn register_types() {
     // SAFETY: a constant TypeInfo with static strings.
-    unsafe { sys::type_register_static(&RESOLVER_INFO) };
+    unsafe {
+        sys::type_register_static(&RESOLVER_INFO);
+    }
 }
 type_init!(register_types);
 
@@ -177,7 +181,7 @@ fn resolve_inet(a: &sys::InetSocketAddress) -> Result<Vec<AddrBox>> {
 }
 
 /// # Safety
-/// `addr` is a valid SocketAddress; `naddrs`/`addrs` valid out
+/// `addr` is a valid `SocketAddress`; `naddrs`/`addrs` valid out
 /// parameters; `errp` a valid `Error **` or NULL.
 #[no_mangle]
 pub unsafe extern "C" fn qio_dns_resolver_lookup_sync(
@@ -210,7 +214,9 @@ pub unsafe extern "C" fn qio_dns_resolver_lookup_sync(
         .cast::<*mut sys::SocketAddress>();
     for (i, b) in list.into_iter().enumerate() {
         // SAFETY: i < n.
-        unsafe { *arr.add(i) = b.into_raw() };
+        unsafe {
+            *arr.add(i) = b.into_raw();
+        }
     }
     // SAFETY: caller's contract.
     unsafe {

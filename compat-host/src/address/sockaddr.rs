@@ -1,5 +1,5 @@
-//! The kernel's socket addresses (sockaddr_storage) and their
-//! conversion to and from SocketAddress.
+//! The kernel's socket addresses (`sockaddr_storage`) and their
+//! conversion to and from `SocketAddress`.
 
 use std::{
     ffi::{c_char, c_int},
@@ -19,7 +19,7 @@ use crate::{
 
 /// A socket address in the kernel's format.
 #[derive(Clone, Copy)]
-pub(crate) struct SockAddr {
+pub struct SockAddr {
     pub(crate) storage: sockaddr_storage,
     pub(crate) len: socklen_t,
 }
@@ -38,7 +38,7 @@ impl SockAddr {
     }
 
     pub(super) fn family(&self) -> c_int {
-        self.storage.ss_family as c_int
+        c_int::from(self.storage.ss_family)
     }
 
     pub(super) fn set_port(&mut self, port: u16) {
@@ -109,7 +109,7 @@ impl SockAddr {
         unsafe { Ok((text(host.as_ptr()), text(serv.as_ptr()))) }
     }
 
-    /// QEMU's socket_sockaddr_to_address().
+    /// QEMU's `socket_sockaddr_to_address()`.
     pub(crate) fn to_address(self) -> Result<AddrBox> {
         match self.family() {
             libc::AF_INET | libc::AF_INET6 => {
@@ -179,7 +179,7 @@ pub(super) fn gai_error(rc: c_int) -> String {
     unsafe { text(libc::gai_strerror(rc)) }
 }
 
-/// getsockname() or getpeername() of `fd`.  Inlined, so each caller
+/// `getsockname()` or `getpeername()` of `fd`.  Inlined, so each caller
 /// calls its function directly.
 #[inline(always)]
 fn query(
@@ -194,11 +194,11 @@ fn query(
     Ok(s)
 }
 
-pub(crate) fn local_sockaddr(fd: RawFd) -> std::result::Result<SockAddr, c_int> {
+pub fn local_sockaddr(fd: RawFd) -> std::result::Result<SockAddr, c_int> {
     query(fd, libc::getsockname)
 }
 
-pub(crate) fn remote_sockaddr(fd: RawFd) -> std::result::Result<SockAddr, c_int> {
+pub fn remote_sockaddr(fd: RawFd) -> std::result::Result<SockAddr, c_int> {
     query(fd, libc::getpeername)
 }
 

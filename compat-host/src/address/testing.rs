@@ -3,17 +3,17 @@
 use super::{listen, parse::parse, AddrBox};
 
 /// How many descriptors this process has open.
-pub(crate) fn open_fds() -> usize {
+pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
+        .map(std::iter::Iterator::count)
         .unwrap_or(0)
 }
 
-pub(crate) fn parse_ok(s: &str) -> AddrBox {
+pub fn parse_ok(s: &str) -> AddrBox {
     parse(s.as_bytes()).unwrap_or_else(|e| panic!("{s}: {}", e.message()))
 }
 
-pub(crate) fn listen_err(s: &str) -> String {
+pub fn listen_err(s: &str) -> String {
     let a = parse_ok(s);
     // SAFETY: a valid address.
     match unsafe { listen(a.0, 5) } {

@@ -123,14 +123,18 @@ mod tests {
             // SAFETY: ctx is live until the test joins this thread; the
             // Probe outlives the BH (the test polls until it ran).
             unsafe {
-                aio_bh_schedule_oneshot_full(sp.0, Some(count), sp.1 as *mut c_void, ptr::null())
-            };
+                aio_bh_schedule_oneshot_full(sp.0, Some(count), sp.1 as *mut c_void, ptr::null());
+            }
         });
         // SAFETY: live ctx, polled from its home thread.
-        unsafe { poll_until(ctx, || p.calls.load(SeqCst) == 1) };
+        unsafe {
+            poll_until(ctx, || p.calls.load(SeqCst) == 1);
+        }
         t.join().unwrap();
         // SAFETY: our reference.
-        unsafe { aio_context_unref(ctx) };
+        unsafe {
+            aio_context_unref(ctx);
+        }
     }
 
     #[test]

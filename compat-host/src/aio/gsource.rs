@@ -1,5 +1,5 @@
-//! The context as a GSource: GLib's prepare/check/dispatch/finalize run
-//! the same `aio_poll` pass from a GMainContext, and the C entry points
+//! The context as a `GSource`: `GLib`'s prepare/check/dispatch/finalize run
+//! the same `aio_poll` pass from a `GMainContext`, and the C entry points
 //! that create and reference a context.
 
 use std::{
@@ -19,18 +19,20 @@ unsafe extern "C" fn ctx_prepare(source: *mut sys::GSource, timeout: *mut c_int)
         .lock()
         .timeout_ms(monotonic_ns);
     // SAFETY: as above.
-    unsafe { *timeout = t };
-    (t == 0) as sys::gboolean
+    unsafe {
+        *timeout = t;
+    }
+    sys::gboolean::from(t == 0)
 }
 
 unsafe extern "C" fn ctx_check(source: *mut sys::GSource) -> sys::gboolean {
-    let ctx = source as *mut AioContext;
+    let ctx = source.cast::<AioContext>();
     // SAFETY: GLib calls this with our live source, whose tag was set at
     // creation.
     let cond = unsafe { sys::g_source_query_unix_fd(source, (*ctx).tag) };
     // SAFETY: as above.
     let inner = unsafe { inner_ref(source.cast()) };
-    (cond & sys::G_IO_IN != 0 || inner.ready()) as sys::gboolean
+    sys::gboolean::from(cond & sys::G_IO_IN != 0 || inner.ready())
 }
 
 unsafe extern "C" fn ctx_dispatch(
@@ -45,7 +47,7 @@ unsafe extern "C" fn ctx_dispatch(
 }
 
 unsafe extern "C" fn ctx_finalize(source: *mut sys::GSource) {
-    let ctx = source as *mut AioContext;
+    let ctx = source.cast::<AioContext>();
     // SAFETY: GLib finalizes once; `inner` came from Arc::into_raw.  A
     // poll still running holds its own Arc, so the state outlives it.
     let inner = unsafe { Arc::from_raw((*ctx).inner) };
@@ -62,7 +64,7 @@ static FUNCS: sys::GSourceFuncs = sys::GSourceFuncs {
 };
 
 /// A new context with one reference, for Rust callers.
-pub(crate) fn context_new() -> io::Result<*mut sys::AioContext> {
+pub fn context_new() -> io::Result<*mut sys::AioContext> {
     let inner = Inner::new()?;
     let epfd = inner.epoll.0.as_raw_fd();
     // SAFETY: AioContext is repr(C) with the GSource first and valid
@@ -79,7 +81,7 @@ pub(crate) fn context_new() -> io::Result<*mut sys::AioContext> {
 
 /// # Safety
 /// `errp` is NULL or a valid `Error **` (QEMU's conventions).
-pub(crate) unsafe fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::AioContext {
+pub unsafe fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::AioContext {
     match context_new() {
         Ok(ctx) => ctx,
         Err(e) => {
@@ -93,8 +95,8 @@ pub(crate) unsafe fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::Ai
                     c"aio_context_new".as_ptr(),
                     c"%s".as_ptr(),
                     msg.as_ptr(),
-                )
-            };
+                );
+            }
             ptr::null_mut()
         }
     }
@@ -102,14 +104,16 @@ pub(crate) unsafe fn aio_context_new(errp: *mut *mut sys::Error) -> *mut sys::Ai
 
 /// # Safety
 /// `ctx` is a live context and the caller owns the reference it drops.
-pub(crate) unsafe fn aio_context_unref(ctx: *mut sys::AioContext) {
+pub unsafe fn aio_context_unref(ctx: *mut sys::AioContext) {
     // SAFETY: as above.
-    unsafe { sys::g_source_unref(ctx.cast()) };
+    unsafe {
+        sys::g_source_unref(ctx.cast());
+    }
 }
 
 /// # Safety
 /// `ctx` is a live context (its owner may be any thread).
-pub(crate) unsafe fn aio_get_g_source(ctx: *mut sys::AioContext) -> *mut sys::GSource {
+pub unsafe fn aio_get_g_source(ctx: *mut sys::AioContext) -> *mut sys::GSource {
     // SAFETY: as above.
     unsafe { sys::g_source_ref(ctx.cast()) }
 }
@@ -127,16 +131,18 @@ mod tests {
 
     unsafe extern "C" fn set_flag(flag: sys::gpointer) -> sys::gboolean {
         // SAFETY: the test's AtomicBool outlives the source.
-        unsafe { (*flag.cast::<AtomicBool>()).store(true, SeqCst) };
+        unsafe {
+            (*flag.cast::<AtomicBool>()).store(true, SeqCst);
+        }
         0
     }
 
     /// Runs blocking iterations of `gctx` until `done`; false if 5 s
-    /// passed first (a GLib timeout wakes the iteration then, so a context
+    /// passed first (a `GLib` timeout wakes the iteration then, so a context
     /// that never wakes up fails the test instead of hanging it).
     ///
     /// # Safety
-    /// `gctx` is a live GMainContext that this thread may iterate.
+    /// `gctx` is a live `GMainContext` that this thread may iterate.
     unsafe fn iterate_until(gctx: *mut sys::GMainContext, done: impl Fn() -> bool) -> bool {
         let expired = AtomicBool::new(false);
         // SAFETY: `expired` outlives the source, destroyed below.
@@ -153,7 +159,9 @@ mod tests {
         };
         while !done() && !expired.load(SeqCst) {
             // SAFETY: caller's contract.
-            unsafe { sys::g_main_context_iteration(gctx, 1) };
+            unsafe {
+                sys::g_main_context_iteration(gctx, 1);
+            }
         }
         // SAFETY: our source.
         unsafe {
@@ -163,7 +171,7 @@ mod tests {
         done()
     }
 
-    /// A GMainContext alone runs the context: its timers (the iteration
+    /// A `GMainContext` alone runs the context: its timers (the iteration
     /// sleeps until the timer's deadline) and its BHs (scheduling one
     /// wakes the iteration).
     #[test]

@@ -1,12 +1,12 @@
-//! QEMU's AioContext event loop (`qemu/aio.h`, `qemu/timer.h`): fd
+//! QEMU's `AioContext` event loop (`qemu/aio.h`, `qemu/timer.h`): fd
 //! handlers, bottom halves (BHs) and timers, run by `aio_poll()` in the
-//! context's home thread or, through the context's GSource, by a GLib main
+//! context's home thread or, through the context's `GSource`, by a `GLib` main
 //! loop.
 //!
 //! As in QEMU, an `AioContext` *is* a `GSource`: the C pointer points at a
 //! `GSource` allocated by `g_source_new`, followed by a pointer to the Rust
 //! state ([`Inner`]).  `aio_context_ref`/`unref` are `g_source_ref`/`unref`
-//! and the GSource's `finalize` frees the Rust state, closing its fds.
+//! and the `GSource`'s `finalize` frees the Rust state, closing its fds.
 //!
 //! The state is an epoll fd holding every handler's fd (level-triggered)
 //! plus an eventfd that `aio_notify` writes, the handler table, the queue
@@ -24,7 +24,7 @@
 //!    calling it, so once `aio_set_fd_handler(.., NULL, NULL, ..)` returns,
 //!    no dispatch *starts* calling the removed handler, in any thread.  A
 //!    replaced handler likewise gets the new callback and opaque.
-//! 2. BHs run only inside `aio_poll`/the GSource dispatch of their context,
+//! 2. BHs run only inside `aio_poll`/the `GSource` dispatch of their context,
 //!    and only one thread at a time runs a given context (a second thread
 //!    waits until the first leaves; see [`Inner::enter`]).
 //! 3. Therefore a handler call that was already in progress when the
@@ -47,14 +47,14 @@
 //!   timer's deadline is converted to the monotonic clock when armed, so
 //!   it does not follow later wall-clock jumps.
 //! - The home thread (for `in_aio_context_home_thread`) is the thread that
-//!   created the context or last ran it with `aio_poll`/GLib.
+//!   created the context or last ran it with `aio_poll`/`GLib`.
 //!
 //! # Files
 //!
 //! This file holds the shared state and the thread bookkeeping; [`poll`]
-//! the epoll loop and fd handlers, [`gsource`] the GSource glue and the
+//! the epoll loop and fd handlers, [`gsource`] the `GSource` glue and the
 //! context's creation, [`bh`] bottom halves, [`timer`] timers and clocks,
-//! [`thread`] a thread running a context (QEMU's IOThread).
+//! [`thread`] a thread running a context (QEMU's `IOThread`).
 
 mod bh;
 mod gsource;
@@ -81,9 +81,9 @@ use nix::sys::{epoll::Epoll, eventfd::EventFd};
 
 use crate::sys;
 
-pub(crate) use self::gsource::context_new;
+pub use self::gsource::context_new;
 use self::poll::Handler;
-pub(crate) use self::{
+pub use self::{
     bh::aio_bh_schedule_oneshot_full,
     gsource::{aio_context_new, aio_context_unref, aio_get_g_source},
     poll::aio_poll,
@@ -91,12 +91,12 @@ pub(crate) use self::{
     timer::Timer,
 };
 #[cfg(test)]
-pub(crate) use self::{
+pub use self::{
     poll::aio_set_fd_handler,
     timer::{aio_timer_new, qemu_clock_get_ms, qemu_clock_get_ns, timer_free, timer_mod},
 };
 
-/// What C's `AioContext *` points at: the GSource GLib allocated, then our
+/// What C's `AioContext *` points at: the `GSource` `GLib` allocated, then our
 /// state.  `g_source_new` zero-fills the bytes after the `GSource`.
 #[repr(C)]
 struct AioContext {
@@ -138,7 +138,7 @@ impl Callback {
 }
 
 /// Hashes an fd as itself: every dispatch looks its handler up, and the
-/// default SipHash costs more than the rest of that lookup.
+/// default `SipHash` costs more than the rest of that lookup.
 #[derive(Default)]
 struct FdHasher(u64);
 
@@ -156,7 +156,7 @@ impl Hasher for FdHasher {
     fn write_i32(&mut self, fd: i32) {
         // Spread small integers over the whole word (Fibonacci hashing):
         // hashbrown takes its control bits from the top.
-        self.0 = (fd as u32 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = u64::from(fd as u32).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -175,7 +175,7 @@ struct State {
 }
 
 impl State {
-    /// The `epoll_wait`/GLib timeout in ms: 0 if a BH or timer is ready.
+    /// The `epoll_wait`/`GLib` timeout in ms: 0 if a BH or timer is ready.
     /// The clock is only read if a timer is armed.
     fn timeout_ms(&self, now: impl FnOnce() -> i64) -> c_int {
         if !self.bhs.is_empty() {
@@ -188,8 +188,8 @@ impl State {
         match deadline {
             deadline if deadline <= now => 0,
             deadline => {
-                let ms = (deadline as i128 - now as i128 + 999_999) / 1_000_000;
-                ms.min(c_int::MAX as i128) as c_int
+                let ms = (i128::from(deadline) - i128::from(now) + 999_999) / 1_000_000;
+                ms.min(i128::from(c_int::MAX)) as c_int
             }
         }
     }
@@ -202,11 +202,11 @@ struct Owner {
     depth: u32,
     /// Threads waiting in `enter` for the context: only then does leaving
     /// it wake them (a condvar notify is a system call even with no one
-    /// to wake, and it would be one per aio_poll).
+    /// to wake, and it would be one per `aio_poll`).
     waiters: u32,
 }
 
-/// The Rust state of one AioContext.
+/// The Rust state of one `AioContext`.
 pub struct Inner {
     epoll: Epoll,
     eventfd: EventFd,
@@ -229,16 +229,16 @@ thread_local! {
 }
 
 /// A small non-zero id of the calling thread.
-pub(crate) fn thread_id() -> u64 {
+pub fn thread_id() -> u64 {
     THREAD_ID.with(|id| *id)
 }
 
-/// Makes `ctx` the calling thread's current context (IOThreads).
-pub(crate) fn set_current_context(ctx: *mut sys::AioContext) {
+/// Makes `ctx` the calling thread's current context (`IOThread`s).
+pub fn set_current_context(ctx: *mut sys::AioContext) {
     CURRENT.with(|c| c.set(ctx));
 }
 
-/// The main-loop AioContext (one reference kept forever), NULL until the
+/// The main-loop `AioContext` (one reference kept forever), NULL until the
 /// main loop (`main_loop.rs`) sets it up.
 static MAIN_CTX: AtomicPtr<sys::AioContext> = AtomicPtr::new(ptr::null_mut());
 /// [`thread_id`] of the main thread, 0 until then.
@@ -246,16 +246,16 @@ static MAIN_THREAD: AtomicU64 = AtomicU64::new(0);
 
 /// Records `ctx` as the main-loop context and the calling thread as the
 /// main thread, whose current context it is from then on.
-pub(crate) fn set_main_context(ctx: *mut sys::AioContext) {
+pub fn set_main_context(ctx: *mut sys::AioContext) {
     MAIN_THREAD.store(thread_id(), Ordering::Release);
     MAIN_CTX.store(ctx, Ordering::Release);
 }
 
-pub(crate) fn main_context() -> *mut sys::AioContext {
+pub fn main_context() -> *mut sys::AioContext {
     MAIN_CTX.load(Ordering::Acquire)
 }
 
-pub(crate) fn in_main_thread() -> bool {
+pub fn in_main_thread() -> bool {
     let main = MAIN_THREAD.load(Ordering::Acquire);
     main != 0 && main == thread_id()
 }
@@ -269,7 +269,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn report(msg: &str) {
     let msg = CString::new(msg.replace('\0', "")).unwrap_or_default();
     // SAFETY: "%s" with one valid NUL-terminated string.
-    unsafe { sys::error_report(c"%s".as_ptr(), msg.as_ptr()) };
+    unsafe {
+        sys::error_report(c"%s".as_ptr(), msg.as_ptr());
+    }
 }
 
 /// Leaves the context's ownership when dropped.
@@ -318,11 +320,11 @@ impl Inner {
 }
 
 /// # Safety
-/// `ctx` is a live AioContext made by [`aio_context_new`].
+/// `ctx` is a live `AioContext` made by [`aio_context_new`].
 unsafe fn inner_ref<'a>(ctx: *mut sys::AioContext) -> &'a Inner {
     // SAFETY: per the contract, `inner` was set at creation and stays
     // valid until finalize, which needs the caller's reference gone.
-    unsafe { &*(*(ctx as *mut AioContext)).inner }
+    unsafe { &*(*ctx.cast::<AioContext>()).inner }
 }
 
 /// A strong reference to the state, for callers that run user code that
@@ -332,7 +334,7 @@ unsafe fn inner_ref<'a>(ctx: *mut sys::AioContext) -> &'a Inner {
 /// As [`inner_ref`].
 unsafe fn inner_arc(ctx: *mut sys::AioContext) -> Arc<Inner> {
     // SAFETY: `inner` came from `Arc::into_raw` and is alive (see above).
-    unsafe { arc_clone((*(ctx as *mut AioContext)).inner) }
+    unsafe { arc_clone((*ctx.cast::<AioContext>()).inner) }
 }
 
 /// A new strong reference to what an `Arc::into_raw` pointer that C holds

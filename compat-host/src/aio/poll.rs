@@ -36,7 +36,7 @@ pub(super) struct Handler {
     opaque: Opaque,
 }
 
-/// epoll_ctl on an fd that C names by number.
+/// `epoll_ctl` on an fd that C names by number.
 fn epoll_ctl(
     epoll: &Epoll,
     op: EpollOp,
@@ -154,10 +154,12 @@ impl Inner {
     fn current(&self, fd: RawFd, pick: fn(&Handler) -> sys::IOHandler) -> Option<Callback> {
         let st = self.lock();
         let h = st.handlers.get(&fd)?;
-        pick(h).map(|f| Callback {
+        let cb = pick(h).map(|f| Callback {
             func: Some(f),
             opaque: h.opaque,
-        })
+        });
+        drop(st);
+        cb
     }
 
     fn dispatch_fd(&self, fd: RawFd, events: EpollFlags) -> bool {
@@ -339,7 +341,9 @@ mod tests {
             wait_for(|| p.calls.load(SeqCst) == i);
         }
         // SAFETY: as above.
-        unsafe { unwatch(ctx, a.as_raw_fd()) };
+        unsafe {
+            unwatch(ctx, a.as_raw_fd());
+        }
         send_byte(&b);
         thread::sleep(Duration::from_millis(50));
         assert_eq!(p.calls.load(SeqCst), 3);

@@ -1,4 +1,4 @@
-//! Test helpers shared by the AioContext tests.
+//! Test helpers shared by the `AioContext` tests.
 
 use std::{
     ffi::{c_int, c_void},
@@ -50,7 +50,9 @@ pub(super) unsafe fn watch(
     p: &Probe,
 ) {
     // SAFETY: per the contract.
-    unsafe { aio_set_fd_handler(ctx, fd, read, write, None, None, opaque(p)) };
+    unsafe {
+        aio_set_fd_handler(ctx, fd, read, write, None, None, opaque(p));
+    }
 }
 
 /// Removes `fd`'s handlers.
@@ -59,7 +61,9 @@ pub(super) unsafe fn watch(
 /// `ctx` is live.
 pub(super) unsafe fn unwatch(ctx: *mut sys::AioContext, fd: RawFd) {
     // SAFETY: per the contract.
-    unsafe { aio_set_fd_handler(ctx, fd, None, None, None, None, ptr::null_mut()) };
+    unsafe {
+        aio_set_fd_handler(ctx, fd, None, None, None, None, ptr::null_mut());
+    }
 }
 
 /// A socketpair whose first end (stored in `p.fd`) `ctx` watches with
@@ -75,7 +79,9 @@ pub(super) unsafe fn watched_pair(
     let (a, b) = socketpair();
     p.fd.store(a.as_raw_fd() as usize, SeqCst);
     // SAFETY: per the contract.
-    unsafe { watch(ctx, a.as_raw_fd(), Some(read), None, p) };
+    unsafe {
+        watch(ctx, a.as_raw_fd(), Some(read), None, p);
+    }
     (a, b)
 }
 
@@ -96,7 +102,9 @@ pub(super) fn wait_for(mut cond: impl FnMut() -> bool) {
 
 unsafe extern "C" fn expire(flag: *mut c_void) {
     // SAFETY: poll_until's AtomicBool outlives the timer.
-    unsafe { (*flag.cast::<AtomicBool>()).store(true, SeqCst) };
+    unsafe {
+        (*flag.cast::<AtomicBool>()).store(true, SeqCst);
+    }
 }
 
 /// Runs blocking `aio_poll(ctx)` until `cond` holds, failing after 5 s: a
@@ -122,14 +130,18 @@ pub(super) unsafe fn poll_until(ctx: *mut sys::AioContext, cond: impl Fn() -> bo
         timer_mod(
             watchdog,
             qemu_clock_get_ms(sys::QEMUClockType_QEMU_CLOCK_REALTIME) + 5000,
-        )
-    };
+        );
+    }
     while !cond() && !expired.load(SeqCst) {
         // SAFETY: caller's contract.
-        unsafe { aio_poll(ctx, true) };
+        unsafe {
+            aio_poll(ctx, true);
+        }
     }
     // SAFETY: our timer.
-    unsafe { timer_free(watchdog) };
+    unsafe {
+        timer_free(watchdog);
+    }
     assert!(cond(), "timed out");
 }
 
@@ -164,5 +176,5 @@ pub(super) unsafe extern "C" fn observe_bh(o: *mut c_void) {
     // SAFETY: as above.
     let p = unsafe { probe(o) };
     p.observed
-        .store(1 + p.finished.load(SeqCst) as usize, SeqCst);
+        .store(1 + usize::from(p.finished.load(SeqCst)), SeqCst);
 }

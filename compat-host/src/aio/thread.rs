@@ -1,5 +1,5 @@
-//! A thread that runs a new AioContext until stopped: what QEMU's
-//! IOThread is (`main_loop.rs` gives it the C API of `iothread.h`), and
+//! A thread that runs a new `AioContext` until stopped: what QEMU's
+//! `IOThread` is (`main_loop.rs` gives it the C API of `iothread.h`), and
 //! what the tests here run a context in another thread with.
 
 use std::{
@@ -17,7 +17,7 @@ use super::{
 };
 use crate::sys;
 
-pub(crate) struct PollThread {
+pub struct PollThread {
     ctx: *mut sys::AioContext,
     stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -32,7 +32,9 @@ unsafe impl Send for SendCtx {}
 unsafe extern "C" fn stop_bh(opaque: *mut c_void) {
     // SAFETY: `opaque` is the thread's `stopping` flag, alive until the
     // thread that runs this BH was joined.
-    unsafe { (*(opaque as *const AtomicBool)).store(true, Ordering::Release) };
+    unsafe {
+        (*(opaque as *const AtomicBool)).store(true, Ordering::Release);
+    }
 }
 
 impl PollThread {
@@ -57,7 +59,9 @@ impl PollThread {
                 while !flag.load(Ordering::Acquire) {
                     // SAFETY: the PollThread holds a reference until it was
                     // joined, and this is the context's home thread.
-                    unsafe { aio_poll(ctx, true) };
+                    unsafe {
+                        aio_poll(ctx, true);
+                    }
                 }
                 set_current_context(ptr::null_mut());
             })
@@ -90,12 +94,14 @@ impl PollThread {
                 Some(stop_bh),
                 Arc::as_ptr(&self.stopping) as *mut c_void,
                 c"iothread_stop_bh".as_ptr(),
-            )
-        };
+            );
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
         // SAFETY: drops the reference context_new gave the thread.
-        unsafe { aio_context_unref(self.ctx) };
+        unsafe {
+            aio_context_unref(self.ctx);
+        }
     }
 }

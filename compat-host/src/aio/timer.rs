@@ -23,7 +23,9 @@ fn clock_ns(clock: libc::clockid_t) -> i64 {
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid out-pointer; these clocks always exist.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+    unsafe {
+        libc::clock_gettime(clock, &mut ts);
+    }
     // time_t and c_long are i64 on 64-bit Linux, narrower elsewhere.
     #[allow(clippy::useless_conversion)]
     let (sec, nsec) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
@@ -92,7 +94,7 @@ pub unsafe extern "C" fn aio_timer_new(
     let t = Arc::new(Timer {
         ctx: Arc::downgrade(&inner),
         clock: type_,
-        scale: scale as i64,
+        scale: i64::from(scale),
         cb: Callback {
             func: cb,
             opaque: Opaque(opaque),
@@ -116,7 +118,7 @@ fn clock_id(clock: sys::QEMUClockType) -> libc::clockid_t {
     }
 }
 
-pub(crate) fn qemu_clock_get_ns(type_: sys::QEMUClockType) -> i64 {
+pub fn qemu_clock_get_ns(type_: sys::QEMUClockType) -> i64 {
     clock_ns(clock_id(type_))
 }
 
@@ -235,7 +237,9 @@ mod tests {
                     )
                 };
                 // SAFETY: fresh timer.
-                unsafe { timer_mod(ts, now + d) };
+                unsafe {
+                    timer_mod(ts, now + d);
+                }
                 ts
             })
             .collect();

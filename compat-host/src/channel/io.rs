@@ -1,4 +1,4 @@
-//! Reading and writing (io/channel.h): one recv()/send() or all of a
+//! Reading and writing (io/channel.h): one `recv()/send()` or all of a
 //! buffer, blocking mode and close.
 
 use std::{
@@ -23,10 +23,12 @@ fn wait_fd(fd: RawFd, events: libc::c_short) {
     };
     // SAFETY: p is a valid pollfd array of length 1; EINTR just returns
     // early and the caller retries the I/O.
-    unsafe { libc::poll(&mut p, 1, -1) };
+    unsafe {
+        libc::poll(&mut p, 1, -1);
+    }
 }
 
-/// One recv()/send(): count, 0 at EOF, or `QIO_CHANNEL_ERR_BLOCK`.
+/// One `recv()/send()`: count, 0 at EOF, or `QIO_CHANNEL_ERR_BLOCK`.
 ///
 /// # Safety
 /// `ioc` is a live channel; `buf` valid for `len` bytes.
@@ -152,7 +154,9 @@ pub unsafe extern "C" fn qio_channel_set_blocking(
         // SAFETY: e is a valid Error **.
         if unsafe { crate::address::qemu_set_blocking(fd, enabled, &mut e) } {
             // SAFETY: as above.
-            unsafe { (*s).blocking = enabled };
+            unsafe {
+                (*s).blocking = enabled;
+            }
             Ok(())
         } else {
             // SAFETY: e was set by qemu_set_blocking.

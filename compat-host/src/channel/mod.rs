@@ -1,8 +1,8 @@
-//! QIOChannel and QIOChannelSocket (io/channel.h, io/channel-socket.h),
-//! and GLib watches on a channel's fd like QEMU's io/channel-watch.c.
+//! `QIOChannel` and `QIOChannelSocket` (io/channel.h, io/channel-socket.h),
+//! and `GLib` watches on a channel's fd like QEMU's io/channel-watch.c.
 //!
-//! The compat host has one concrete channel, so the QIOChannel entry
-//! points cast to QIOChannelSocket instead of going through a class
+//! The compat host has one concrete channel, so the `QIOChannel` entry
+//! points cast to `QIOChannelSocket` instead of going through a class
 //! vtable.  Channels are shared with C and may be used from several
 //! threads, so they are only ever reached through raw pointers.
 //!
@@ -11,7 +11,7 @@
 //! This file holds the QOM types and the name accessor;
 //! [`socket`] the socket channel's own API (new, connect, listen,
 //! accept, addresses), [`io`] reading, writing, blocking mode and close,
-//! [`watch`] GSource watches and AioContext fd handlers.
+//! [`watch`] `GSource` watches and `AioContext` fd handlers.
 
 mod io;
 mod socket;
@@ -57,7 +57,9 @@ unsafe extern "C" fn channel_finalize(obj: *mut sys::Object) {
 
 unsafe extern "C" fn socket_init(obj: *mut sys::Object) {
     // SAFETY: obj is a fresh, zeroed QIOChannelSocket.
-    unsafe { (*obj.cast::<sys::QIOChannelSocket>()).fd = -1 };
+    unsafe {
+        (*obj.cast::<sys::QIOChannelSocket>()).fd = -1;
+    }
 }
 
 unsafe extern "C" fn socket_finalize(obj: *mut sys::Object) {

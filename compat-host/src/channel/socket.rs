@@ -1,4 +1,4 @@
-//! QIOChannelSocket (io/channel-socket.h): a channel's socket and its
+//! `QIOChannelSocket` (io/channel-socket.h): a channel's socket and its
 //! addresses, connect, listen and accept.
 
 use std::{
@@ -25,12 +25,12 @@ static SOCKET_TYPE: CachedType = CachedType::new(TYPE_QIO_CHANNEL_SOCKET);
 // Socket channel internals
 
 /// Removes the socket file of a unix listener, as QEMU's
-/// socket_listen_cleanup() does when a listening channel closes.
+/// `socket_listen_cleanup()` does when a listening channel closes.
 fn listen_cleanup(fd: RawFd) {
     let Ok(sa) = address::local_sockaddr(fd) else {
         return;
     };
-    if sa.storage.ss_family as c_int != libc::AF_UNIX {
+    if c_int::from(sa.storage.ss_family) != libc::AF_UNIX {
         return;
     }
     let Ok(a) = sa.to_address() else { return };
@@ -39,7 +39,9 @@ fn listen_cleanup(fd: RawFd) {
     // SAFETY: path is NULL or NUL-terminated.
     if !abstract_ && !path.is_null() && unsafe { *path } != 0 {
         // SAFETY: as above.
-        unsafe { libc::unlink(path) };
+        unsafe {
+            libc::unlink(path);
+        }
     }
 }
 
@@ -109,7 +111,7 @@ unsafe fn set_fd(
             }
         }
         (*sioc).blocking = flags >= 0 && flags & libc::O_NONBLOCK == 0;
-        if local.storage.ss_family as c_int == libc::AF_UNIX {
+        if c_int::from(local.storage.ss_family) == libc::AF_UNIX {
             (*sioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_FD_PASS;
         }
         (*sioc).fd = fd.into_raw_fd();
@@ -124,13 +126,13 @@ fn store_addr(dst: &mut sys::sockaddr_storage, len: &mut sys::socklen_t, src: &S
             ptr::addr_of!(src.storage).cast::<u8>(),
             (dst as *mut sys::sockaddr_storage).cast::<u8>(),
             size_of::<sys::sockaddr_storage>(),
-        )
-    };
+        );
+    }
     *len = src.len;
 }
 
-/// A new SocketAddress for a recorded address, or NULL and an error: the
-/// C result of the get_local/remote_address functions.
+/// A new `SocketAddress` for a recorded address, or NULL and an error: the
+/// C result of the `get_local/remote_address` functions.
 ///
 /// # Safety
 /// `errp` is a valid `Error **` or NULL.
@@ -150,8 +152,8 @@ unsafe fn address_of(
             (storage as *const sys::sockaddr_storage).cast::<u8>(),
             ptr::addr_of_mut!(s.storage).cast::<u8>(),
             size_of::<sys::sockaddr_storage>(),
-        )
-    };
+        );
+    }
     let r = s.to_address().map(address::AddrBox::into_raw);
     // SAFETY: caller's contract.
     unsafe { ok_or_set(r, errp) }.unwrap_or(ptr::null_mut())
@@ -164,7 +166,9 @@ unsafe fn address_of(
 pub extern "C" fn qio_channel_socket_new() -> *mut sys::QIOChannelSocket {
     let sioc = SOCKET_TYPE.object_new().cast::<sys::QIOChannelSocket>();
     // SAFETY: a fresh channel nobody else has.
-    unsafe { (*sioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_SHUTDOWN };
+    unsafe {
+        (*sioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_SHUTDOWN;
+    }
     sioc
 }
 
@@ -184,7 +188,7 @@ unsafe fn install(sioc: *mut sys::QIOChannelSocket, fd: OwnedFd, listening: bool
 }
 
 /// # Safety
-/// `ioc` is a live socket channel, `addr` a valid SocketAddress, `errp`
+/// `ioc` is a live socket channel, `addr` a valid `SocketAddress`, `errp`
 /// a valid `Error **` or NULL.
 #[no_mangle]
 pub unsafe extern "C" fn qio_channel_socket_connect_sync(
@@ -214,7 +218,9 @@ pub unsafe extern "C" fn qio_channel_socket_listen_sync(
     let ok = unsafe { ok_or_set(r, errp) }.is_some();
     if ok {
         // SAFETY: caller's contract.
-        unsafe { (*ioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_LISTEN };
+        unsafe {
+            (*ioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_LISTEN;
+        }
     }
     if ok {
         0
@@ -250,7 +256,7 @@ pub unsafe extern "C" fn qio_channel_socket_get_remote_address(
 /// once accept4 has succeeded (QEMU creates it first and drops it on
 /// failure): the failed accept that ends every batch of the listener then
 /// costs the system call alone, and with a NULL `errp` no error is built,
-/// as QEMU's error_setg_errno() builds none.
+/// as QEMU's `error_setg_errno()` builds none.
 ///
 /// # Safety
 /// `ioc` is a live socket channel; `errp` a valid `Error **` or NULL.
@@ -265,7 +271,9 @@ pub unsafe extern "C" fn qio_channel_socket_accept(
         Err((e, msg)) => {
             if !errp.is_null() {
                 // SAFETY: caller's contract.
-                unsafe { ErrorImpl::with_errno(e, msg).propagate(errp) };
+                unsafe {
+                    ErrorImpl::with_errno(e, msg).propagate(errp);
+                }
             }
             ptr::null_mut()
         }
@@ -329,12 +337,14 @@ unsafe fn accept_client(
     {
         let e = errno();
         // SAFETY: our only reference; finalize closes the descriptor.
-        unsafe { sys::object_unref(cioc.cast()) };
+        unsafe {
+            sys::object_unref(cioc.cast());
+        }
         return Err((e, "Unable to query local socket address"));
     }
     // SAFETY: cioc is ours.
     unsafe {
-        if (*cioc).localAddr.ss_family as c_int == libc::AF_UNIX {
+        if c_int::from((*cioc).localAddr.ss_family) == libc::AF_UNIX {
             (*cioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_FD_PASS;
         }
         (*cioc).parent.features |= 1 << sys::QIOChannelFeature_QIO_CHANNEL_FEATURE_READ_MSG_PEEK;
@@ -374,11 +384,12 @@ mod tests {
             // Listening on a port in use fails without leaking.
             let l2 = qio_channel_socket_new();
             assert_eq!(qio_channel_socket_listen_sync(l2, addr, 1, &mut err), -1);
-            let e = crate::error::from_raw(std::mem::replace(&mut err, ptr::null_mut())).unwrap();
+            let in_use =
+                crate::error::from_raw(std::mem::replace(&mut err, ptr::null_mut())).unwrap();
             assert!(
-                e.message().ends_with("Address already in use"),
+                in_use.message().ends_with("Address already in use"),
                 "{}",
-                e.message()
+                in_use.message()
             );
             for o in [l, l2] {
                 sys::object_unref(o.cast());

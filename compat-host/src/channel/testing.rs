@@ -21,7 +21,7 @@ pub(super) fn listener() -> (*mut sys::QIOChannelSocket, *mut sys::SocketAddress
     listener_on("127.0.0.1:0")
 }
 
-/// A listening channel on `addr` (socket_parse() syntax) and its address.
+/// A listening channel on `addr` (`socket_parse()` syntax) and its address.
 pub(super) fn listener_on(addr: &str) -> (*mut sys::QIOChannelSocket, *mut sys::SocketAddress) {
     let a = parse_ok(addr);
     let l = qio_channel_socket_new();

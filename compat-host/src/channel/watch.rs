@@ -1,13 +1,13 @@
-//! Watches on a channel's fd: GSources like QEMU's io/channel-watch.c,
-//! and AioContext fd handlers.
+//! Watches on a channel's fd: `GSource`s like QEMU's io/channel-watch.c,
+//! and `AioContext` fd handlers.
 
 use std::{ffi::c_void, ptr};
 
 use super::socket_of;
 use crate::{sys, util::new_fd_source};
 
-/// QEMU's QIOChannelFDSource, with the fd registered through
-/// g_source_add_unix_fd().
+/// QEMU's `QIOChannelFDSource`, with the fd registered through
+/// `g_source_add_unix_fd()`.
 #[repr(C)]
 struct FdSource {
     parent: sys::GSource,
@@ -21,7 +21,9 @@ unsafe extern "C" fn fd_source_prepare(
     timeout: *mut sys::gint,
 ) -> sys::gboolean {
     // SAFETY: GLib passes a valid out pointer.
-    unsafe { *timeout = -1 };
+    unsafe {
+        *timeout = -1;
+    }
     0
 }
 
@@ -85,7 +87,9 @@ pub unsafe extern "C" fn qio_channel_create_watch(
         Err(e) => {
             // SAFETY: &error_abort is a valid destination: a watch on a
             // channel type we cannot poll is a programming error.
-            unsafe { e.propagate(ptr::addr_of_mut!(crate::error::error_abort)) };
+            unsafe {
+                e.propagate(ptr::addr_of_mut!(crate::error::error_abort));
+            }
             return ptr::null_mut();
         }
     };
@@ -125,8 +129,8 @@ pub unsafe extern "C" fn qio_channel_add_watch(
 
 /// # Safety
 /// `ioc` is a live socket channel; `func`/`user_data`/`notify` follow
-/// GLib's callback rules; `context` NULL or a live GMainContext.
-pub(crate) unsafe fn qio_channel_add_watch_full(
+/// `GLib`'s callback rules; `context` NULL or a live `GMainContext`.
+pub unsafe fn qio_channel_add_watch_full(
     ioc: *mut sys::QIOChannel,
     condition: sys::GIOCondition,
     func: sys::QIOChannelFunc,
@@ -171,7 +175,7 @@ pub unsafe extern "C" fn qio_channel_add_watch_source(
 
 /// # Safety
 /// `ioc` is a live socket channel; the contexts are NULL or live; the
-/// handlers follow aio_set_fd_handler()'s rules.
+/// handlers follow `aio_set_fd_handler()`'s rules.
 #[no_mangle]
 pub unsafe extern "C" fn qio_channel_set_aio_fd_handler(
     ioc: *mut sys::QIOChannel,
@@ -230,7 +234,9 @@ mod tests {
         let s = unsafe { qio_channel_socket_accept(ioc.cast(), &mut err) };
         assert!(!s.is_null());
         // SAFETY: our new channel.
-        unsafe { sys::object_unref(s.cast()) };
+        unsafe {
+            sys::object_unref(s.cast());
+        }
         FIRED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         0 // G_SOURCE_REMOVE
     }

@@ -16,9 +16,11 @@ mod object;
 mod property;
 #[cfg(test)]
 mod tests;
-pub(crate) mod types;
+pub mod types;
 
-pub(crate) use self::{
+pub use self::{
     object::CachedType,
-    types::{register_module_init, type_info, type_init},
+    types::{register_module_init, type_info},
 };
+// A macro_rules! macro cannot be re-exported wider than the crate.
+pub(crate) use self::types::type_init;

@@ -1,6 +1,6 @@
-//! Instances (qom/object.h): `object_new` with QEMU's instance_init
+//! Instances (qom/object.h): `object_new` with QEMU's `instance_init`
 //! order, reference counts, finalize (properties first, then every
-//! instance_finalize, most derived first), dynamic casts; and the root
+//! `instance_finalize`, most derived first), dynamic casts; and the root
 //! type `object`.
 
 use std::{
@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{sys, util::cstr};
 
-/// QEMU's TYPE_OBJECT, the root of every type.
+/// QEMU's `TYPE_OBJECT`, the root of every type.
 const OBJECT_INFO: sys::TypeInfo = sys::TypeInfo {
     abstract_: true,
     class_size: size_of::<sys::ObjectClass>(),
@@ -29,7 +29,9 @@ const OBJECT_INFO: sys::TypeInfo = sys::TypeInfo {
 
 unsafe extern "C" fn register_types() {
     // SAFETY: a constant TypeInfo with static strings.
-    unsafe { type_register_static(&OBJECT_INFO) };
+    unsafe {
+        type_register_static(&OBJECT_INFO);
+    }
 }
 type_init!(register_types);
 
@@ -58,7 +60,7 @@ fn lookup_for_new(name: &CStr) -> &'static TypeImpl {
 /// (and its layout worked out) once: `object_new` by name costs a
 /// registry lookup, a lock and string comparisons, per object, which is
 /// most of what creating an accepted client's channel costs otherwise.
-pub(crate) struct CachedType {
+pub struct CachedType {
     name: &'static CStr,
     layout: OnceLock<Layout>,
 }
@@ -82,15 +84,15 @@ impl CachedType {
 type InstanceFn = unsafe extern "C" fn(*mut sys::Object);
 
 /// What creating an instance of a type takes, as QEMU's
-/// object_new_with_type() works it out.
+/// `object_new_with_type()` works it out.
 struct Layout {
     /// The class, as an address (`*mut ObjectClass`).
     class: usize,
     size: usize,
     align: usize,
-    /// The types' instance_init, the root's first.
+    /// The types' `instance_init`, the root's first.
     init: Vec<InstanceFn>,
-    /// Their instance_post_init, the most derived first.
+    /// Their `instance_post_init`, the most derived first.
     post_init: Vec<InstanceFn>,
 }
 
@@ -153,7 +155,9 @@ impl Layout {
         for f in self.init.iter().chain(&self.post_init) {
             // SAFETY: registered C callbacks, called on a fresh instance
             // of their type, in QEMU's order.
-            unsafe { f(obj) };
+            unsafe {
+                f(obj);
+            }
         }
         obj
     }
@@ -197,26 +201,34 @@ pub unsafe extern "C" fn object_unref(obj: *mut c_void) {
     // As QEMU's object_finalize(): properties go first, so their release
     // functions see the object before any instance_finalize.
     // SAFETY: as above.
-    unsafe { property::finalize(obj) };
+    unsafe {
+        property::finalize(obj);
+    }
     for ty in t.ancestry() {
         if let Some(fin) = ty.info.instance_finalize {
             // SAFETY: registered C callback on an instance of its type.
-            unsafe { fin(obj) };
+            unsafe {
+                fin(obj);
+            }
         }
     }
     // Properties added by a finalizer would otherwise leak.
     // SAFETY: as above.
-    unsafe { property::finalize(obj) };
+    unsafe {
+        property::finalize(obj);
+    }
     // SAFETY: as above.
     if let Some(free) = unsafe { (*obj).free } {
         // SAFETY: `free` matches how object_new allocated obj.
-        unsafe { free(obj.cast()) };
+        unsafe {
+            free(obj.cast());
+        }
     }
 }
 
 /// # Safety
 /// `klass` is NULL or a live class; `typename` NULL or NUL-terminated.
-pub(crate) unsafe fn object_class_dynamic_cast(
+pub unsafe fn object_class_dynamic_cast(
     klass: *mut sys::ObjectClass,
     typename: *const c_char,
 ) -> *mut sys::ObjectClass {
@@ -263,7 +275,9 @@ pub unsafe extern "C" fn object_dynamic_cast_assert(
     let ret = unsafe { object_dynamic_cast(obj, typename) };
     if ret.is_null() && !obj.is_null() {
         // SAFETY: caller's contract.
-        unsafe { cast_failure(obj.cast(), typename, file, line, func) };
+        unsafe {
+            cast_failure(obj.cast(), typename, file, line, func);
+        }
     }
     ret
 }
@@ -281,11 +295,9 @@ unsafe fn cast_failure(
     let (file, func, ty) = unsafe { (cstr(file), cstr(func), cstr(typename)) };
     let _ = writeln!(
         std::io::stderr().lock(),
-        "{}:{}:{}: Object {:p} is not an instance of type {}",
+        "{}:{line}:{}: Object {what:p} is not an instance of type {}",
         file.unwrap_or_default(),
-        line,
         func.unwrap_or_default(),
-        what,
         ty.unwrap_or_default()
     );
     std::process::abort();

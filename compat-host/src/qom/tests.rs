@@ -48,7 +48,7 @@ static LOG: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 
 /// QEMU's `object_class_by_name()`.
 fn class_by_name(name: &CStr) -> *mut sys::ObjectClass {
-    lookup(name).map_or(ptr::null_mut(), |t| t.class())
+    lookup(name).map_or(ptr::null_mut(), super::types::TypeImpl::class)
 }
 static MODULE_RUNS: AtomicUsize = AtomicUsize::new(0);
 
@@ -62,7 +62,9 @@ unsafe extern "C" fn base_init(_o: *mut sys::Object) {
 unsafe extern "C" fn derived_init(o: *mut sys::Object) {
     log("derived_init");
     // SAFETY: o is a Derived being initialised.
-    unsafe { (*o.cast::<Derived>()).extra = 7 };
+    unsafe {
+        (*o.cast::<Derived>()).extra = 7;
+    }
 }
 unsafe extern "C" fn derived_post(_o: *mut sys::Object) {
     log("derived_post");
@@ -75,15 +77,21 @@ unsafe extern "C" fn derived_fin(_o: *mut sys::Object) {
 }
 unsafe extern "C" fn base_class_init(k: *mut sys::ObjectClass, _d: *const c_void) {
     // SAFETY: k is a BaseClass (class_size below).
-    unsafe { (*k.cast::<BaseClass>()).tag = 1 };
+    unsafe {
+        (*k.cast::<BaseClass>()).tag = 1;
+    }
 }
 unsafe extern "C" fn base_class_base_init(k: *mut sys::ObjectClass, _d: *const c_void) {
     // SAFETY: as above, for subclasses.
-    unsafe { (*k.cast::<BaseClass>()).base_inits += 1 };
+    unsafe {
+        (*k.cast::<BaseClass>()).base_inits += 1;
+    }
 }
 unsafe extern "C" fn derived_class_init(k: *mut sys::ObjectClass, d: *const c_void) {
     // SAFETY: as above; d is the class_data below.
-    unsafe { (*k.cast::<BaseClass>()).tag += *d.cast::<u32>() };
+    unsafe {
+        (*k.cast::<BaseClass>()).tag += *d.cast::<u32>();
+    }
 }
 static DERIVED_DATA: u32 = 10;
 
@@ -139,8 +147,8 @@ fn setup() {
             register_module_init(
                 Some(register_test_types),
                 sys::module_init_type_MODULE_INIT_QOM,
-            )
-        };
+            );
+        }
     });
 }
 
@@ -266,7 +274,9 @@ fn interfaces_are_refused() {
             ..Default::default()
         };
         // SAFETY: a valid TypeInfo; registering it aborts.
-        unsafe { type_register_static(&info) };
+        unsafe {
+            type_register_static(&info);
+        }
         return;
     }
     let err = abort_message("qom::tests::interfaces_are_refused");

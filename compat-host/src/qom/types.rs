@@ -3,8 +3,8 @@
 //! Types live for the whole process: each registered `TypeInfo` is copied
 //! into a leaked [`TypeImpl`], whose address is the C `Type` handle and
 //! what `ObjectClass::type` points to.  The registry is a mutex-protected
-//! map; user callbacks (module init functions, class_init, instance_init,
-//! instance_finalize) always run with no lock held, so they may call back
+//! map; user callbacks (module init functions, `class_init`, `instance_init`,
+//! `instance_finalize`) always run with no lock held, so they may call back
 //! into QOM.
 
 use std::{
@@ -25,7 +25,7 @@ use crate::{sys, util::cstr};
 pub struct TypeImpl {
     name: CString,
     parent_name: Option<CString>,
-    /// The registered TypeInfo (its string pointers are not used after
+    /// The registered `TypeInfo` (its string pointers are not used after
     /// registration; `name`/`parent_name` hold copies).
     pub(super) info: sys::TypeInfo,
     parent: OnceLock<Option<&'static TypeImpl>>,
@@ -51,14 +51,14 @@ struct ModuleInit {
 
 static MODULES: Mutex<Vec<ModuleInit>> = Mutex::new(Vec::new());
 
-/// How many MODULE_INIT_QOM functions have not run yet, so that type
+/// How many `MODULE_INIT_QOM` functions have not run yet, so that type
 /// lookups (every checked cast does one) skip the MODULES lock.
 static QOM_PENDING: AtomicUsize = AtomicUsize::new(0);
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not make QOM unusable; the data stays
     // consistent because no critical section runs foreign code.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Prints a QOM usage error and aborts, as QEMU's assertions do.
@@ -68,7 +68,7 @@ pub(super) fn die(msg: &str) -> ! {
 }
 
 /// # Safety
-/// `info` points to a valid TypeInfo whose strings are NUL-terminated.
+/// `info` points to a valid `TypeInfo` whose strings are NUL-terminated.
 unsafe fn register(info: *const sys::TypeInfo) -> &'static TypeImpl {
     // SAFETY: caller's contract.
     let info = unsafe { *info };
@@ -107,10 +107,10 @@ unsafe fn register(info: *const sys::TypeInfo) -> &'static TypeImpl {
     t
 }
 
-/// A TypeInfo with a name, a parent and an instance size, every other
+/// A `TypeInfo` with a name, a parent and an instance size, every other
 /// field zero or NULL: the start of a built-in type's constant, which
 /// sets the rest with `..type_info(...)` (`Default` is not const).
-pub(crate) const fn type_info(
+pub const fn type_info(
     name: &'static CStr,
     parent: Option<&'static CStr>,
     instance_size: usize,
@@ -200,7 +200,7 @@ impl TypeImpl {
         unsafe { t.cast::<TypeImpl>().as_ref() }
     }
 
-    /// The class, created (and class_init run) at first use.
+    /// The class, created (and `class_init` run) at first use.
     pub(super) fn class(&'static self) -> *mut sys::ObjectClass {
         *self.class.get_or_init(|| self.init_class() as usize) as *mut sys::ObjectClass
     }
@@ -208,7 +208,7 @@ impl TypeImpl {
     fn init_class(&'static self) -> *mut sys::ObjectClass {
         let parent = self.parent();
         let size = self.class_size();
-        let parent_size = parent.map_or(0, |p| p.class_size());
+        let parent_size = parent.map_or(0, TypeImpl::class_size);
         if size < parent_size || size < size_of::<sys::ObjectClass>() {
             die(&format!(
                 "class size {size} of type '{}' is smaller than its parent's",
@@ -222,7 +222,9 @@ impl TypeImpl {
             let pc = p.class();
             // SAFETY: the parent class has parent_size bytes and the new
             // one at least as many; they do not overlap.
-            unsafe { ptr::copy_nonoverlapping(pc.cast::<u8>(), class.cast::<u8>(), parent_size) };
+            unsafe {
+                ptr::copy_nonoverlapping(pc.cast::<u8>(), class.cast::<u8>(), parent_size);
+            }
         }
         // SAFETY: class is a fresh allocation at least ObjectClass big.
         unsafe {
@@ -235,12 +237,16 @@ impl TypeImpl {
         for ancestor in self.ancestry().skip(1) {
             if let Some(base_init) = ancestor.info.class_base_init {
                 // SAFETY: a C callback registered for exactly this use.
-                unsafe { base_init(class, self.info.class_data) };
+                unsafe {
+                    base_init(class, self.info.class_data);
+                }
             }
         }
         if let Some(class_init) = self.info.class_init {
             // SAFETY: as above.
-            unsafe { class_init(class, self.info.class_data) };
+            unsafe {
+                class_init(class, self.info.class_data);
+            }
         }
         class
     }
@@ -342,7 +348,7 @@ macro_rules! type_init {
 pub(crate) use type_init;
 
 /// # Safety
-/// `info` is a valid TypeInfo; its callbacks and class data must stay
+/// `info` is a valid `TypeInfo`; its callbacks and class data must stay
 /// valid for the life of the process.
 #[no_mangle]
 pub unsafe extern "C" fn type_register_static(info: *const sys::TypeInfo) -> sys::Type {

@@ -37,7 +37,7 @@ struct AcceptHandler<H: ListenerHost> {
 ///
 /// Looking costs a poll of the socket (an accept that finds nothing would
 /// cost QEMU a channel object made and finalized for nothing).  In a burst
-/// it pays for itself many times over (up to ACCEPT_BATCH clients per
+/// it pays for itself many times over (up to `ACCEPT_BATCH` clients per
 /// wake-up instead of one); with one client per wake-up, the common case,
 /// it is a system call more than upstream on every wake-up.  So a wake-up
 /// looks only when a burst is likely, learnt from the previous wake-ups:
@@ -45,7 +45,7 @@ struct AcceptHandler<H: ListenerHost> {
 ///   it looks: bursts come in runs;
 /// - once a look found nothing after one client, the socket is in *single*
 ///   mode: it stops looking, and only looks again when a wake-up comes
-///   less than BURST_GAP_NS after the previous one (the loop came straight
+///   less than `BURST_GAP_NS` after the previous one (the loop came straight
 ///   back: clients arrive faster than it serves them one at a time).  A
 ///   burst that starts in single mode thus costs one extra wake-up or two,
 ///   not one per client; a client that arrives while the loop sleeps costs
@@ -134,7 +134,7 @@ pub(super) fn accept_first<C: SocketChannel>(channel: &C) -> Accepted<C> {
 }
 
 impl<H: ListenerHost> Listener<H> {
-    /// Creates the missing watches if a callback is set and no wait_client
+    /// Creates the missing watches if a callback is set and no `wait_client`
     /// runs.  Called with the lock held; creating a watch never calls back.
     pub(super) fn arm(&self, st: &mut State<H>, owner: &H::Owner, by: &'static CStr) {
         let Some(reg) = st.client.as_ref() else {
@@ -173,7 +173,7 @@ impl<H: ListenerHost> Listener<H> {
         }
     }
 
-    /// Pauses `channel`'s watch for BACKOFF_MS: accept failed while a
+    /// Pauses `channel`'s watch for `BACKOFF_MS`: accept failed while a
     /// client is still queued, so the socket stays readable and retrying
     /// now would spin.  Runs inside the watch's own callback.
     fn back_off(&self, handler: &AcceptHandler<H>, channel: &H::Channel) {
@@ -214,14 +214,16 @@ impl<H: ListenerHost> Listener<H> {
                 },
             ));
             // As in disarm: AioContext handlers go under the lock.
-            match s.watch.take() {
+            let watch = match s.watch.take() {
                 Some(Watch::Source(w)) => Some(w),
                 Some(Watch::Aio(w)) => {
                     drop(w);
                     None
                 }
                 None => None,
-            }
+            };
+            drop(st);
+            watch
         };
         drop(watch);
     }
@@ -236,6 +238,7 @@ impl<H: ListenerHost> Listener<H> {
                 .find(|s| s.backoff.as_ref().is_some_and(|(b, _)| *b == id))
                 .and_then(|s| s.backoff.take());
             self.arm(&mut st, owner, c"backoff-end");
+            drop(st);
             timer
         };
         drop(timer);
@@ -243,16 +246,16 @@ impl<H: ListenerHost> Listener<H> {
 
     /// Whether `handler` still serves: its registration is the current one,
     /// the listener was not disconnected since it was armed, and no
-    /// wait_client has suspended the async watches.  Two atomic loads, no
+    /// `wait_client` has suspended the async watches.  Two atomic loads, no
     /// lock.
     fn serving(&self, handler: &AcceptHandler<H>) -> bool {
         self.epoch.load(SeqCst) == handler.epoch && self.waiting.load(SeqCst) == 0
     }
 
-    /// The watch callback: accepts up to ACCEPT_BATCH pending clients (the
+    /// The watch callback: accepts up to `ACCEPT_BATCH` pending clients (the
     /// listening sockets are non-blocking), handing each to the callback.
     /// The registration is checked before every accept, so a callback that
-    /// clears or replaces itself, a wait_client or a disconnect (from any
+    /// clears or replaces itself, a `wait_client` or a disconnect (from any
     /// thread) stops the batch without accepting a client only to drop it:
     /// the rest stay queued in the kernel for whoever serves them next.
     fn accept_batch(&self, handler: &AcceptHandler<H>, channel: &H::Channel) {

@@ -56,8 +56,12 @@ impl FdGate {
     pub fn wait_idle(&self) {
         let mut idle = lock(&self.idle);
         while self.state.load(SeqCst) != CLOSING {
-            idle = self.idle_cv.wait(idle).unwrap_or_else(|e| e.into_inner());
+            idle = self
+                .idle_cv
+                .wait(idle)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+        drop(idle);
     }
 
     pub fn is_closing(&self) -> bool {

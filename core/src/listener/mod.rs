@@ -7,7 +7,7 @@
 //!
 //! **Whatever a dispatch uses stays alive until that dispatch returns,
 //! whatever the callback does.**  A dispatch is a call of an accept watch,
-//! a back-off timer or a wait_client watch.  It uses its handler, the
+//! a back-off timer or a `wait_client` watch.  It uses its handler, the
 //! listener, the listening channel and (for accept) the registration.  The
 //! callback may make any API call on the listener, drop the listener's last
 //! reference, and run nested loops on its own or another context
@@ -19,8 +19,8 @@
 //!   upgrades to a strong one before calling out);
 //! - the host keeps a handler alive for the whole of each call into it,
 //!   and releases it only once no call can still run (see
-//!   [`crate::host`]): GLib does so for GSource data, the QEMU host takes a
-//!   reference per AioContext dispatch, the simulated host checks it;
+//!   [`crate::host`]): `GLib` does so for `GSource` data, the QEMU host takes a
+//!   reference per `AioContext` dispatch, the simulated host checks it;
 //! - the listener itself is only reached through such an `Owner`, so it
 //!   cannot be finalized while a dispatch runs; finalize happens when the
 //!   last dispatch's handler goes.
@@ -36,16 +36,16 @@
 //! our callback.  It holds by construction:
 //! - every use of a listening fd by the listener (the accepts and the
 //!   "client still queued?" poll of an accept watch's dispatch or of
-//!   wait_client's private watch) happens inside that socket's
+//!   `wait_client`'s private watch) happens inside that socket's
 //!   [`FdGate`], which refuses new uses once it is closing;
 //! - `disconnect()` closes the gates first (no use starts after that),
 //!   wakes what could block (a blocking socket's accept by `shutdown()`),
-//!   destroys every watch of the fds (the async ones and wait_client's
+//!   destroys every watch of the fds (the async ones and `wait_client`'s
 //!   private ones, whichever thread runs them), waits for the uses in
 //!   flight to end, and only then closes the channels, so the port is
 //!   free when it returns.  A use is one or two system calls and runs no
 //!   user code, so the wait is short and cannot deadlock: a callback that
-//!   disconnects, a nested loop inside it and wait_client's loop are all
+//!   disconnects, a nested loop inside it and `wait_client`'s loop are all
 //!   outside any use;
 //! - the hosts' own polls of a watch's fd end with the watch: dropping it
 //!   stops its dispatch, and a poll already under way is discarded (see
@@ -54,8 +54,8 @@
 //! # Other rules that keep every sequence of calls balanced
 //! - All state is behind one mutex; user code (the client callback, the
 //!   user's notify) and anything that may drop the last reference to the
-//!   listener (destroying a GSource watch) run only after the lock is
-//!   released.  AioContext handlers are removed under the lock (see
+//!   listener (destroying a `GSource` watch) run only after the lock is
+//!   released.  `AioContext` handlers are removed under the lock (see
 //!   `disarm`); what they hold is released later by a bottom half.
 //! - A socket is watched at most once: watches are only ever created for
 //!   sockets that have none, so re-arming is idempotent.
@@ -66,13 +66,13 @@
 //! - The (func, data, notify) registration is reference counted; notify
 //!   runs when the last clone goes, i.e. once it is replaced and no
 //!   callback that uses it is still running in any thread.
-//! - A wake-up accepts up to ACCEPT_BATCH clients, re-checking before each
+//! - A wake-up accepts up to `ACCEPT_BATCH` clients, re-checking before each
 //!   that its registration is still the current one.  It looks for a
 //!   second client only when a burst is likely (see `BatchHint`), so one
 //!   client per wake-up costs no system call more than upstream.  When accept fails
 //!   with a client still queued (out of fds or memory) the socket's watch
 //!   is replaced by a back-off timer in the same context, which re-arms it;
-//!   wait_client backs off the same way in its private loop.
+//!   `wait_client` backs off the same way in its private loop.
 //!
 //! # Threads
 //! Every method may be called from any thread and from inside the client
@@ -100,7 +100,7 @@ use crate::{
 pub trait ListenerHost: Host {
     /// The listener behind a reference.
     fn listener(owner: &Self::Owner) -> &Listener<Self>;
-    /// Emits a trace event (QEMU's trace backends, or GLib logging).
+    /// Emits a trace event (QEMU's trace backends, or `GLib` logging).
     fn trace(_listener: &Listener<Self>, _event: Trace<'_, Self>) {}
 }
 
@@ -109,15 +109,15 @@ pub trait ListenerHost: Host {
 /// net-listener.c) and ours where we do more.
 pub enum Trace<'a, H: Host> {
     /// Watches armed for `client` (upstream's `qio_net_listener_watch`);
-    /// `by` names the caller as upstream does ("add", "set_client_func",
-    /// "wait_client"), or "backoff-end".
+    /// `by` names the caller as upstream does ("add", "`set_client_func`",
+    /// "`wait_client`"), or "backoff-end".
     Watch {
         client: &'a H::Client,
         target: Target<H>,
         by: &'static CStr,
     },
-    /// Watches removed (`qio_net_listener_unwatch`): "set_client_func",
-    /// "wait_client", "disconnect".
+    /// Watches removed (`qio_net_listener_unwatch`): "`set_client_func`",
+    /// "`wait_client`", "disconnect".
     Unwatch {
         client: &'a H::Client,
         target: Target<H>,
@@ -193,7 +193,7 @@ struct Socket<H: Host> {
     /// descriptors or memory): the timer re-arms the watch.  The id tells
     /// a current back-off from a cancelled one whose timer still fires.
     backoff: Option<(u64, H::Timer)>,
-    /// set_nonblocking succeeded: batch accept is safe.
+    /// `set_nonblocking` succeeded: batch accept is safe.
     nonblocking: bool,
     /// The fd's uses in flight (see the disconnect rule).
     gate: Arc<FdGate>,
@@ -228,7 +228,7 @@ struct State<H: ListenerHost> {
     sockets: Vec<Socket<H>>,
     connected: bool,
     client: Option<Arc<Registration<H>>>,
-    /// Calls of wait_client in progress; async watches stay off meanwhile.
+    /// Calls of `wait_client` in progress; async watches stay off meanwhile.
     waiters: Vec<Arc<Waiter<H>>>,
     last_backoff_id: u64,
 }
@@ -239,11 +239,11 @@ pub struct Listener<H: ListenerHost> {
     /// changes: the registration, or a disconnect.  A dispatch checks it,
     /// and `waiting`, before each accept without taking the lock.
     epoch: crate::sync::AtomicU64,
-    /// How many wait_client calls run (`State::waiters.len()`, kept under
+    /// How many `wait_client` calls run (`State::waiters.len()`, kept under
     /// the lock): the async watches are suspended meanwhile.
     waiting: crate::sync::AtomicU64,
     /// Held for the whole of a disconnect (never with `state`, never
-    /// while waiting for anything but fd uses and wait_client loops).
+    /// while waiting for anything but fd uses and `wait_client` loops).
     disconnecting: Mutex<()>,
     counters: Counters,
 }
@@ -252,7 +252,7 @@ pub struct Listener<H: ListenerHost> {
 /// atomics outside the lock: each is exact, the set is not a snapshot.
 #[derive(Default)]
 pub struct Counters {
-    /// Clients handed out (to a callback or by wait_client).
+    /// Clients handed out (to a callback or by `wait_client`).
     pub accepted: AtomicU64,
     /// Accepts that failed with a client still queued: out of file
     /// descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM).
@@ -260,7 +260,7 @@ pub struct Counters {
     /// Accepts that failed at the start of a wake-up with nothing queued
     /// (the client went away first: ECONNABORTED and the like).
     pub accept_errors_other: AtomicU64,
-    /// Pauses after resource errors (async watches and wait_client).
+    /// Pauses after resource errors (async watches and `wait_client`).
     pub backoffs: AtomicU64,
     /// Dispatches of the accept watches.
     pub wakeups: AtomicU64,
@@ -323,11 +323,11 @@ impl<H: ListenerHost> Listener<H> {
 
     /// Removes every watch and cancels every back-off (a new registration
     /// may use another context; it backs off there if it must).
-    /// AioContext handlers are removed right here, under the lock: they
+    /// `AioContext` handlers are removed right here, under the lock: they
     /// are keyed by fd, so removing one after the next registration
     /// installed its handler for the same fd would remove that one
     /// instead; their drop releases nothing synchronously (a BH does).
-    /// GSource watches and timers are returned for the caller to drop
+    /// `GSource` watches and timers are returned for the caller to drop
     /// after unlocking: destroying one may run its release at once.
     fn disarm(&self, st: &mut State<H>, by: &'static CStr) -> Disarmed<H> {
         if let Some(reg) = st.client.as_ref().filter(|r| r.client.has_func()) {
@@ -403,6 +403,7 @@ impl<H: ListenerHost> Listener<H> {
         });
         st.connected = true;
         self.arm(&mut st, owner, c"add");
+        drop(st);
     }
 
     pub fn set_client(&self, owner: &H::Owner, client: H::Client, target: Target<H>) {
@@ -425,6 +426,7 @@ impl<H: ListenerHost> Listener<H> {
                 st.client = Some(Arc::new(Registration { client, target }));
             }
             self.arm(&mut st, owner, c"set_client_func");
+            drop(st);
         }
         // Unwatch before notify, as QEMU; notify itself waits for the last
         // in-flight callback (see Registration).

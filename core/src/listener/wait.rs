@@ -1,4 +1,4 @@
-//! wait_client: a private loop watching every socket until one client is
+//! `wait_client`: a private loop watching every socket until one client is
 //! accepted, or the listener is disconnected.
 
 use super::{
@@ -10,7 +10,7 @@ use crate::{
     sync::{lock, Arc, AtomicBool, Mutex, Ordering::SeqCst},
 };
 
-/// The handler of the private watches of wait_client, one per socket.
+/// The handler of the private watches of `wait_client`, one per socket.
 struct WaitHandler<H: Host> {
     waiter: Arc<Waiter<H>>,
     gate: Arc<FdGate>,
@@ -33,12 +33,13 @@ impl<H: ListenerHost> ReadyHandler<H> for WaitHandler<H> {
             // instead (see run_wait).
             Some(Accepted::Shortage) => waiter.backoff.store(true, SeqCst),
         }
+        drop(slot);
         waiter.main_loop.quit();
         true
     }
 }
 
-/// Ends a wait_client back-off: the private loop runs again.
+/// Ends a `wait_client` back-off: the private loop runs again.
 struct WaitBackoffHandler<H: Host>(Arc<Waiter<H>>);
 
 impl<H: ListenerHost> TimerHandler for WaitBackoffHandler<H> {
@@ -72,6 +73,7 @@ impl<H: ListenerHost> Listener<H> {
             let suspended = self.disarm(&mut st, c"wait_client");
             st.waiters.push(waiter.clone());
             self.waiting.store(st.waiters.len() as u64, SeqCst);
+            drop(st);
             (sockets, suspended)
         };
         drop(suspended);
@@ -83,6 +85,7 @@ impl<H: ListenerHost> Listener<H> {
             st.waiters.retain(|w| !Arc::ptr_eq(w, &waiter));
             self.waiting.store(st.waiters.len() as u64, SeqCst);
             self.arm(&mut st, owner, c"wait_client");
+            drop(st);
         }
         let client = lock(&waiter.client).take();
         if client.is_some() {
@@ -91,8 +94,8 @@ impl<H: ListenerHost> Listener<H> {
         client
     }
 
-    /// Iterates wait_client's private loop until a client is accepted or
-    /// the listener is disconnected, pausing BACKOFF_MS (watches removed,
+    /// Iterates `wait_client`'s private loop until a client is accepted or
+    /// the listener is disconnected, pausing `BACKOFF_MS` (watches removed,
     /// a timer in the same private context) whenever accept fails with a
     /// client still queued instead of spinning on the readable socket.
     ///

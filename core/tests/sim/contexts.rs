@@ -1,4 +1,4 @@
-//! GMainContexts and AioContexts: sources, fd handlers, bottom halves,
+//! `GMainContext`s and `AioContext`s: sources, fd handlers, bottom halves,
 //! dispatch (nested included) and the loops that run them.
 
 use super::*;
@@ -30,7 +30,7 @@ pub(super) struct GRec {
     pub(super) quit: bool,
     pub(super) kicked: bool,
     pub(super) sources: BTreeMap<u64, Source>,
-    /// Watches that removed themselves (G_SOURCE_REMOVE) and whose handle
+    /// Watches that removed themselves (`G_SOURCE_REMOVE`) and whose handle
     /// the listener has not dropped yet (destroying them again is fine).
     pub(super) removed: BTreeSet<u64>,
 }
@@ -102,7 +102,7 @@ impl World {
         sid
     }
 
-    /// g_source_destroy: releases the handler now unless it is being
+    /// `g_source_destroy`: releases the handler now unless it is being
     /// dispatched (then when that dispatch returns).
     pub(super) fn destroy_source(&mut self, g: GCtx, sid: u64) -> Option<HArc> {
         let r = self.gctxs.get_mut(&g)?;
@@ -115,9 +115,9 @@ impl World {
         if s.dispatching {
             return None;
         }
-        let s = r.sources.remove(&sid).expect("source");
-        self.host_release(s.handler_id);
-        s.handler
+        let removed = r.sources.remove(&sid).expect("source");
+        self.host_release(removed.handler_id);
+        removed.handler
     }
 
     pub(super) fn glib_ready(&self, g: GCtx) -> Vec<u64> {
@@ -156,7 +156,7 @@ impl World {
         Some((h, kind))
     }
 
-    /// A dispatch of source `sid` returned `keep` (false: G_SOURCE_REMOVE,
+    /// A dispatch of source `sid` returned `keep` (false: `G_SOURCE_REMOVE`,
     /// as a timer always does); `idle`: it did nothing.
     pub(super) fn source_end(&mut self, g: GCtx, sid: u64, keep: bool, idle: bool) -> Option<HArc> {
         let r = self.gctxs.get_mut(&g)?;
@@ -180,9 +180,9 @@ impl World {
         if !s.destroyed {
             return None;
         }
-        let s = r.sources.remove(&sid).expect("source");
-        self.host_release(s.handler_id);
-        s.handler
+        let removed = r.sources.remove(&sid).expect("source");
+        self.host_release(removed.handler_id);
+        removed.handler
     }
 
     pub(super) fn frame_start(&mut self, h: &HArc, kind: FrameKind, ctx: Ctx) -> u64 {
@@ -289,7 +289,7 @@ pub fn aio_context_new() -> ACtx {
 /// Returns what the handler returned (whether a watch still serves) and
 /// whether the dispatch did nothing at all: a watch whose registration is
 /// no longer current, still ready until the thread that replaced it
-/// destroys it.  A GSource watch then removes itself (the handler returns
+/// destroys it.  A `GSource` watch then removes itself (the handler returns
 /// false), so each has at most one such dispatch (`max_idle_per_source`,
 /// a regression test in tests/concurrency.rs): no busy loop, and no
 /// yield is needed to keep PCT from starving the replacing thread.
@@ -304,7 +304,7 @@ pub(super) fn dispatch(h: HArc, kind: FrameKind, ctx: Ctx) -> (bool, bool) {
     (keep, idle)
 }
 
-/// One non-blocking iteration of a GMainContext; true if anything ran.
+/// One non-blocking iteration of a `GMainContext`; true if anything ran.
 pub fn iterate(g: GCtx) -> bool {
     let ready = world(|w| w.glib_ready(g));
     let mut progress = false;
@@ -344,7 +344,7 @@ pub fn iterate_blocking(g: GCtx) -> bool {
     }
 }
 
-/// Makes a blocking iteration of `g` return (g_main_context_wakeup).
+/// Makes a blocking iteration of `g` return (`g_main_context_wakeup`).
 pub fn glib_kick(g: GCtx) {
     world(|w| w.gctx(g).kicked = true);
 }
@@ -415,12 +415,12 @@ pub fn aio_poll(a: ACtx, blocking: bool) -> bool {
     }
 }
 
-/// Makes a blocking aio_poll of `a` return (aio_notify).
+/// Makes a blocking `aio_poll` of `a` return (`aio_notify`).
 pub fn aio_kick(a: ACtx) {
     world(|w| w.actx(a).kicked = true);
 }
 
-/// Runs every AioContext and (non-private) GMainContext until nothing
+/// Runs every `AioContext` and (non-private) `GMainContext` until nothing
 /// makes progress; a violation after `rounds` rounds (something spins).
 pub fn drain_all(rounds: u32) {
     for _ in 0..rounds {

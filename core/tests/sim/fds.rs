@@ -15,7 +15,7 @@
 //!
 //! "Unrelated" sockets (`open_unrelated`) stand for another service in
 //! the same process: the listener must never touch them, none of their
-//! clients may reach a callback or wait_client, and at the end of the
+//! clients may reach a callback or `wait_client`, and at the end of the
 //! test their clients must still be queued.
 
 use super::*;

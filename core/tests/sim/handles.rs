@@ -160,7 +160,7 @@ impl World {
 
 /// A new listener object with one reference (the caller's).
 pub fn new_listener() -> Owner {
-    let id = world(|w| w.id());
+    let id = world(super::World::id);
     let obj = Arc::new(LObj {
         id,
         listener: Listener::new(),

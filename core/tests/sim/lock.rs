@@ -97,13 +97,19 @@ pub(super) fn access<R>(wake: bool, f: impl FnOnce(&mut World) -> R) -> Option<R
         (r, w.pending_panic.take(), notify)
     };
     let (r, msg, notify) = match &sh.lock {
-        WorldLock::Fine(m) => run(&mut m.lock().unwrap_or_else(|e| e.into_inner())),
+        WorldLock::Fine(m) => run(&mut m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)),
         #[cfg(feature = "shuttle")]
-        WorldLock::Coarse(m) => run(&mut m.lock().unwrap_or_else(|e| e.into_inner())),
+        WorldLock::Coarse(m) => {
+            run(&mut m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        }
     };
     #[cfg(feature = "shuttle")]
     if notify {
-        let _g = sh.gate.0.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = sh
+            .gate
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         sh.gate.1.notify_all();
     }
     #[cfg(not(feature = "shuttle"))]
@@ -155,7 +161,11 @@ pub fn block_until(what: &str, pred: impl Fn(&mut World) -> bool + Send + Sync +
         loop {
             // Checked with the gate held: a change made after the check
             // notifies only once this thread waits (no lost wakeup).
-            let gate = sh.gate.0.lock().unwrap_or_else(|e| e.into_inner());
+            let gate = sh
+                .gate
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let ok = access(false, |w| {
                 if let Some(id) = me.take() {
                     w.sleepers.retain(|(s, _)| *s != id);
@@ -172,7 +182,12 @@ pub fn block_until(what: &str, pred: impl Fn(&mut World) -> bool + Send + Sync +
             if ok {
                 return;
             }
-            drop(sh.gate.1.wait(gate).unwrap_or_else(|e| e.into_inner()));
+            drop(
+                sh.gate
+                    .1
+                    .wait(gate)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
         }
     }
     #[cfg(not(feature = "shuttle"))]
@@ -191,7 +206,7 @@ pub fn begin() -> SimGuard {
     install(WorldLock::Fine(Mutex::new(World::new())))
 }
 
-/// A world whose host calls are atomic (see WorldLock::Coarse).
+/// A world whose host calls are atomic (see `WorldLock::Coarse`).
 #[cfg(feature = "shuttle")]
 pub fn begin_coarse() -> SimGuard {
     install(WorldLock::Coarse(std::sync::Mutex::new(World::new())))
@@ -234,7 +249,7 @@ impl SimGuard {
 
     /// The first half of `finish`: after it, checkers may look at the
     /// final state.  Idempotent.
-    pub fn teardown(&mut self) {
+    pub fn teardown(&self) {
         if world(|w| std::mem::replace(&mut w.tearing_down, true)) {
             return;
         }
@@ -257,7 +272,7 @@ impl SimGuard {
             }
         }
         drain_all(1000);
-        world(|w| w.close_unrelated());
+        world(super::World::close_unrelated);
     }
 }
 

@@ -3,17 +3,17 @@
 //! reference model) and `tests/concurrency.rs` (shuttle).
 //!
 //! It models, in safe Rust and on a virtual clock:
-//! - GMainContexts (the default one, others, and wait_client's private
-//!   ones) with GSource semantics: a source's callback data is held for
+//! - `GMainContext`s (the default one, others, and `wait_client`'s private
+//!   ones) with `GSource` semantics: a source's callback data is held for
 //!   each dispatch (the dispatch calls through its own `Arc` clone); a
 //!   source destroyed during its dispatch is released when that dispatch
 //!   returns, otherwise at once in the destroying thread; a source being
 //!   dispatched is blocked (not re-entered by nested iterations); sources
 //!   found ready when an iteration starts are dispatched unless destroyed
-//!   meanwhile (readiness is not re-checked, as GLib's poll).  Iterating
-//!   the default context also dispatches the main AioContext, as QEMU's
-//!   main loop attaches it there as a (recursive) GSource.
-//! - AioContexts: fd handlers keyed by (context, socket), one-shot bottom
+//!   meanwhile (readiness is not re-checked, as `GLib`'s poll).  Iterating
+//!   the default context also dispatches the main `AioContext`, as QEMU's
+//!   main loop attaches it there as a (recursive) `GSource`.
+//! - `AioContext`s: fd handlers keyed by (context, socket), one-shot bottom
 //!   halves, `aio_poll` running BHs, then the handlers that were ready at
 //!   its start (and still installed), then expired timers.  Nested
 //!   `aio_poll` from inside a handler runs BHs and may re-enter the same
@@ -21,7 +21,7 @@
 //!   once; its registered reference is released by a BH in that context
 //!   (what `QemuHost` does), so a nested `aio_poll` inside a dispatch runs
 //!   that release while the dispatch still holds its own reference.
-//! - Timers (GLib timeout sources and QEMUTimers), fired by iteration or
+//! - Timers (`GLib` timeout sources and `QEMUTimer`s), fired by iteration or
 //!   `aio_poll` once the virtual clock reaches their deadline.
 //! - Listening sockets with a backlog-bounded accept queue, clients that
 //!   connect (queued) or reset (dropped from the queue), `accept` that pops
@@ -36,9 +36,9 @@
 //!   watches poll the number they were made with.  Using a closed or
 //!   reused number is a violation; "unrelated" sockets (another service)
 //!   must keep their clients and none may reach the listener's user.
-//! - A GSource watch whose handler returns false removes itself
-//!   (G_SOURCE_REMOVE); an AioContext fd handler ignores the return.
-//! - wait_client's private loop: `run()` iterates its context; when
+//! - A `GSource` watch whose handler returns false removes itself
+//!   (`G_SOURCE_REMOVE`); an `AioContext` fd handler ignores the return.
+//! - `wait_client`'s private loop: `run()` iterates its context; when
 //!   nothing is ready the clock jumps to its next timer or scheduled event;
 //!   if nothing at all can make progress it records "would block forever"
 //!   (single-threaded) or waits for another (shuttle) thread.
@@ -54,12 +54,12 @@
 //! closing a watched socket), registrations (called after their notify,
 //! notified twice or while a call of them runs), accepting on a blocking
 //! socket with nothing queued (unless it was shut down), fd numbers (an
-//! accept, poll, shutdown, set_nonblocking or watch on a closed number or
+//! accept, poll, shutdown, `set_nonblocking` or watch on a closed number or
 //! on one that now belongs to another socket; a watch dispatched for a
 //! number that changed hands), unrelated sockets (touched, or a client of
 //! theirs handed to the listener's user), and, at `finish`, anything left
 //! over.  `STATS` counts what the tests report (fd violations, watches
-//! that removed themselves, the most idle dispatches of one GSource, how
+//! that removed themselves, the most idle dispatches of one `GSource`, how
 //! often an unrelated socket got a number a listener had held).
 //!
 //! What it does NOT model:
@@ -73,15 +73,15 @@
 //! - memory: safe Rust cannot free what is still referenced, so "use after
 //!   free" is modelled as use of a released handle, and a host that did not
 //!   keep a handler alive during its dispatch cannot be expressed (the sim
-//!   keeps it, as GLib and QemuHost do, and counts the releases that happen
+//!   keeps it, as `GLib` and `QemuHost` do, and counts the releases that happen
 //!   while a dispatch runs);
 //! - QOM beyond reference counts (no properties, no type system, no
 //!   `object_unref` from C), `Error` beyond a message, DNS (an address is
 //!   a port or a failure), listen backlogs beyond a queue bound;
-//! - GLib: priorities, `g_main_context_acquire` (which thread may iterate
-//!   a context), wakeups and poll timeouts, GSource ready/check/prepare
+//! - `GLib`: priorities, `g_main_context_acquire` (which thread may iterate
+//!   a context), wakeups and poll timeouts, `GSource` ready/check/prepare
 //!   beyond "readable when iteration starts", sources' own refcounts;
-//! - AioContext: its internal locking and list_lock, polling mode,
+//! - `AioContext`: its internal locking and `list_lock`, polling mode,
 //!   `aio_notify` other than an explicit kick, BHs other than one-shot, and
 //!   which thread owns a context (any thread may poll any context);
 //! - time: one virtual clock (timers and scheduled events in milliseconds,
@@ -99,8 +99,8 @@
 //! Layout: this file holds the identifiers, statistics, events and the
 //! `World` itself; `lock` the access to it (its lock, blocking waits, the
 //! test's guard); `sockets` channels, connections and accept; `contexts`
-//! GMainContexts, AioContexts and dispatch; `watches` the watch handles
-//! and wait_client's private loop; `timers` the virtual clock; `handles`
+//! `GMainContext`s, `AioContext`s and dispatch; `watches` the watch handles
+//! and `wait_client`'s private loop; `timers` the virtual clock; `handles`
 //! handler, listener and registration tracking; `host` the `Host` impl.
 
 #![allow(dead_code)] // each test binary uses a part of it
@@ -143,14 +143,14 @@ use std::thread_local as per_thread;
 // ---------------------------------------------------------------------
 // Identifiers
 
-/// A GMainContext: 0 is GLib's default context.
+/// A `GMainContext`: 0 is `GLib`'s default context.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct GCtx(pub u32);
 impl GCtx {
     pub const DEFAULT: GCtx = GCtx(0);
 }
 
-/// An AioContext: 0 is the main loop's.
+/// An `AioContext`: 0 is the main loop's.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct ACtx(pub u32);
 impl ACtx {
@@ -184,7 +184,7 @@ pub enum ConnState {
     Queued(u64),
     /// Accepted as this channel, not yet handed to anyone.
     Accepted(u64),
-    /// Handed to a callback or returned by wait_client.
+    /// Handed to a callback or returned by `wait_client`.
     Delivered(u64),
     /// Reset by the client while queued.
     Reset,
@@ -212,8 +212,8 @@ pub struct Stats {
     pub timer_fires: AtomicU64,
     pub backoff_timers: AtomicU64,
     pub wait_loops: AtomicU64,
-    /// The host released a handler (a removed AioContext watch or timer,
-    /// by its BH in a nested aio_poll) while a dispatch of it still ran:
+    /// The host released a handler (a removed `AioContext` watch or timer,
+    /// by its BH in a nested `aio_poll`) while a dispatch of it still ran:
     /// the hazard of issue 6, survived thanks to the dispatch's own
     /// reference.
     pub released_in_dispatch: AtomicU64,
@@ -221,16 +221,16 @@ pub struct Stats {
     pub idle_dispatches: AtomicU64,
     /// Uses of a closed or reused fd number (each also a violation).
     pub fd_violations: AtomicU64,
-    /// GSource watches that removed themselves (their handler returned
-    /// false: G_SOURCE_REMOVE).
+    /// `GSource` watches that removed themselves (their handler returned
+    /// false: `G_SOURCE_REMOVE`).
     pub self_removed: AtomicU64,
-    /// The most dispatches that did nothing one GSource watch had.
+    /// The most dispatches that did nothing one `GSource` watch had.
     pub max_idle_per_source: AtomicU64,
     /// Unrelated sockets opened (`open_unrelated`), and how many of them
     /// got a number that one of a listener's sockets had held.
     pub unrelated: AtomicU64,
     pub unrelated_on_reused: AtomicU64,
-    /// shutdown() calls (on a blocking socket with a use in flight).
+    /// `shutdown()` calls (on a blocking socket with a use in flight).
     pub shutdowns: AtomicU64,
 }
 
@@ -266,7 +266,7 @@ fn bump(c: &AtomicU64) {
 /// What a dispatch runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameKind {
-    /// A watch on a listening socket (private: one of wait_client's).
+    /// A watch on a listening socket (private: one of `wait_client`'s).
     Watch { chan: u64, private: bool },
     /// A timer; `hint` is the socket whose dispatch created it, if any.
     Timer { hint: Option<u64>, private: bool },
@@ -283,7 +283,7 @@ pub enum Event {
     /// queued after it.
     /// `look`: what the poll for a second client found, if the dispatch
     /// made one (see `Frame::look`); `keep`: what the handler returned
-    /// (false: a GSource watch removes itself); `handler`: the handler
+    /// (false: a `GSource` watch removes itself); `handler`: the handler
     /// dispatched (the same for every dispatch of one watch).
     FrameEnd {
         frame: u64,
@@ -377,7 +377,7 @@ pub struct World {
     /// Open fd numbers and the socket holding each.
     fds: BTreeMap<i32, u64>,
     /// The most dispatches that did nothing one of the listener's
-    /// GSource watches had (a stale watch, see `dispatch`).
+    /// `GSource` watches had (a stale watch, see `dispatch`).
     max_stale_dispatches: u64,
     /// The socket that last held each free number.
     last_holder: BTreeMap<i32, u64>,
@@ -398,7 +398,7 @@ pub struct World {
     tearing_down: bool,
     released_in_dispatch: u64,
     flags: std::collections::BTreeSet<String>,
-    /// Threads waiting in block_until, with what they wait for.
+    /// Threads waiting in `block_until`, with what they wait for.
     sleepers: Vec<(u64, Pred)>,
 }
 
@@ -485,7 +485,7 @@ impl World {
     }
 
     /// The most dispatches that did nothing (stale) one of the listener's
-    /// GSource watches had.
+    /// `GSource` watches had.
     pub fn max_stale_dispatches(&self) -> u64 {
         self.max_stale_dispatches
     }

@@ -323,7 +323,7 @@ impl World {
 }
 
 /// A channel listening on `port` (0: any), blocking as QEMU's
-/// listen_sync and socket activation give them.
+/// `listen_sync` and socket activation give them.
 pub fn listening_channel(port: u16) -> Channel {
     let ch = Sim::new_channel();
     let r = world(|w| w.listen(ch.id, &Addr { port, fail: false }, 16));
@@ -370,12 +370,12 @@ pub fn fail_accepts(n: u32) {
     world(|w| w.fail_accepts = n);
 }
 
-/// The next `n` set_nonblocking calls fail.
+/// The next `n` `set_nonblocking` calls fail.
 pub fn fail_nonblocking(n: u32) {
     world(|w| w.fail_nonblocking = n);
 }
 
-/// Marks the client of `ch` as handed to the test (wait_client's result).
+/// Marks the client of `ch` as handed to the test (`wait_client`'s result).
 pub fn claim(ch: &Channel) -> ConnId {
     world(|w| w.claim(ch.id))
 }
@@ -387,7 +387,7 @@ pub struct Addr {
     pub fail: bool,
 }
 
-/// A channel reference (QIOChannelSocket).
+/// A channel reference (`QIOChannelSocket`).
 pub struct Channel {
     pub(super) id: u64,
 }

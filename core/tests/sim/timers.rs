@@ -1,9 +1,9 @@
 //! The virtual clock: scheduled events (connections, recovery, actions),
-//! GLib timeout sources and QEMUTimers, and the host's monotonic clock
+//! `GLib` timeout sources and `QEMUTimer`s, and the host's monotonic clock
 //! (`Host::clock_ns`).
 //!
 //! Time is kept in nanoseconds; timers, scheduled events and `now()` count
-//! whole milliseconds (QEMU's and GLib's timer unit), the host clock reads
+//! whole milliseconds (QEMU's and `GLib`'s timer unit), the host clock reads
 //! the nanoseconds, so a test can let less than a millisecond pass between
 //! two wake-ups (`advance_ns`), as the listener's burst guess needs.
 
@@ -269,7 +269,7 @@ impl Drop for Timer {
                         let h = t.handler;
                         let hid = h.id;
                         r.bhs.push_back(Box::new(move || {
-                            try_world(|w| w.host_release(hid));
+                            try_world(|inner| inner.host_release(hid));
                             drop(h);
                         }));
                     }

@@ -1,11 +1,11 @@
-//! The watch handles the listener holds (GSource watches, AioContext fd
-//! handlers), the checks on what is watched, and wait_client's private
+//! The watch handles the listener holds (`GSource` watches, `AioContext` fd
+//! handlers), the checks on what is watched, and `wait_client`'s private
 //! loop.
 
 use super::*;
 
 impl World {
-    /// The listener's watches (not wait_client's) on `chan`, live ones
+    /// The listener's watches (not `wait_client`'s) on `chan`, live ones
     /// only (a destroyed source still dispatching does not count).
     pub fn async_watches(&self, chan: u64) -> Vec<Ctx> {
         let mut v = Vec::new();
@@ -27,7 +27,7 @@ impl World {
         v
     }
 
-    /// wait_client's watches on any socket (live ones).
+    /// `wait_client`'s watches on any socket (live ones).
     pub fn private_watch_count(&self) -> usize {
         self.gctxs
             .values()
@@ -49,12 +49,12 @@ impl World {
     }
 
     /// A new watch on `chan`; returns the fd number it polls.  Two of the
-    /// listener's GSource watches may exist for a moment (the old one is
+    /// listener's `GSource` watches may exist for a moment (the old one is
     /// destroyed after the listener unlocks, see the host contract); a
-    /// second fd handler in the same AioContext is caught when it is
+    /// second fd handler in the same `AioContext` is caught when it is
     /// installed.  Watching a closed socket is a use of a closed number
-    /// (wait_client's private watches included: a disconnect must not
-    /// close a socket that a wait_client may still start to watch).
+    /// (`wait_client`'s private watches included: a disconnect must not
+    /// close a socket that a `wait_client` may still start to watch).
     pub(super) fn check_watchable(&mut self, chan: u64, private: bool) -> i32 {
         let what = if private {
             "wait_client's watch"
@@ -72,7 +72,7 @@ impl World {
     }
 }
 
-/// A GSource watch: dropping it destroys the source.
+/// A `GSource` watch: dropping it destroys the source.
 pub struct SourceWatch {
     pub(super) ctx: GCtx,
     pub(super) sid: u64,
@@ -101,7 +101,7 @@ impl Drop for SourceWatch {
     }
 }
 
-/// An AioContext fd handler: dropping it removes the handler and
+/// An `AioContext` fd handler: dropping it removes the handler and
 /// releases it in a BH of that context.
 pub struct AioWatch {
     pub(super) ctx: ACtx,
@@ -117,11 +117,11 @@ impl Drop for AioWatch {
                 let r = w.actx(a);
                 match r.handlers.get(&chan) {
                     Some(h) if h.watch == watch => {
-                        let h = r.handlers.remove(&chan).expect("handler").handler;
-                        let id = h.id;
+                        let handler = r.handlers.remove(&chan).expect("handler").handler;
+                        let id = handler.id;
                         r.bhs.push_back(Box::new(move || {
-                            try_world(|w| w.host_release(id));
-                            drop(h);
+                            try_world(|inner| inner.host_release(id));
+                            drop(handler);
                         }));
                     }
                     Some(_) => {
@@ -139,7 +139,7 @@ impl Drop for AioWatch {
     }
 }
 
-/// wait_client's private loop.
+/// `wait_client`'s private loop.
 pub struct SimLoop {
     pub(super) ctx: GCtx,
 }

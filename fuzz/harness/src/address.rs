@@ -12,7 +12,7 @@
 //! - unix paths are under the private temporary directory ('/' in fuzzed
 //!   names becomes '_'), abstract names carry the process's prefix;
 //! - vsock CIDs are the local CID 1 in a few spellings or unparsable;
-//! - fd numbers are negative, at or above RLIMIT_NOFILE (never open), or
+//! - fd numbers are negative, at or above `RLIMIT_NOFILE` (never open), or
 //!   descriptors the harness created for this (listening, bound, unbound,
 //!   UDP and connected sockets, a pipe); fuzzed text that would parse as
 //!   another open descriptor gets a letter in front.
@@ -160,7 +160,7 @@ pub enum Fd {
     /// A descriptor the harness creates and hands over.
     Made(Made, FdSpelling),
     Negative(i32),
-    /// RLIMIT_NOFILE + n: never open.
+    /// `RLIMIT_NOFILE` + n: never open.
     Unopened(u16),
     /// Text with a letter in front if it would parse as an open number.
     Garbage(String),
@@ -199,7 +199,7 @@ impl Bound {
     /// Records what `a` (a local address of a listening socket) bound.
     ///
     /// # Safety
-    /// `a` is a valid SocketAddress.
+    /// `a` is a valid `SocketAddress`.
     pub unsafe fn record(&mut self, a: *const sys::SocketAddress) {
         // SAFETY: caller's contract; the tag selects the union member.
         unsafe {
@@ -227,7 +227,7 @@ pub(crate) const UNIX: u32 = sys::SocketAddressType_SOCKET_ADDRESS_TYPE_UNIX;
 pub(crate) const VSOCK: u32 = sys::SocketAddressType_SOCKET_ADDRESS_TYPE_VSOCK;
 pub(crate) const FD: u32 = sys::SocketAddressType_SOCKET_ADDRESS_TYPE_FD;
 
-/// A C SocketAddress we own, freed with `qapi_free_SocketAddress`.
+/// A C `SocketAddress` we own, freed with `qapi_free_SocketAddress`.
 pub struct CAddr(pub *mut sys::SocketAddress);
 
 impl Drop for CAddr {
@@ -242,7 +242,7 @@ fn opt_dup(s: Option<&[u8]>) -> *mut std::ffi::c_char {
 }
 
 /// What the harness expects of a listener bound to an address.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
     /// Nothing specific beyond the safety check.
     Any,
@@ -256,9 +256,9 @@ pub enum Expect {
     Fail,
 }
 
-/// The port getaddrinfo() reads from `text` as a number (strtoul():
+/// The port `getaddrinfo()` reads from `text` as a number (`strtoul()`:
 /// blanks, a sign, decimal digits to the end), when that is a port: a
-/// negative or too large number is not (getaddrinfo() would wrap it), nor
+/// negative or too large number is not (`getaddrinfo()` would wrap it), nor
 /// is text that is not a number (no service has the names used here).
 pub fn numeric_port(text: &[u8]) -> Option<u16> {
     let blank = |b: &u8| b" \t\n\x0b\x0c\r".contains(b);
@@ -323,6 +323,7 @@ impl Addr {
 
     /// The same address, but a vsock one with a CID that does not parse:
     /// where clients must reach every bound socket, none is vsock.
+    #[must_use]
     pub fn without_vsock(self) -> Addr {
         match self {
             Addr::Vsock { port, .. } => Addr::Vsock {
@@ -413,7 +414,7 @@ impl Inet {
 }
 
 fn split<T: Default>(v: Option<T>) -> (bool, T) {
-    v.map_or((false, T::default()), |v| (true, v))
+    v.map_or_else(|| (false, T::default()), |v| (true, v))
 }
 
 fn pick<T>(v: &[T], n: u8) -> Option<&T> {
@@ -626,7 +627,7 @@ pub struct Client(#[allow(dead_code)] OwnedFd);
 /// connect to it (None for vsock and closed sockets).
 ///
 /// # Safety
-/// `a` is a valid SocketAddress.
+/// `a` is a valid `SocketAddress`.
 pub unsafe fn check_bound(a: *const sys::SocketAddress, expect: &Expect) -> Option<Target> {
     // SAFETY: caller's contract; the tag selects the union member, whose
     // strings are NULL or NUL-terminated.
@@ -774,8 +775,8 @@ impl Target {
                 un.sun_family = libc::AF_UNIX as libc::sa_family_t;
                 let off = usize::from(*abstract_);
                 let n = path.len().min(un.sun_path.len() - off);
-                for (d, s) in un.sun_path[off..].iter_mut().zip(&path[..n]) {
-                    *d = *s as libc::c_char;
+                for (d, b) in un.sun_path[off..].iter_mut().zip(&path[..n]) {
+                    *d = *b as libc::c_char;
                 }
                 let base = std::mem::offset_of!(libc::sockaddr_un, sun_path);
                 // A path of the full 108 bytes has no room for a NUL.
@@ -814,8 +815,8 @@ impl Target {
                 libc::SO_ERROR,
                 ptr::from_mut(&mut err).cast(),
                 &mut l,
-            )
-        };
+            );
+        }
         (err == 0).then_some(Client(fd))
     }
 }

@@ -1,13 +1,13 @@
 //! Target `api_sequence`: sequences of calls through the C ABI on the
 //! compat host, with real loopback and unix clients and the loops driven
 //! without blocking (`g_main_context_iteration(ctx, FALSE)`,
-//! `aio_poll(ctx, false)`): new, ref/unref, set_name, open_sync, add,
-//! set_client_func(_full) and set_client_aio_func on the default and a
-//! private GMainContext, the main and a private AioContext, with
+//! `aio_poll(ctx, false)`): new, ref/unref, `set_name`, `open_sync`, add,
+//! `set_client_func`(_full) and `set_client_aio_func` on the default and a
+//! private `GMainContext`, the main and a private `AioContext`, with
 //! callbacks that clear, re-set, replace, toggle, disconnect, unref or
-//! nest loops from inside; wait_client only with a client queued (or on a
+//! nest loops from inside; `wait_client` only with a client queued (or on a
 //! listener that is not connected, where it must return at once);
-//! disconnect, is_connected, nsioc, sioc, get_local_address with any
+//! disconnect, `is_connected`, nsioc, sioc, `get_local_address` with any
 //! index; and the NULL listener everywhere.
 //!
 //! Checked: results against a model (connected, channel count, index
@@ -17,7 +17,7 @@
 //! when the harness holds no reference, and for every listener by the end
 //! of the input; no descriptor left open.
 //!
-//! At the end every listener the harness still holds gets a last GLib
+//! At the end every listener the harness still holds gets a last `GLib`
 //! registration, is disconnected and dropped; listeners that the harness
 //! dropped while they served a callback (kept alive by their watches, as
 //! in QEMU) get a client each, whose callback re-registers and
@@ -51,7 +51,7 @@ enum GlibCtx {
 
 #[derive(Arbitrary, Debug, Clone, Copy, PartialEq)]
 enum AioCtx {
-    /// NULL: the main-loop AioContext.
+    /// NULL: the main-loop `AioContext`.
     Null,
     Main,
     Private,
@@ -74,7 +74,7 @@ enum Action {
     SetSame,
     /// A new registration of the same kind.
     Replace,
-    /// A new registration of the other kind (GLib <-> AioContext).
+    /// A new registration of the other kind (`GLib` <-> `AioContext`).
     Toggle,
     Disconnect,
     /// Drops one of the harness's references to the listener.
@@ -99,7 +99,7 @@ enum Loop {
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Then {
     Nothing,
-    /// wait_client(), if the listener is held and the client queued.
+    /// `wait_client()`, if the listener is held and the client queued.
     Wait,
     /// Iterates a loop 1 to 4 times (callbacks run).
     Iterate(Loop, u8),
@@ -120,14 +120,14 @@ impl Index {
     }
 }
 
-/// A listening channel to adopt with qio_net_listener_add().
+/// A listening channel to adopt with `qio_net_listener_add()`.
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum AddKind {
     Tcp4,
     Tcp6,
     Unix,
     Abstract,
-    /// qio_channel_socket_new_fd() of a listening socket made here.
+    /// `qio_channel_socket_new_fd()` of a listening socket made here.
     Fd,
 }
 
@@ -169,7 +169,7 @@ enum Op {
         n: u8,
         then: Then,
     },
-    /// wait_client() on a listener that is not connected: NULL at once.
+    /// `wait_client()` on a listener that is not connected: NULL at once.
     WaitIdle(u8),
     Disconnect(u8),
     IsConnected(u8),
@@ -332,7 +332,9 @@ fn act(i: usize, action: Action, client: *mut Sioc) {
         Action::Keep => {
             // SAFETY: the client is live during the callback; the new
             // reference is dropped at the end of the input.
-            unsafe { sys::object_ref(client.cast()) };
+            unsafe {
+                sys::object_ref(client.cast());
+            }
             with(|s| s.kept.push(client as usize));
         }
         Action::ClearSelf => set(i, kind, None),
@@ -391,14 +393,18 @@ fn aio_ctx(c: AioCtx) -> *mut sys::AioContext {
 /// Sets (or with None clears) listener `i`'s callback, and the model.
 fn set(i: usize, kind: Kind, reg: Option<*const Reg>) {
     let l = lp(i);
-    let func: QIONetListenerClientFunc = reg.map(|_| on_client as _);
+    let func: QIONetListenerClientFunc =
+        reg.map(|_| on_client as unsafe extern "C" fn(*mut QIONetListener, *mut Sioc, *mut c_void));
     let data = reg.map_or(ptr::null_mut(), |r| r as *mut c_void);
     // SAFETY: a live listener (held, or inside its callback); the data
     // outlives the input, which outlives every listener.
     unsafe {
         match kind {
             Kind::Glib(c) => {
-                let notify = reg.and_then(|r| (*r).notify.then_some(on_notify as _));
+                let notify = reg.and_then(|r| {
+                    (*r).notify
+                        .then_some(on_notify as unsafe extern "C" fn(*mut c_void))
+                });
                 qio_net_listener_set_client_func_full(l, func, data, notify, glib_ctx(c));
             }
             Kind::Aio(c) => {
@@ -411,7 +417,9 @@ fn set(i: usize, kind: Kind, reg: Option<*const Reg>) {
 
 fn disconnect(i: usize) {
     // SAFETY: a live listener.
-    unsafe { qio_net_listener_disconnect(lp(i)) };
+    unsafe {
+        qio_net_listener_disconnect(lp(i));
+    }
     with(|s| s.listeners[i].connected = false);
 }
 
@@ -428,7 +436,9 @@ fn unref(i: usize) {
     });
     if had {
         // SAFETY: drops a reference the harness held.
-        unsafe { sys::object_unref(l.cast()) };
+        unsafe {
+            sys::object_unref(l.cast());
+        }
     }
 }
 
@@ -559,8 +569,8 @@ fn new_listener() {
             None,
             Some(on_release),
             i as *mut c_void,
-        )
-    };
+        );
+    }
 }
 
 fn open(i: usize, addr: &Addr, num: i8) {
@@ -648,8 +658,8 @@ fn add(i: usize, kind: AddKind) {
     unsafe {
         let a = sys::socket_parse(spec, &mut err);
         sys::g_free(spec.cast());
-        let msg = take_error(&mut err);
-        assert!(!a.is_null(), "socket_parse: {msg:?}");
+        let parse_msg = take_error(&mut err);
+        assert!(!a.is_null(), "socket_parse: {parse_msg:?}");
         let sioc = sys::qio_channel_socket_new();
         let rc = sys::qio_channel_socket_listen_sync(sioc, a, 4, &mut err);
         sys::qapi_free_SocketAddress(a);
@@ -720,7 +730,9 @@ fn connect(l: u8, n: u8, then: Then) {
             "wait_client with a client queued returned NULL"
         );
         // SAFETY: wait_client gave us a reference.
-        unsafe { sys::object_unref(c.cast()) };
+        unsafe {
+            sys::object_unref(c.cast());
+        }
     }
 }
 
@@ -748,8 +760,8 @@ fn null_listener() {
         assert!(!qio_net_listener_is_connected(l));
         assert_eq!(qio_net_listener_nsioc(l), 0);
         assert!(qio_net_listener_sioc(l, 0).is_null());
-        let a = qio_net_listener_get_local_address(l, 0, ptr::from_mut(&mut err).cast());
-        assert!(a.is_null());
+        let local = qio_net_listener_get_local_address(l, 0, ptr::from_mut(&mut err).cast());
+        assert!(local.is_null());
         assert!(
             take_error(&mut err).is_some(),
             "get_local_address(NULL) without an error"
@@ -763,7 +775,9 @@ fn step(op: &Op) {
         Op::Ref(l) => {
             if let Some(i) = held(l) {
                 // SAFETY: a live listener; the reference is counted.
-                unsafe { sys::object_ref(lp(i).cast()) };
+                unsafe {
+                    sys::object_ref(lp(i).cast());
+                }
                 with(|s| s.listeners[i].refs += 1);
             }
         }
@@ -870,7 +884,9 @@ fn drop_clients() {
     let (kept, clients) = with(|s| (std::mem::take(&mut s.kept), std::mem::take(&mut s.clients)));
     for c in kept {
         // SAFETY: the reference taken by a Keep callback.
-        unsafe { sys::object_unref(c as *mut c_void) };
+        unsafe {
+            sys::object_unref(c as *mut c_void);
+        }
     }
     drop(clients);
 }

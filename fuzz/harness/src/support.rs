@@ -13,17 +13,17 @@ use std::{
 use qemucompat::sys;
 
 /// What the harnesses share for the life of the process.
-pub(crate) struct Process {
+pub struct Process {
     /// The private temporary directory: `TMPDIR` points there, so the
     /// compat host's own temporary sockets land in it too.
     pub(crate) tmp: PathBuf,
     /// Prefix of every abstract socket name (unique to this process).
     pub(crate) abstract_prefix: String,
-    /// A GMainContext of our own (iterated without blocking).
+    /// A `GMainContext` of our own (iterated without blocking).
     pub(crate) glib_ctx: usize,
-    /// An AioContext of our own (polled without blocking).
+    /// An `AioContext` of our own (polled without blocking).
     pub(crate) aio_ctx: usize,
-    /// RLIMIT_NOFILE: no descriptor number at or above it is open.
+    /// `RLIMIT_NOFILE`: no descriptor number at or above it is open.
     pub(crate) fd_limit: i32,
 }
 
@@ -31,7 +31,7 @@ static PROCESS: OnceLock<Process> = OnceLock::new();
 
 /// Sets the process up once; the calling thread becomes the main-loop
 /// thread (every later call must come from it).
-pub(crate) fn process() -> &'static Process {
+pub fn process() -> &'static Process {
     PROCESS.get_or_init(|| {
         let pid = std::process::id();
         let tmp = std::env::temp_dir().join(format!("qio-fuzz-{pid}"));
@@ -86,7 +86,7 @@ impl Process {
 
 /// The open descriptors of the process, with what they are (for the
 /// message when some were leaked).
-pub(crate) fn open_fds() -> Vec<(i32, String)> {
+pub fn open_fds() -> Vec<(i32, String)> {
     let mut v: Vec<(i32, String)> = fs::read_dir("/proc/self/fd")
         .expect("/proc/self/fd")
         .flatten()
@@ -102,7 +102,7 @@ pub(crate) fn open_fds() -> Vec<(i32, String)> {
 
 /// Counts the descriptors around one input: [`FdCheck::finish`] panics
 /// if any opened during the input is still open.
-pub(crate) struct FdCheck(Vec<(i32, String)>);
+pub struct FdCheck(Vec<(i32, String)>);
 
 impl FdCheck {
     pub(crate) fn start() -> Self {
@@ -126,7 +126,7 @@ impl FdCheck {
 
 /// Takes the error out of `err` (freeing it): its message, or None.
 /// Panics on an error without a message or with a caught panic's.
-pub(crate) fn take_error(err: &mut *mut sys::Error) -> Option<String> {
+pub fn take_error(err: &mut *mut sys::Error) -> Option<String> {
     if err.is_null() {
         return None;
     }
@@ -151,7 +151,7 @@ pub(crate) fn take_error(err: &mut *mut sys::Error) -> Option<String> {
 
 /// A `g_malloc`ed copy of `bytes` with a NUL appended (any interior NUL
 /// ends the C string early, as it would in C).
-pub(crate) fn g_strdup_bytes(bytes: &[u8]) -> *mut c_char {
+pub fn g_strdup_bytes(bytes: &[u8]) -> *mut c_char {
     // SAFETY: g_malloc aborts rather than failing; len + 1 bytes written.
     unsafe {
         let p = sys::g_malloc(bytes.len() + 1).cast::<u8>();
@@ -165,14 +165,14 @@ pub(crate) fn g_strdup_bytes(bytes: &[u8]) -> *mut c_char {
 ///
 /// # Safety
 /// `p` is NULL or NUL-terminated.
-pub(crate) unsafe fn c_bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
+pub unsafe fn c_bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
     // SAFETY: caller's contract.
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())
 }
 
 /// With `QIO_FUZZ_TRACE` set, prints the decoded input (to triage a
 /// finding: `QIO_FUZZ_TRACE=1 fuzz/target/.../<target> <file>`).
-pub(crate) fn trace_input(input: &impl std::fmt::Debug) {
+pub fn trace_input(input: &impl std::fmt::Debug) {
     if std::env::var_os("QIO_FUZZ_TRACE").is_some() {
         eprintln!("{input:#?}");
     }

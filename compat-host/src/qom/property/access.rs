@@ -1,6 +1,6 @@
-//! Reading and writing properties: QEMU's object_property_get_*() and
-//! object_property_set_*(), which move one scalar through a visitor and
-//! convert it as QEMU's QObject visitors do.
+//! Reading and writing properties: QEMU's `object_property_get`_*() and
+//! `object_property_set`_*(), which move one scalar through a visitor and
+//! convert it as QEMU's `QObject` visitors do.
 
 use std::{
     ffi::{c_char, CStr},
@@ -37,24 +37,32 @@ unsafe fn get_scalar(obj: *mut sys::Object, name: *const c_char, errp: Errp) -> 
     let Some(get) = get else {
         let e = ErrorImpl::new(format!("Property '{shown}' is not readable"));
         // SAFETY: caller's contract.
-        unsafe { e.propagate(errp) };
+        unsafe {
+            e.propagate(errp);
+        }
         return None;
     };
     let mut v = VisitorImpl::Output(None);
     let mut err: *mut sys::Error = ptr::null_mut();
     // SAFETY: the getter registered for this property, with a visitor
     // that outlives the call.
-    unsafe { get(obj, v.as_ptr(), name, opaque, &mut err) };
+    unsafe {
+        get(obj, v.as_ptr(), name, opaque, &mut err);
+    }
     if !err.is_null() {
         // SAFETY: err is ours to pass on.
-        unsafe { error_propagate(errp, err) };
+        unsafe {
+            error_propagate(errp, err);
+        }
         return None;
     }
     let got = v.into_output();
     if got.is_none() {
         let e = ErrorImpl::new(format!("Property '{shown}' produced no value"));
         // SAFETY: caller's contract.
-        unsafe { e.propagate(errp) };
+        unsafe {
+            e.propagate(errp);
+        }
     }
     got
 }
@@ -84,16 +92,22 @@ unsafe fn set_scalar(
             )
         };
         // SAFETY: caller's contract.
-        unsafe { ErrorImpl::new(msg).propagate(errp) };
+        unsafe {
+            ErrorImpl::new(msg).propagate(errp);
+        }
         return false;
     };
     let mut v = VisitorImpl::Input(value);
     let mut err: *mut sys::Error = ptr::null_mut();
     // SAFETY: the setter registered for this property.
-    unsafe { set(obj, v.as_ptr(), name, opaque, &mut err) };
+    unsafe {
+        set(obj, v.as_ptr(), name, opaque, &mut err);
+    }
     let ok = err.is_null();
     // SAFETY: err is NULL or ours to pass on.
-    unsafe { error_propagate(errp, err) };
+    unsafe {
+        error_propagate(errp, err);
+    }
     ok
 }
 
@@ -123,7 +137,9 @@ unsafe fn get_as<T>(
             name_c.to_string_lossy()
         ));
         // SAFETY: caller's contract.
-        unsafe { e.propagate(errp) };
+        unsafe {
+            e.propagate(errp);
+        }
         fail
     })
 }

@@ -112,7 +112,9 @@ unsafe extern "C" fn property_get_fn<T: FnValue>(
     let mut value = unsafe { get(obj, &mut err) };
     if !err.is_null() {
         // SAFETY: err is ours to pass on.
-        unsafe { error_propagate(errp, err) };
+        unsafe {
+            error_propagate(errp, err);
+        }
         return;
     }
     // SAFETY: an output visit of a local, then it is freed.
@@ -237,7 +239,9 @@ unsafe extern "C" fn property_get_ptr<T: PtrInt>(
     // the caller keeps alive.
     let mut value = unsafe { *opaque.cast::<T>() };
     // SAFETY: an output visit of a local.
-    unsafe { T::visit(v, name, &mut value, errp) };
+    unsafe {
+        T::visit(v, name, &mut value, errp);
+    }
 }
 
 unsafe extern "C" fn property_set_ptr<T: PtrInt>(
@@ -289,7 +293,7 @@ macro_rules! ptr_fns {
         ///
         /// # Safety
         /// `obj` is a live object, `name` NUL-terminated, `v` valid (and
-        /// writable with OBJ_PROP_FLAG_WRITE) while the property exists.
+        /// writable with `OBJ_PROP_FLAG_WRITE`) while the property exists.
         #[no_mangle]
         pub unsafe extern "C" fn $fname(
             obj: *mut sys::Object,
@@ -314,7 +318,7 @@ unsafe extern "C" fn object_get_type(obj: *mut sys::Object, _errp: Errp) -> *mut
 }
 
 /// The "type" property every object has: in QEMU a class property of
-/// TYPE_OBJECT, here one property that every object shares (the compat
+/// `TYPE_OBJECT`, here one property that every object shares (the compat
 /// host has no class properties), created at first use and never freed.
 pub(super) fn type_property() -> *mut sys::ObjectProperty {
     static TYPE: OnceLock<usize> = OnceLock::new();

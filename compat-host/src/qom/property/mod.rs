@@ -11,8 +11,8 @@
 //! fields as in QEMU.
 //!
 //! The semantics follow QEMU 10.2's `qom/object.c`: at finalize every
-//! property's release runs once, before the first instance_finalize;
-//! the scalar getters and setters convert values as QEMU's QObject visitors
+//! property's release runs once, before the first `instance_finalize`;
+//! the scalar getters and setters convert values as QEMU's `QObject` visitors
 //! do, with QEMU's error messages.  Table locks are never held while an
 //! accessor or release function runs, so those may use QOM freely,
 //! including on the same object.
@@ -46,7 +46,7 @@ type Errp = *mut *mut sys::Error;
 /// The name of the property every object has.
 const TYPE_PROPERTY: &CStr = c"type";
 
-/// One property: QEMU's struct, owning its strings (g_malloc'ed, since C
+/// One property: QEMU's struct, owning its strings (`g_malloc`'ed, since C
 /// may replace `description` the QEMU way).
 #[repr(transparent)]
 struct Prop(sys::ObjectProperty);
@@ -73,7 +73,9 @@ impl PropTable {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<Prop>>> {
         // No critical section runs foreign code, so the data is consistent
         // even after a panic elsewhere.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn find(&self, name: &CStr) -> Option<*mut sys::ObjectProperty> {
@@ -231,7 +233,9 @@ pub unsafe extern "C" fn object_property_find_err(
             )
         };
         // SAFETY: caller's contract.
-        unsafe { ErrorImpl::new(msg).propagate(errp) };
+        unsafe {
+            ErrorImpl::new(msg).propagate(errp);
+        }
     }
     p
 }
@@ -265,6 +269,7 @@ unsafe fn insert(
     let mut p = unsafe { new_prop(name, type_, get, set, release, opaque) };
     let ret = ptr::addr_of_mut!(p.0);
     props.push(p);
+    drop(props);
     Some(ret)
 }
 
@@ -303,7 +308,9 @@ pub unsafe extern "C" fn object_property_try_add(
         name.to_string_lossy()
     );
     // SAFETY: caller's contract.
-    unsafe { ErrorImpl::new(msg).propagate(errp) };
+    unsafe {
+        ErrorImpl::new(msg).propagate(errp);
+    }
     ptr::null_mut()
 }
 
@@ -356,27 +363,31 @@ pub unsafe extern "C" fn object_property_del(obj: *mut sys::Object, name: *const
     let (release, opaque) = unsafe { ((*p).release, (*p).opaque) };
     if let Some(release) = release {
         // SAFETY: the release function registered with the property.
-        unsafe { release(obj, name, opaque) };
+        unsafe {
+            release(obj, name, opaque);
+        }
     }
     if let Some(t) = table {
         let removed = {
             let mut props = t.lock();
             let i = props.iter().position(|q| ptr::eq(&q.0, p));
-            i.map(|i| props.remove(i))
+            let removed = i.map(|i| props.remove(i));
+            drop(props);
+            removed
         };
         drop(removed);
     }
 }
 
 /// Runs every release function once and frees the object's own table:
-/// QEMU's object_property_del_all(), called before instance_finalize.
+/// QEMU's `object_property_del_all()`, called before `instance_finalize`.
 /// A release function may add or delete properties; each property is
 /// released at most once.
 ///
 /// # Safety
 /// `obj` is an object being finalized (no other user).
 #[inline]
-pub(crate) unsafe fn finalize(obj: *mut sys::Object) {
+pub unsafe fn finalize(obj: *mut sys::Object) {
     // SAFETY: caller's contract.
     if unsafe { object_table(obj, false) }.is_some() {
         // SAFETY: caller's contract.
@@ -397,7 +408,9 @@ unsafe fn release_all(obj: *mut sys::Object) {
         done.push(p);
         // SAFETY: p is live until deleted; its name and opaque are read
         // before the call.
-        unsafe { release(obj, (*p).name, (*p).opaque) };
+        unsafe {
+            release(obj, (*p).name, (*p).opaque);
+        }
     }
     // SAFETY: caller's contract: nobody else uses the object.
     let slot =
