@@ -1,23 +1,17 @@
 #!/bin/sh
-# Builds the Rust libraries for meson and copies the ones meson links
-# against next to the custom target's outputs.  Cargo does its own
-# dependency tracking, so meson runs this on every build (build_always_stale).
+# Builds the Rust libraries of the default (compat host) build for meson,
+# the listener and the compat host, and copies their static archives next
+# to the custom target's outputs.  Cargo does its own dependency tracking,
+# so meson runs this on every build (build_always_stale).  QEMU mode
+# (-Dqemu_build) does not use cargo: meson builds the crates with rustc.
 #
-# usage: cargo-build.sh SOURCE_ROOT TARGET_DIR PROFILE OUTDIR compat|qemu
-#   compat: the listener and the compat host (the default build);
-#   qemu:   the listener only, against the QEMU headers named by the
-#           QIO_HOST_INCLUDE / QIO_HOST_CFLAGS environment (see build.rs).
+# usage: cargo-build.sh SOURCE_ROOT TARGET_DIR PROFILE OUTDIR
 set -eu
-src=$1 target=$2 profile=$3 out=$4 mode=$5
+src=$1 target=$2 profile=$3 out=$4
 cargo=${CARGO:-cargo}
 if [ "$profile" = release ]; then flag=--release; else flag=; fi
-if [ "$mode" = qemu ]; then
-    packages="-p qio-net-listener"
-    libs="libqio_net_listener.a"
-else
-    packages="-p qio-net-listener -p qemu-compat-host"
-    libs="libqio_net_listener.a libqemucompat.a"
-fi
+packages="-p qio-net-listener -p qemu-compat-host"
+libs="libqio_net_listener.a libqemucompat.a"
 # shellcheck disable=SC2086
 "$cargo" build --quiet --locked --manifest-path "$src/Cargo.toml" \
     $packages --lib --target-dir "$target" $flag

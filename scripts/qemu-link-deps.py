@@ -11,11 +11,17 @@ configured or lacks what the QEMU-mode build links (meson.build).
 
 usage: qemu-link-deps.py QEMU_BUILD_DIR
        qemu-link-deps.py --rustc QEMU_BUILD_DIR
+       qemu-link-deps.py --rust-crates QEMU_BUILD_DIR
 
 With --rustc it prints the rustc command of a QEMU configured with
 --enable-rust (empty otherwise): our static archive carries its own copy of
 the Rust standard library, which links into a Rust-enabled QEMU binary only
 if the same rustc built both (otherwise: duplicate rust_eh_personality).
+
+With --rust-crates it prints, for a Rust-enabled QEMU, the rlibs that
+QEMU's meson built for its subprojects glib-sys-0.21-rs and libc-0.2-rs,
+one `CRATE_NAME PATH` line each (nothing for a QEMU without Rust): our
+crates then link the very crates QEMU links (--extern).
 """
 import json
 import os
@@ -26,6 +32,8 @@ NEEDED = ['libqemuutil.a', 'libqom.a.p', 'libio.a.p', 'libcrypto.a.p',
 TARGETS = ['libqemuutil.a', 'libqom.a', 'libio.a', 'libcrypto.a',
            'libauthz.a', 'libevent-loop-base.a']
 PROBES = ['test-io-channel-socket', 'qemu-nbd', 'qemu-img']
+# QEMU's subprojects of the third-party crates we use, by crate name.
+RUST_CRATES = {'glib_sys': 'glib-sys-0.21-rs', 'libc': 'libc-0.2-rs'}
 
 
 def fail(msg):
@@ -42,9 +50,34 @@ def rustc(build):
     print(rust['exelist'][0] if rust else '')
 
 
+def rust_crates(build):
+    path = os.path.join(build, 'meson-info', 'intro-targets.json')
+    if not os.path.exists(path):
+        fail('%s is not a configured QEMU build directory' % build)
+    with open(path) as f:
+        targets = json.load(f)
+    found = {}
+    for t in targets:
+        if RUST_CRATES.get(t['name']) == t.get('subproject') and \
+                t['filename'][0].endswith('.rlib'):
+            found[t['name']] = t['filename'][0]
+    if not found:
+        return  # QEMU without Rust
+    for name, subproject in RUST_CRATES.items():
+        if name not in found:
+            fail('%s builds Rust but not the subproject %s' % (build, subproject))
+        if not os.path.exists(found[name]):
+            fail('%s is not built yet; build it first: make -C %s'
+                 % (found[name], build))
+        print(name, found[name])
+
+
 def main():
     if sys.argv[1] == '--rustc':
         rustc(sys.argv[2])
+        return
+    if sys.argv[1] == '--rust-crates':
+        rust_crates(sys.argv[2])
         return
     build = sys.argv[1]
     intro = os.path.join(build, 'meson-info', 'intro-targets.json')
