@@ -41,6 +41,7 @@ The script never builds anything; it only writes and commits files.
 """
 
 import argparse
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -66,22 +67,24 @@ class IntegrationError(Exception):
 
 
 def build_rs_allowlist():
-    """The bindgen allowlist of io-sys's build.rs, as bindgen command-line
-    arguments: HOST_FUNCTIONS and the allowlist_var/allowlist_type calls.
-    That build.rs stays the one place that lists them."""
-    text = (OURS / "bindings/io-sys/build.rs").read_text()
-    m = re.search(r"const HOST_FUNCTIONS: &\[&str\] = &\[(.*?)\];", text, re.S)
-    if not m:
-        raise IntegrationError("bindings/io-sys/build.rs: HOST_FUNCTIONS not found")
-    functions = re.findall(r'"([^"]+)"', m.group(1))
-    variables = re.findall(r'\.allowlist_var\("([^"]+)"\)', text)
-    types = re.findall(r'\.allowlist_type\("([^"]+)"\)', text)
-    if not functions or not types:
+    """The bindgen allowlist of io-sys's build.rs, as (flag, name) pairs:
+    HOST_FUNCTIONS and the allowlist_* calls, read by the same parser that
+    gives meson its bindgen arguments in QEMU mode
+    (scripts/io-sys-bindgen-args.py).  QEMU's bindgen_args_common brings
+    the rest of the options."""
+    spec = importlib.util.spec_from_file_location(
+        "io_sys_bindgen_args", OURS / "scripts/io-sys-bindgen-args.py")
+    parser = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parser)
+    flat = parser.bindgen_args((OURS / "bindings/io-sys/build.rs").read_text())
+    args, it = [], iter(flat)
+    for flag in it:
+        if flag in parser.NAMED.values():  # the flags that take a name
+            name = next(it)
+            if flag.startswith("--allowlist-"):
+                args.append((flag, name))
+    if not any(f == "--allowlist-function" for f, _ in args):
         raise IntegrationError("bindings/io-sys/build.rs: empty allowlist")
-    args = []
-    for kind, names in (("function", functions), ("var", variables), ("type", types)):
-        for n in names:
-            args.append((f"--allowlist-{kind}", n))
     return args
 
 
