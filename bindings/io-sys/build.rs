@@ -1,13 +1,12 @@
-//! Build script of io-sys (standalone builds; inside QEMU's tree meson's
-//! `rust.bindgen` generates the same file from the same allowlist).
+//! Build script of io-sys under cargo, which builds against the compat
+//! host (against real QEMU, meson's `rust.bindgen` generates the same file
+//! from the same allowlist: our QEMU mode and QEMU's tree).
 //!
 //! bindgen declares the host API (the slice of QEMU's C API the listener
 //! calls) from the host's own headers, so struct layouts such as `Object`
-//! and `TypeInfo` always come from the host that is linked.  The headers
-//! are the compat host's (`include/compat`) unless `QIO_HOST_INCLUDE`
-//! lists other include directories (a QEMU build, `:`-separated).  The C
-//! helpers over QEMU's static inline functions (`shim.c`) are compiled
-//! against the same headers.
+//! and `TypeInfo` always come from the host that is linked: here the
+//! compat host's (`include/compat`).  The C helpers over QEMU's static
+//! inline functions (`shim.c`) are compiled against the same headers.
 
 use std::{env, path::PathBuf};
 
@@ -56,8 +55,6 @@ const HOST_FUNCTIONS: &[&str] = &[
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    println!("cargo:rerun-if-env-changed=QIO_HOST_INCLUDE");
-    println!("cargo:rerun-if-env-changed=QIO_HOST_CFLAGS");
     println!("cargo:rerun-if-changed=wrapper.h");
     println!("cargo:rerun-if-changed=shim.h");
     println!("cargo:rerun-if-changed=shim.c");
@@ -69,13 +66,8 @@ fn generate_host_bindings(root: &std::path::Path, out: &std::path::Path) {
         .atleast_version("2.66")
         .probe("glib-2.0")
         .expect("glib-2.0 development files (apt-get install libglib2.0-dev)");
-    let host_include: Vec<PathBuf> = match env::var_os("QIO_HOST_INCLUDE") {
-        Some(dirs) => env::split_paths(&dirs).collect(),
-        None => vec![root.join("../../include/compat")],
-    };
-    for dir in &host_include {
-        println!("cargo:rerun-if-changed={}", dir.display());
-    }
+    let host_include = root.join("../../include/compat");
+    println!("cargo:rerun-if-changed={}", host_include.display());
 
     let mut builder = bindgen::Builder::default()
         .header(root.join("wrapper.h").to_str().unwrap())
@@ -99,14 +91,8 @@ fn generate_host_bindings(root: &std::path::Path, out: &std::path::Path) {
         .blocklist_type("g(pointer|constpointer|boolean|char|uchar|int|uint|short|ushort|long|ulong|int8|uint8|int16|uint16|int32|uint32|int64|uint64|size|ssize|offset|float|double|intptr|uintptr|unichar|unichar2)")
         .blocklist_function("g_.*")
         .blocklist_item("G_.*");
-    for dir in &host_include {
+    for dir in std::iter::once(&host_include).chain(&glib.include_paths) {
         builder = builder.clang_arg(format!("-I{}", dir.display()));
-    }
-    for p in &glib.include_paths {
-        builder = builder.clang_arg(format!("-I{}", p.display()));
-    }
-    if let Ok(flags) = env::var("QIO_HOST_CFLAGS") {
-        builder = builder.clang_args(flags.split_whitespace());
     }
     builder
         .generate()
@@ -117,17 +103,8 @@ fn generate_host_bindings(root: &std::path::Path, out: &std::path::Path) {
     // The wrappers of QEMU's static inline functions (see shim.h).
     let mut cc = cc::Build::new();
     cc.file(root.join("shim.c")).warnings(true);
-    if env::var_os("QIO_HOST_INCLUDE").is_some() {
-        // QEMU mode: trace events go to QEMU's generated trace functions.
-        cc.define("QIO_NL_QEMU_TRACE", None);
-    }
-    for dir in host_include.iter().chain(&glib.include_paths) {
+    for dir in std::iter::once(&host_include).chain(&glib.include_paths) {
         cc.include(dir);
-    }
-    if let Ok(flags) = env::var("QIO_HOST_CFLAGS") {
-        for f in flags.split_whitespace() {
-            cc.flag(f);
-        }
     }
     cc.compile("qio_net_listener_host_shim");
 }
